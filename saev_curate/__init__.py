@@ -1,1 +1,38 @@
-"""saev-curate."""
+"""saev-curate: curate multimodal alignment data with SAE-V cross-modal features.
+
+Public names load lazily, so `import saev_curate` (and the CLI) stays cheap until a name is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "SAE": "saev_curate.sae",
+    "SAEConfig": "saev_curate.sae",
+    "load_sae": "saev_curate.sae",
+    "save_sae": "saev_curate.sae",
+    "inspect_checkpoint": "saev_curate.sae",
+    "estimate_input_scale": "saev_curate.sae",
+    "SaevError": "saev_curate.errors",
+    "CheckpointError": "saev_curate.errors",
+    "InputError": "saev_curate.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'saev_curate' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
