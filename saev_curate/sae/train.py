@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from saev_curate.errors import InputError
 from saev_curate.sae.model import SAE, SAEConfig
+from saev_curate.sae.sparse import sparse_decode, topk_encode
 
 
 @dataclass
@@ -129,15 +129,14 @@ def training_loss(sae: SAE, x: torch.Tensor, cfg: TrainConfig, step: int, dead: 
 
     topk decodes through the k active rows only (`embedding_bag`), never a dense d_sae product.
     """
-    pre = torch.addmm(sae.b_enc, x - sae.b_dec if cfg.apply_b_dec_to_input else x, sae.W_enc)
+    x_in = x - sae.b_dec if cfg.apply_b_dec_to_input else x
     if cfg.architecture == "topk":
-        values, indices = pre.topk(cfg.k, dim=-1, sorted=False)
-        values = values.relu()
-        recon = F.embedding_bag(indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
+        values, indices, pre = topk_encode(x_in, sae.W_enc, sae.b_enc, cfg.k)
+        recon = sparse_decode(indices, values, sae.W_dec) + sae.b_dec
         counts = torch.bincount(indices[values > 0], minlength=sae.cfg.d_sae)
         l0 = (values > 0).sum(-1).float().mean()
     else:
-        f = pre.relu()
+        f = torch.addmm(sae.b_enc, x_in, sae.W_enc).relu()
         recon = torch.addmm(sae.b_dec, f, sae.W_dec)
         counts = (f > 0).sum(0)
         l0 = (f > 0).sum(-1).float().mean()
@@ -159,7 +158,7 @@ def _aux_k_loss(sae: SAE, pre: torch.Tensor, err: torch.Tensor, dead: torch.Tens
     k_aux = min(sae.cfg.d_in // 2, n_dead)
     scale = min(n_dead / (sae.cfg.d_in // 2), 1.0)
     values, indices = pre.masked_fill(~dead, -math.inf).topk(k_aux, dim=-1, sorted=False)
-    e_hat = F.embedding_bag(indices, sae.W_dec, per_sample_weights=values, mode="sum")
+    e_hat = sparse_decode(indices, values, sae.W_dec)
     return cfg.aux_k_coefficient * scale * (e_hat + err.detach()).pow(2).sum(-1).mean()
 
 

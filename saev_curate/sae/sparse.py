@@ -1,0 +1,102 @@
+"""TopK encoder and decoder whose backward passes touch only the k selected latents per vector.
+
+A TopK code has k non-zeros out of d_sae, so the gradients of W_enc, b_enc and W_dec are non-zero in
+at most k rows per vector: computing them with `index_add_` costs O(N k d_in) instead of the dense
+O(N d_sae d_in) that autograd would spend. Work is chunked over the k slots to bound memory.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_CHUNK_ELEMENTS = 1 << 24  # temporary [N * slots, d] buffers stay under 64 MiB of fp32
+
+
+def _slot_chunks(n: int, k: int, d: int):
+    step = max(1, _CHUNK_ELEMENTS // max(1, n * d))
+    return [(s, min(k, s + step)) for s in range(0, k, step)]
+
+
+def _scatter_rows(target: Tensor, indices: Tensor, weights: Tensor, rows: Tensor) -> None:
+    """target[indices[n, s]] += weights[n, s] * rows[n]  for all n, s (chunked over s)."""
+    n, k = indices.shape
+    for lo, hi in _slot_chunks(n, k, rows.shape[1]):
+        contrib = weights[:, lo:hi, None] * rows[:, None, :]
+        target.index_add_(0, indices[:, lo:hi].reshape(-1), contrib.reshape(-1, rows.shape[1]))
+
+
+class TopKEncode(torch.autograd.Function):
+    """(x [N, d_in], W_enc [d_in, d_sae], b_enc) -> ReLU'd top-k values, their indices, and pre-activations.
+
+    The pre-activations are returned for the AuxK loss; a gradient flowing into them (only when
+    dead latents exist) takes the dense path, everything else stays sparse.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int):
+        pre = torch.addmm(b_enc, x, W_enc)
+        values, indices = pre.topk(k, dim=-1, sorted=False)
+        active = values > 0
+        ctx.save_for_backward(x, W_enc, indices, active)
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(indices)
+        return values * active, indices, pre
+
+    @staticmethod
+    def backward(ctx, grad_values, _grad_indices, grad_pre):
+        x, W_enc, indices, active = ctx.saved_tensors
+        d_in, d_sae = W_enc.shape
+        grad_x = grad_W = grad_b = None
+        grad_W_t = x.new_zeros(d_sae, d_in) if ctx.needs_input_grad[1] else None
+        if grad_values is not None:
+            g = grad_values * active
+            if ctx.needs_input_grad[0]:
+                grad_x = F.embedding_bag(indices, W_enc.T, per_sample_weights=g, mode="sum")
+            if grad_W_t is not None:
+                _scatter_rows(grad_W_t, indices, g, x)
+            if ctx.needs_input_grad[2]:
+                grad_b = x.new_zeros(d_sae).index_add_(0, indices.reshape(-1), g.reshape(-1))
+        if grad_pre is not None:  # AuxK: a dense gradient, only on steps with dead latents
+            if ctx.needs_input_grad[0]:
+                dense_x = grad_pre @ W_enc.T
+                grad_x = dense_x if grad_x is None else grad_x + dense_x
+            if grad_W_t is not None:
+                grad_W_t.add_(grad_pre.T @ x)
+            if ctx.needs_input_grad[2]:
+                grad_b = grad_pre.sum(0) if grad_b is None else grad_b + grad_pre.sum(0)
+        if grad_W_t is not None:
+            grad_W = grad_W_t.T
+        return grad_x, grad_W, grad_b, None
+
+
+class SparseDecode(torch.autograd.Function):
+    """(indices [N, k], values [N, k], W_dec [d_sae, d_in]) -> sum_s values[n, s] * W_dec[indices[n, s]]."""
+
+    @staticmethod
+    def forward(ctx, indices: Tensor, values: Tensor, W_dec: Tensor):
+        ctx.save_for_backward(indices, values, W_dec)
+        return F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        indices, values, W_dec = ctx.saved_tensors
+        grad_values = grad_W = None
+        if ctx.needs_input_grad[1]:
+            n, k = indices.shape
+            grad_values = values.new_empty(n, k)
+            for lo, hi in _slot_chunks(n, k, W_dec.shape[1]):
+                grad_values[:, lo:hi] = torch.einsum("nsd,nd->ns", W_dec[indices[:, lo:hi]], grad_out)
+        if ctx.needs_input_grad[2]:
+            grad_W = torch.zeros_like(W_dec)
+            _scatter_rows(grad_W, indices, values, grad_out)
+        return None, grad_values, grad_W
+
+
+def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    return TopKEncode.apply(x, W_enc, b_enc, k)
+
+
+def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor) -> Tensor:
+    return SparseDecode.apply(indices, values, W_dec)
