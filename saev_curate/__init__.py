@@ -36,3 +36,25 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
+
+# vlm: model loading, dataset rows -> inputs, residual-stream capture
+_EXPORTS.update({
+    name: "saev_curate.vlm"
+    for name in (
+        "load_vlm", "prepare_batch", "PreparedBatch", "batch_to_rows", "capture_activations", "Activations",
+        "resolve_layer", "check_sae_fits", "build_tiny_vlm", "save_tiny_vlm",
+    )
+})
+__all__ = sorted(_EXPORTS)
+
+# scoring: cross-modal weights (stages 1-2), the SAE-V scorer (stage 3), selection and baselines
+_EXPORTS.update({
+    "CrossModalWeights": "saev_curate.crossmodal",
+    "SaevScorer": "saev_curate.score",
+    "score_activations": "saev_curate.score",
+    "select": "saev_curate.selection",
+    "selection_report": "saev_curate.selection",
+    "ResponsePerplexityScorer": "saev_curate.baselines",
+    "ClipScorer": "saev_curate.baselines",
+})
+__all__ = sorted(_EXPORTS)

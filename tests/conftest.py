@@ -1,0 +1,46 @@
+"""Shared test fixtures: offline hub, tiny vision-language models built once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+
+_TINY_CACHE: dict[str, tuple] = {}
+
+
+def get_tiny_vlm(family: str):
+    """Build (once per session) the tiny model + processor of ``family`` with default sizes."""
+    if family not in _TINY_CACHE:
+        from saev_curate.vlm.tiny import build_tiny_vlm
+
+        _TINY_CACHE[family] = build_tiny_vlm(family, seed=0)
+    return _TINY_CACHE[family]
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm():
+    """``tiny_vlm(family) -> (model, processor)``; each family is built at most once per session."""
+    return get_tiny_vlm
+
+
+def make_image(seed: int, width: int, height: int, mode: str = "RGB"):
+    """A deterministic random PIL image."""
+    from PIL import Image
+
+    rng = np.random.RandomState(seed)
+    arr = (rng.rand(height, width, 3) * 255).astype("uint8")
+    img = Image.fromarray(arr, mode="RGB")
+    return img if mode == "RGB" else img.convert(mode)
+
+
+@pytest.fixture(scope="session")
+def images():
+    """A few small images of different sizes (so per-image token counts differ where they can)."""
+    return [make_image(0, 40, 30), make_image(1, 20, 50), make_image(2, 64, 64), make_image(3, 33, 33)]
