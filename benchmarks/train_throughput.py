@@ -49,14 +49,14 @@ def batches(acts: torch.Tensor, batch: int, clock: StepClock):
 
 
 def run_ours(arch: str, acts, args) -> float:
-    from saev_curate.sae.train import TrainConfig, train_sae
+    from saev_curate.sae.train import TrainConfig, train_on_activations
 
     clock = StepClock()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(output_dir=tmp, architecture=arch, d_sae=args.d_sae, k=args.k, total_steps=args.steps,
                           batch_size=args.batch, checkpoint_every=None, scale_estimation_batches=1,
                           normalize_decoder=False)  # sae-lens does not renormalise the decoder either
-        train_sae(cfg, acts, progress=False, on_step=clock.tick)
+        train_on_activations(cfg, acts, progress=False, on_step=clock.tick)
     return clock.vectors_per_s(args.batch)
 
 

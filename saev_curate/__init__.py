@@ -21,6 +21,16 @@ _EXPORTS: dict[str, str] = {
     "SaevError": "saev_curate.errors",
     "CheckpointError": "saev_curate.errors",
     "InputError": "saev_curate.errors",
+    # SAE-V training and evaluation
+    "train_sae": "saev_curate.training",
+    "SaevTrainConfig": "saev_curate.training",
+    "TrainConfig": "saev_curate.sae.train",
+    "train_on_activations": "saev_curate.sae.train",
+    "ActivationStream": "saev_curate.stream",
+    "ActivationCache": "saev_curate.stream",
+    "StreamConfig": "saev_curate.stream",
+    "evaluate_sae": "saev_curate.evaluate",
+    "load_local_dataset": "saev_curate.data",
 }
 
 __all__ = sorted(_EXPORTS)

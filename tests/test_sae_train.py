@@ -8,7 +8,7 @@ import torch
 from saev_curate import load_sae
 from saev_curate.errors import InputError
 from saev_curate.sae.model import SAE, SAEConfig
-from saev_curate.sae.train import TrainConfig, l1_coefficient_at, lr_factor, train_sae, training_loss
+from saev_curate.sae.train import TrainConfig, l1_coefficient_at, lr_factor, train_on_activations, training_loss
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_aux_k_loss_trains_dead_latents_only():
 @pytest.mark.parametrize("arch", ["standard", "topk"])
 def test_learns_known_sparse_structure_and_saves_loadable_sae(tmp_path, sparse_data, arch):
     cfg = _cfg(tmp_path, arch, total_steps=300, checkpoint_every=None, l1_coefficient=1.0, lr=3e-3)
-    sae = train_sae(cfg, sparse_data, progress=False)
+    sae = train_on_activations(cfg, sparse_data, progress=False)
     x = sparse_data[:2000]
     with torch.no_grad():
         recon, code = sae(x), sae.encode(x)
@@ -91,7 +91,7 @@ def test_learns_known_sparse_structure_and_saves_loadable_sae(tmp_path, sparse_d
 
 @pytest.mark.parametrize("arch", ["standard", "topk"])
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path, sparse_data, arch):
-    straight = train_sae(_cfg(tmp_path / "a", arch), sparse_data, progress=False)
+    straight = train_on_activations(_cfg(tmp_path / "a", arch), sparse_data, progress=False)
 
     def crash(step, stats):
         if step == 25:
@@ -99,9 +99,9 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, sparse_data, arch
 
     cfg = _cfg(tmp_path / "b", arch)
     with pytest.raises(KeyboardInterrupt):
-        train_sae(cfg, sparse_data, progress=False, on_step=crash)
+        train_on_activations(cfg, sparse_data, progress=False, on_step=crash)
     steps_after_resume = []
-    resumed = train_sae(cfg, sparse_data, progress=False, on_step=lambda s, _: steps_after_resume.append(s))
+    resumed = train_on_activations(cfg, sparse_data, progress=False, on_step=lambda s, _: steps_after_resume.append(s))
     assert steps_after_resume[0] == 20  # picked up at the last checkpoint, not from scratch
     for name, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), f"{arch}: {name} differs after resume"
@@ -110,13 +110,13 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, sparse_data, arch
 def test_resume_refuses_a_different_run(tmp_path, sparse_data):
     cfg = _cfg(tmp_path, "topk")
     with pytest.raises(KeyboardInterrupt):
-        train_sae(cfg, sparse_data, progress=False, on_step=lambda s, _: (_ for _ in ()).throw(KeyboardInterrupt) if s == 15 else None)
+        train_on_activations(cfg, sparse_data, progress=False, on_step=lambda s, _: (_ for _ in ()).throw(KeyboardInterrupt) if s == 15 else None)
     with pytest.raises(InputError, match=r"different run \(k: 6 -> 7\)"):
-        train_sae(_cfg(tmp_path, "topk", k=7), sparse_data, progress=False)
+        train_on_activations(_cfg(tmp_path, "topk", k=7), sparse_data, progress=False)
 
 
 def test_bad_config_and_data():
     with pytest.raises(InputError, match="architecture must be 'standard' or 'topk'"):
         TrainConfig(architecture="gated")
     with pytest.raises(InputError, match=r"non-empty \[N, d_in\] tensor"):
-        train_sae(TrainConfig(output_dir="unused"), torch.zeros(0, 4), progress=False)
+        train_on_activations(TrainConfig(output_dir="unused"), torch.zeros(0, 4), progress=False)

@@ -9,6 +9,7 @@ import sys
 # Each module defines `register(subparsers)` adding its subcommands; each subcommand sets `func`.
 COMMAND_MODULES = [
     "saev_curate.cli.sae_commands",
+    "saev_curate.cli.train_commands",
 ]
 
 
@@ -25,7 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "passthrough", False):  # commands with their own parser (TrlParser) take the rest
+        args.args = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

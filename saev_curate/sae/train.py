@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
@@ -34,7 +34,8 @@ class TrainConfig:
     total_steps: int = 30_000
     batch_size: int = 4096  # tokens per step
     lr: float = 5e-5
-    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
     lr_warmup_steps: int = 0
     lr_decay_fraction: float = 0.2  # linear decay to 0 over the last 20% of steps
     l1_coefficient: float = 5.0  # standard only
@@ -56,7 +57,6 @@ class TrainConfig:
     hook_layer: int | None = None
     dataset_path: str | None = None
     context_size: int | None = None
-    extra_metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.architecture not in ("standard", "topk"):
@@ -66,7 +66,6 @@ class TrainConfig:
                 raise InputError(f"train: {name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.lr_decay_fraction <= 1 or not 0 <= self.l1_warmup_fraction <= 1:
             raise InputError("train: lr_decay_fraction and l1_warmup_fraction must lie in [0, 1]")
-        self.adam_betas = tuple(self.adam_betas)  # YAML/JSON give lists
 
 
 class ActivationSource(Protocol):
@@ -163,7 +162,7 @@ def _aux_k_loss(sae: SAE, pre: torch.Tensor, err: torch.Tensor, dead: torch.Tens
 
 
 # ------------------------------------------------------------------------------------------ the loop
-def train_sae(
+def train_on_activations(
     cfg: TrainConfig,
     source: ActivationSource | torch.Tensor,
     *,
@@ -205,7 +204,7 @@ def train_sae(
         since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
         fire_counts = torch.zeros(d_sae, dtype=torch.float64, device=device)
 
-    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -271,7 +270,6 @@ def _finish(sae: SAE, cfg: TrainConfig, scale: float, fire_counts: torch.Tensor,
     """Fold the input scale, attach provenance and feature density, save in SAELens layout."""
     sae.cfg.input_scale = scale
     sae.fold_input_scale()
-    sae.cfg.extra.update(cfg.extra_metadata)
     sae.cfg.extra.update(tokens_seen=cfg.total_steps * cfg.batch_size, training_steps=cfg.total_steps,
                          trained_with="saev-curate", training_config=_jsonable(asdict(cfg)))
     density = (fire_counts / (cfg.total_steps * cfg.batch_size)).float()

@@ -449,10 +449,9 @@ def prepare_batch(
     errors: list[str | None] = [None] * n
 
     def fail(i: int, reason: str):
-        msg = f"row {i}: {reason}"
         if on_error == "raise":
-            raise InputError(msg)
-        errors[i] = msg
+            raise InputError(f"row {i}: {reason}")
+        errors[i] = reason  # row_errors[i] already names the row
 
     texts: dict[int, str] = {}
     images: dict[int, list] = {}
