@@ -137,12 +137,14 @@ def training_loss(sae: SAE, x: torch.Tensor, cfg: TrainConfig, step: int, dead: 
     else:
         f = torch.addmm(sae.b_enc, x_in, sae.W_enc).relu()
         recon = torch.addmm(sae.b_dec, f, sae.W_dec)
-        counts = (f > 0).sum(0)
-        l0 = (f > 0).sum(-1).float().mean()
+        with torch.no_grad():
+            active = f > 0
+            counts = active.sum(0)
+            l0 = active.sum(-1).float().mean()
     err = recon - x
     mse = err.pow(2).sum(-1).mean()
     if cfg.architecture == "standard":
-        aux = (f * sae.W_dec.norm(dim=-1)).sum(-1).mean() * l1_coefficient_at(step, cfg)
+        aux = (f @ sae.W_dec.norm(dim=-1)).mean() * l1_coefficient_at(step, cfg)
     else:
         aux = _aux_k_loss(sae, pre, err, dead, cfg)
     total_var = (x - x.mean(0)).pow(2).sum(-1).mean()
