@@ -49,7 +49,7 @@ def test_standard_loss_is_mse_plus_decoder_norm_weighted_l1():
     expected_mse, expected_l1 = 0.0, 0.0
     for v in x:
         f = torch.relu(v @ sae.W_enc + sae.b_enc)
-        expected_mse += float(((f @ sae.W_dec.detach() + sae.b_dec - v) ** 2).sum())
+        expected_mse += float(((f @ sae.W_dec + sae.b_dec - v) ** 2).sum().detach())
         expected_l1 += sum(float(f[j]) * float(sae.W_dec[j].norm()) for j in range(6))
     assert float(mse) == pytest.approx(expected_mse / 5, rel=1e-5)
     assert float(aux) == pytest.approx(5.0 * expected_l1 / 5, rel=1e-5)

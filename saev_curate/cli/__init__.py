@@ -10,6 +10,8 @@ import sys
 COMMAND_MODULES = [
     "saev_curate.cli.sae_commands",
     "saev_curate.cli.train_commands",
+    "saev_curate.cli.demo_commands",
+    "saev_curate.cli.score_commands",
 ]
 
 
