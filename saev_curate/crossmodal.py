@@ -693,19 +693,10 @@ def capture_rows(model, processor, rows: list[dict], layer: int | str, *, mode: 
     from saev_curate.vlm.formats import prepare_batch
 
     prep = prepare_batch(processor, rows, mode=mode, max_length=max_length, on_error="record")
-    errors = [None if e is None else _strip_row_prefix(e) for e in prep.row_errors]
+    errors = list(prep.row_errors)
     if prep.inputs is None or not prep.kept:
         return None, [], errors
     with torch.no_grad():
         acts = capture_activations(model, prep, layer, exclude_special_tokens=exclude_special_tokens,
                                    processor=processor)
     return acts, list(prep.kept), errors
-
-
-def _strip_row_prefix(msg: str) -> str:
-    """prepare_batch says "row 3: ..." with a batch-local index; the dataset row is implicit here."""
-    if msg.startswith("row ") and ": " in msg:
-        head, rest = msg.split(": ", 1)
-        if head[4:].isdigit():
-            return rest
-    return msg
