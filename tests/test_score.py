@@ -16,17 +16,6 @@ from saev_curate.sae import SAE, SAEConfig
 from saev_curate.score import SaevScorer, score_activations
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tests run many tiny ops: one thread is several times faster on a shared 2-core box
-    (OpenMP threads contend with other processes).  Restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def identity_sae(d: int) -> SAE:
     sae = SAE(SAEConfig(d_in=d, d_sae=d))
     with torch.no_grad():

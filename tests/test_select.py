@@ -5,21 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from saev_curate import select, selection_report
 from saev_curate.errors import InputError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tests run many tiny ops: one thread is several times faster on a shared 2-core box
-    (OpenMP threads contend with other processes).  Restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 
 def scored_ds():
