@@ -127,7 +127,8 @@ def write_score_report(rows: Sequence[dict[str, Any]], path: str | Path, *, by: 
         for r in items:
             images = r.get("images") if r.get("images") is not None else [r.get("image")]
             img = _thumbnail(images[0]) if images and images[0] is not None else ""
-            out.append(f"<tr><td>{r.get(by) if r.get(by) is not None else html.escape(str(r.get('saev_error')))}"
+            value = f"{float(r[by]):.4g}" if r.get(by) is not None else html.escape(str(r.get("saev_error")))
+            out.append(f"<tr><td>{value}"
                        f"</td><td>{img}</td><td>{html.escape(_row_text(r))}</td>"
                        + (f"<td>{html.escape(str(r.get(label)))}</td>" if label else "") + "</tr>")
         return "".join(out) + "</table>"
