@@ -58,17 +58,36 @@ def test_load_errors(tmp_path):
     assert resolve_dtype("bf16", "cpu") is torch.bfloat16
 
 
-def test_quantization_needs_bitsandbytes(tmp_path):
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        path = save_tiny_vlm("llava", tmp_path / "q")
-        with pytest.raises(InputError, match="bitsandbytes"):
-            load_vlm(path, quantization="4bit")
-        return
-    path = save_tiny_vlm("llava", tmp_path / "q", hidden_size=128, intermediate_size=256)
-    model, _ = load_vlm(path, quantization="8bit", device="cpu")
-    assert model is not None
+def test_quantization_without_bitsandbytes_says_how_to_install(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_bnb(name, *args, **kwargs):
+        if name == "bitsandbytes":
+            raise ImportError("no bitsandbytes")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_bnb)
+    path = save_tiny_vlm("llava", tmp_path / "q")
+    with pytest.raises(InputError, match="needs bitsandbytes; install it"):
+        load_vlm(path, quantization="4bit")
+
+
+@pytest.mark.parametrize("quantization,layer_type,tolerance", [("8bit", "Linear8bitLt", 0.05), ("4bit", "Linear4bit", 0.5)])
+def test_quantized_load_captures_close_to_fp32(tmp_path, images, quantization, layer_type, tolerance):
+    pytest.importorskip("bitsandbytes")
+    # bitsandbytes' CPU 4-bit kernels need layers at least one quantization block (64) wide
+    path = save_tiny_vlm("llava", tmp_path / "q", hidden_size=128, intermediate_size=256, vision_hidden_size=64)
+    rows = [{"prompt": f"what is this {i}?", "image": images[i]} for i in range(3)]
+    ref_model, proc = load_vlm(path)
+    ref = capture_activations(ref_model, prepare_batch(proc, rows), 2)
+    model, proc = load_vlm(path, quantization=quantization, device="cpu")
+    assert type(model.get_decoder().layers[0].mlp.down_proj).__name__ == layer_type
+    got = capture_activations(model, prepare_batch(proc, rows), 2)
+    assert torch.equal(got.image_mask, ref.image_mask) and torch.equal(got.text_mask, ref.text_mask)
+    rel = float((got.resid.float() - ref.resid).norm() / ref.resid.norm())
+    assert rel < tolerance, f"{quantization}: activations differ from fp32 by {rel:.3f}"
 
 
 def test_dtype_bfloat16_load_and_capture(tmp_path, images):
