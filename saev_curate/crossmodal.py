@@ -532,14 +532,11 @@ def resolve_sae_layer(model, sae, layer: int | str | None) -> int:
 
     Raises when the SAE does not fit the model or names a different layer than ``layer``.
     """
-    from saev_curate.vlm.capture import check_sae_fits, resolve_layer
+    from saev_curate.vlm.capture import check_sae_fits, resolve_layer, sae_decoder_layer
 
     check_sae_fits(model, sae)
     cfg = sae.cfg
-    sae_hook = getattr(cfg, "hook_layer", None)
-    if sae_hook is None and getattr(cfg, "hook_name", None):
-        sae_hook = cfg.hook_name
-    sae_layer = resolve_layer(model, sae_hook) if sae_hook is not None else None
+    sae_layer = sae_decoder_layer(model, sae)
     if layer is None:
         if sae_layer is None:
             raise InputError("the SAE does not say which layer it reads (no hook_name/hook_layer in its config); "
@@ -548,7 +545,7 @@ def resolve_sae_layer(model, sae, layer: int | str | None) -> int:
     idx = resolve_layer(model, layer)
     if sae_layer is not None and sae_layer != idx:
         raise InputError(f"layer={layer!r} is decoder layer {idx}, but the SAE was trained on layer {sae_layer} "
-                         f"({getattr(cfg, 'hook_name', None) or sae_hook}); pass layer={sae_layer} or layer=None")
+                         f"({getattr(cfg, 'hook_name', None) or cfg.hook_layer}); pass layer={sae_layer} or layer=None")
     return idx
 
 

@@ -91,6 +91,7 @@ def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae
     from saev_curate.score import SaevScorer
     from saev_curate.selection import select
     from saev_curate.training import SaevTrainConfig, resolve_layer_spec, train_sae
+    from saev_curate.vlm.capture import sae_decoder_layer
     from saev_curate.vlm.load import load_vlm
     from saev_curate.vlm.tiny import save_tiny_vlm
 
@@ -117,7 +118,9 @@ def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae
         sae = str(out / "sae")
     else:
         sae_model = load_sae(sae)
-    layer_index = resolve_layer_spec(vlm, sae_model.cfg.hook_layer if sae_model.cfg.hook_layer is not None else layer)
+    layer_index = sae_decoder_layer(vlm, sae_model)
+    if layer_index is None:
+        layer_index = resolve_layer_spec(vlm, layer)
 
     weights = CrossModalWeights.fit(vlm, processor, sae_model, ds, layer_index, n_reference=n_reference, progress=True)
     weights.save(out / "weights")

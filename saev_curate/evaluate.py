@@ -147,15 +147,14 @@ def evaluate_sae(
     Special tokens (BOS, chat markers) are left out of the metrics and not spliced when
     `exclude_special_tokens`, matching how SAE-V trains; padding never counts.
     """
-    from saev_curate.vlm.capture import capture_activations, check_sae_fits, decoder_layers, resolve_layer
+    from saev_curate.vlm.capture import (capture_activations, check_sae_fits, decoder_layers, resolve_layer,
+                                         sae_decoder_layer)
     from saev_curate.vlm.formats import prepare_batch
 
     check_sae_fits(model, sae)
-    if layer is None:
-        layer = sae.cfg.hook_layer if sae.cfg.hook_layer is not None else sae.cfg.hook_name
-        if layer is None:
-            raise InputError("the SAE names no hook layer; pass layer= (an index or a hook name)")
-    L = resolve_layer(model, layer)
+    L = resolve_layer(model, layer) if layer is not None else sae_decoder_layer(model, sae)
+    if L is None:
+        raise InputError("the SAE names no hook layer; pass layer= (an index or a hook name)")
     layer_module = decoder_layers(model)[L]
     n_rows = len(dataset) if max_rows is None else min(max_rows, len(dataset))
     if n_rows == 0:

@@ -109,3 +109,17 @@ def test_wrong_sae_width_is_a_clear_error(tiny_vlm, images):
     model, processor = tiny_vlm("llava")
     with pytest.raises(Exception, match="d_in=32 does not match"):
         evaluate_sae(model, processor, lossless_sae(32), sft_rows(images), progress=False)
+
+
+def test_hook_resid_pre_sae_reads_the_previous_layer(tiny_vlm, images):
+    """SAELens says hook_layer=2 for blocks.2.hook_resid_pre, but that stream is layer 1's output."""
+    from saev_curate.crossmodal import resolve_sae_layer
+    from saev_curate.vlm.capture import sae_decoder_layer
+
+    model, processor = tiny_vlm("llava")
+    sae = lossless_sae(64)
+    sae.cfg.hook_name, sae.cfg.hook_layer = "blocks.2.hook_resid_pre", 2
+    assert sae_decoder_layer(model, sae) == 1 and resolve_sae_layer(model, sae, None) == 1
+    pre = evaluate_sae(model, processor, sae, sft_rows(images, 2), progress=False)
+    explicit = evaluate_sae(model, processor, sae, sft_rows(images, 2), 1, progress=False)
+    assert pre.ce_clean == explicit.ce_clean and pre.all.n_tokens == explicit.all.n_tokens

@@ -21,6 +21,7 @@ __all__ = [
     "capture_activations",
     "resolve_layer",
     "check_sae_fits",
+    "sae_decoder_layer",
     "decoder_layers",
     "text_hidden_size",
     "image_token_id",
@@ -185,6 +186,23 @@ def _has_image_token(model) -> bool:
         return False
 
 
+def sae_decoder_layer(model, sae) -> int | None:
+    """The decoder layer whose output ``sae`` reads, or None when its config names none.
+
+    The hook name decides when there is one (it knows ``blocks.L.hook_resid_pre`` is layer L-1's
+    output, while SAELens' ``hook_layer`` is L for both); ``hook_layer`` is the fallback.
+    """
+    cfg = getattr(sae, "cfg", None)
+    name, number = getattr(cfg, "hook_name", None), getattr(cfg, "hook_layer", None)
+    if name:
+        try:
+            return resolve_layer(model, name)
+        except InputError:
+            if number is None:
+                raise
+    return resolve_layer(model, number) if number is not None else None
+
+
 def check_sae_fits(model, sae) -> None:
     """Raise :class:`InputError` unless ``sae.cfg.d_in`` equals the text model's hidden size (and the
     SAE's hook layer, if it names one, exists in the model)."""
@@ -198,15 +216,11 @@ def check_sae_fits(model, sae) -> None:
             f"SAE d_in={d_in} does not match {type(model).__name__}'s text hidden size {d}; this SAE was trained "
             "on a different model — use an SAE trained on this model's residual stream (or train one)"
         )
-    hook_layer = getattr(cfg, "hook_layer", None)
-    hook_name = getattr(cfg, "hook_name", None)
-    for what in (hook_layer, hook_name):
-        if what is not None:
-            try:
-                resolve_layer(model, what)
-            except InputError as e:
-                raise InputError(f"the SAE's hook ({what!r}) does not fit this model: {e}") from None
-            break
+    try:
+        sae_decoder_layer(model, sae)
+    except InputError as e:
+        raise InputError(f"the SAE's hook ({getattr(cfg, 'hook_name', None) or getattr(cfg, 'hook_layer', None)!r}) "
+                         f"does not fit this model: {e}") from None
 
 
 def _first_tensor(output) -> Tensor:
