@@ -57,16 +57,29 @@ def test_standard_loss_is_mse_plus_decoder_norm_weighted_l1():
     assert counts.tolist() == (torch.relu(x @ sae.W_enc + sae.b_enc) > 0).sum(0).tolist()
 
 
-def test_aux_k_loss_trains_dead_latents_only():
+@pytest.mark.parametrize("dense_fraction", [0.0, 1.0])  # both AuxK decoders: dense product, k-row gather
+def test_aux_k_loss_trains_dead_latents_only(monkeypatch, dense_fraction):
+    from saev_curate.sae import train as train_module
+
+    monkeypatch.setattr(train_module, "DENSE_AUX_FRACTION", dense_fraction)
     cfg = TrainConfig(architecture="topk", k=2, aux_k_coefficient=1.0)
     sae = SAE.init_paper(SAEConfig(d_in=8, d_sae=32, architecture="topk", k=2), seed=0)
     dead = torch.zeros(32, dtype=torch.bool)
     dead[20:] = True
-    loss, mse, aux, *_ = training_loss(sae, torch.randn(16, 8), cfg, step=0, dead=dead)
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
+    loss, mse, aux, *_ = training_loss(sae, x, cfg, step=0, dead=dead)
     assert float(aux) > 0
     aux.backward()
     grad_rows = sae.W_dec.grad.abs().sum(-1)
     assert (grad_rows[:20] == 0).all() and (grad_rows[20:] > 0).any()
+    # by hand: the 4 (= d_in/2) largest dead pre-activations decode, without b_dec, the live residual
+    with torch.no_grad():
+        pre = x @ sae.W_enc + sae.b_enc
+        vals, idx = pre.masked_fill(~dead, -float("inf")).topk(4, dim=-1)
+        err = sae(x) - x
+        e_hat = torch.stack([sum(v * sae.W_dec[j] for v, j in zip(vs, js)) for vs, js in zip(vals, idx)])
+        expected = min(12 / 4, 1.0) * (e_hat + err).pow(2).sum(-1).mean()
+    assert float(aux) == pytest.approx(float(expected), rel=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["standard", "topk"])

@@ -151,6 +151,11 @@ def training_loss(sae: SAE, x: torch.Tensor, cfg: TrainConfig, step: int, dead: 
     return mse + aux, mse, aux, l0, mse.detach() / total_var.clamp_min(1e-12), counts
 
 
+# AuxK decodes k_aux = d_in/2 latents: past this share of d_sae a dense product beats gathering rows
+# (measured on CPU at 576 -> 9216, k_aux 288: 0.97 vs 1.48 s per step; the main k-sparse path stays sparse)
+DENSE_AUX_FRACTION = 1 / 64
+
+
 def _aux_k_loss(sae: SAE, pre: torch.Tensor, err: torch.Tensor, dead: torch.Tensor | None, cfg: TrainConfig):
     """AuxK (Gao et al. 2024): the top dead latents learn to predict the live latents' residual."""
     n_dead = int(dead.sum()) if dead is not None else 0
@@ -159,7 +164,10 @@ def _aux_k_loss(sae: SAE, pre: torch.Tensor, err: torch.Tensor, dead: torch.Tens
     k_aux = min(sae.cfg.d_in // 2, n_dead)
     scale = min(n_dead / (sae.cfg.d_in // 2), 1.0)
     values, indices = pre.masked_fill(~dead, -math.inf).topk(k_aux, dim=-1, sorted=False)
-    e_hat = sparse_decode(indices, values, sae.W_dec)
+    if k_aux > sae.cfg.d_sae * DENSE_AUX_FRACTION:
+        e_hat = torch.zeros_like(pre).scatter(-1, indices, values) @ sae.W_dec
+    else:
+        e_hat = sparse_decode(indices, values, sae.W_dec)
     return cfg.aux_k_coefficient * scale * (e_hat + err.detach()).pow(2).sum(-1).mean()
 
 
