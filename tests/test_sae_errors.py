@@ -57,18 +57,22 @@ def test_truncated_weights(saved):
         load_sae(saved)
 
 
+def _rewrite_weights(path, edit):
+    """Re-save the folder's tensors after `edit(dict_of_tensors)` changed them in place."""
+    sae = load_sae(path)
+    tensors = {name: getattr(sae, name).detach().clone() for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    edit(tensors)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "sae_weights.safetensors"))
+
+
 def test_wrong_shape_names_tensor_and_expectation(saved):
-    sae = load_sae(saved)
-    save_file({"W_enc": sae.W_enc.detach().T.contiguous(), "b_enc": sae.b_enc.detach(), "W_dec": sae.W_dec.detach(),
-               "b_dec": sae.b_dec.detach()}, str(saved / "sae_weights.safetensors"))
+    _rewrite_weights(saved, lambda t: t.update(W_enc=t["W_enc"].T))
     with pytest.raises(CheckpointError, match=r"tensor W_enc has shape \[32, 8\], expected \[8, 32\].*transposed"):
         load_sae(saved)
 
 
 def test_wrong_names_listed(saved):
-    sae = load_sae(saved)
-    save_file({"encoder": sae.W_enc.detach(), "b_enc": sae.b_enc.detach(), "W_dec": sae.W_dec.detach(),
-               "b_dec": sae.b_dec.detach()}, str(saved / "sae_weights.safetensors"))
+    _rewrite_weights(saved, lambda t: t.update(encoder=t.pop("W_enc")))
     with pytest.raises(CheckpointError, match=r"missing \['W_enc'\], unexpected \['encoder'\]"):
         load_sae(saved)
 
@@ -92,12 +96,11 @@ def test_topk_without_k(saved):
 
 
 def test_nan_in_weights(saved):
-    sae = load_sae(saved)
-    w = sae.W_dec.detach().clone()
-    w[3, 1] = float("nan")
-    w[4, 0] = float("inf")
-    save_file({"W_enc": sae.W_enc.detach(), "b_enc": sae.b_enc.detach(), "W_dec": w, "b_dec": sae.b_dec.detach()},
-              str(saved / "sae_weights.safetensors"))
+    def poison(t):
+        t["W_dec"][3, 1] = float("nan")
+        t["W_dec"][4, 0] = float("inf")
+
+    _rewrite_weights(saved, poison)
     with pytest.raises(CheckpointError, match=r"sae_weights\.safetensors: tensor W_dec holds 2 NaN/inf values"):
         load_sae(saved)
 
