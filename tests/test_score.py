@@ -15,6 +15,8 @@ from saev_curate.errors import InputError, SaevError
 from saev_curate.sae import SAE, SAEConfig
 from saev_curate.score import SaevScorer, score_activations
 
+from float_tolerance import assert_columns_close
+
 
 def identity_sae(d: int) -> SAE:
     sae = SAE(SAEConfig(d_in=d, d_sae=d))
@@ -167,13 +169,12 @@ def test_num_proc_with_rank_and_streaming_match_single_process(saved):
     single = _path_scorer(saved).map(ds, batch_size=4, load_from_cache_file=False)
     multi = _path_scorer(saved).map(ds, batch_size=2, num_proc=2, load_from_cache_file=False)
     cols = [c for c in single.column_names if c.startswith("saev_")]
+    # batch size 4 vs 2 changes padding and matmul blocking: floats agree to fp32 error, not bit for bit
     for c in cols:
-        a, b = single[c], multi[c]
-        assert [x if not isinstance(x, float) else round(x, 9) for x in a] == \
-               [x if not isinstance(x, float) else round(x, 9) for x in b], c
+        assert_columns_close(multi[c], single[c], c)
     streamed = list(_path_scorer(saved).map(ds.to_iterable_dataset(), batch_size=3))
-    assert [r["saev_cooccur_l0"] for r in streamed] == single["saev_cooccur_l0"]
-    assert [r["saev_error"] for r in streamed] == single["saev_error"]
+    for c in cols:
+        assert_columns_close([r[c] for r in streamed], single[c], c)
 
 
 def test_rank_picks_a_gpu_round_robin(saved, monkeypatch):

@@ -9,6 +9,8 @@ import pytest
 
 from saev_curate.cli import main
 
+from float_tolerance import assert_columns_close
+
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
@@ -96,4 +98,6 @@ def test_sharded_processes_join_in_row_order(workdir, tmp_path):
     score_to_disk(scorer, ds, str(tmp_path / "two"), batch_size=4, shard_rows=2, rank=0, world=2,
                   wait_timeout_s=5)
     one, two = datasets.load_from_disk(str(tmp_path / "one")), datasets.load_from_disk(str(tmp_path / "two"))
-    assert one["saev_score"] == two["saev_score"] and one["prompt"] == two["prompt"]
+    assert one["prompt"] == two["prompt"]  # row order exact; floats to fp32 error (see float_tolerance)
+    for column in (c for c in one.column_names if c.startswith("saev_")):
+        assert_columns_close(two[column], one[column], column)

@@ -14,6 +14,8 @@ from saev_curate.cli import main
 from saev_curate.demo import digit_preference_rows
 from saev_curate.vlm.tiny import save_tiny_vlm
 
+from float_tolerance import assert_columns_close
+
 
 def test_two_processes_give_the_single_process_result_in_row_order(tmp_path):
     save_tiny_vlm("llava", tmp_path / "model")
@@ -37,7 +39,9 @@ def test_two_processes_give_the_single_process_result_in_row_order(tmp_path):
     single = datasets.load_from_disk(str(tmp_path / "single"))
     multi = datasets.load_from_disk(str(tmp_path / "multi"))
     assert multi["prompt"] == [r["prompt"] for r in rows]
-    for column in ("saev_score", "saev_l0", "saev_cooccur_l0", "saev_error"):
-        assert multi[column] == single[column], column
+    # two processes split rows into other batches (other padding, other matmul blocking): floats agree to
+    # fp32 error, not bit for bit; row order, None positions, errors and integer counts stay exact
+    for column in (c for c in single.column_names if c.startswith("saev_")):
+        assert_columns_close(multi[column], single[column], column)
     assert multi["saev_error"][5] is not None and "image" in multi["saev_error"][5]
     assert sum(v is not None and v > 0 for v in multi["saev_l0"]) >= 25  # real activity was scored
