@@ -1,0 +1,410 @@
+"""What `dpo.py` and `sft.py` share: SAE-V arguments, model loading, dataset loading, score + select.
+
+Everything here uses only the public names of ``saev_curate`` (``load_local_dataset``, ``load_sae``,
+``CrossModalWeights``, ``SaevScorer``, ``select``), so the recipes read like a user's own script.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("saev_curate.recipes")
+
+SCORED_DIR = "saev_scored"  # output_dir/saev_scored: the scored dataset, reused by a rerun with the same inputs
+WEIGHTS_DIR = "crossmodal_weights"  # output_dir/crossmodal_weights: ω fitted by the recipe (when not given)
+
+
+@dataclass
+class SaevArguments:
+    """SAE-V curation before training: score the rows (or read existing scores) and keep the best."""
+
+    sae: str | None = field(
+        default=None,
+        metadata={"help": "SAE folder (SAELens v6 / pre-6 / sparsify) for the policy's layer. Given, rows are scored "
+                          "with SAE-V before training (unless the dataset already has saev_* columns)."},
+    )
+    crossmodal_weights: str | None = field(
+        default=None,
+        metadata={"help": "Cross-modal weights folder (CrossModalWeights.save). Not given, ω is fitted on "
+                          "`n_reference` training rows and saved to OUTPUT_DIR/crossmodal_weights."},
+    )
+    n_reference: int = field(
+        default=1000, metadata={"help": "Reference rows for fitting ω when no weights are given (paper: 1,000)."})
+    reference_seed: int = field(default=42, metadata={"help": "Seed drawing the reference rows (paper: 42)."})
+    layer: str | None = field(
+        default=None,
+        metadata={"help": "Decoder layer the SAE reads (an index or 'middle'); default: the SAE's own metadata."},
+    )
+    delta: float = field(
+        default=1.0, metadata={"help": "Activation threshold δ for a feature to count as active (paper code: 1)."})
+    score_max_length: int | None = field(
+        default=None,
+        metadata={"help": "Truncate scored text to this many tokens (image tokens are never cut); paper code: 256."},
+    )
+    score_batch_size: int = field(default=8, metadata={"help": "Rows per scoring batch."})
+    select_by: str = field(
+        default="saev_score",
+        metadata={"help": "Score column or method to rank by: saev_score, saev_cooccur_l0, saev_l0, "
+                          "saev_score_margin, any numeric column, or 'random' (seeded; needs no scores)."},
+    )
+    select_fraction: float | None = field(
+        default=None, metadata={"help": "Keep the top fraction of rows, e.g. 0.5 (paper: 0.1 ... 1.0)."})
+    select_threshold: float | None = field(
+        default=None, metadata={"help": "Keep rows whose score is >= this value (instead of a fraction)."})
+    select_seed: int = field(default=0, metadata={"help": "Seed for select_by='random'."})
+    rescore_every_n_steps: int | None = field(
+        default=None,
+        metadata={"help": "Re-score the training rows with the current policy every N steps and re-select "
+                          "(saev_curate.SaevRescoreCallback; needs `sae`)."},
+    )
+
+    def __post_init__(self):
+        if self.select_fraction is not None and self.select_threshold is not None:
+            raise ValueError("give select_fraction or select_threshold, not both")
+        if self.select_fraction is not None and not 0 < self.select_fraction <= 1:
+            raise ValueError(f"select_fraction={self.select_fraction} must be in (0, 1]")
+        if self.rescore_every_n_steps is not None and self.rescore_every_n_steps <= 0:
+            raise ValueError("rescore_every_n_steps must be a positive number of steps")
+
+    @property
+    def selects(self) -> bool:
+        return self.select_fraction is not None or self.select_threshold is not None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model and processor
+
+
+def torch_dtype(name):
+    """'bfloat16' -> torch.bfloat16; 'auto' and None pass through."""
+    import torch
+
+    return name if name in ("auto", None) else getattr(torch, name)
+
+
+def load_model_and_processor(model_args, training_args):
+    """``AutoModelForImageTextToText`` + ``AutoProcessor``; 4/8-bit through ``get_quantization_config``.
+
+    ``model_args.dtype`` is used as given (``ModelConfig`` defaults it to float32: the configs set it).
+    A quantized model goes on this process's own device (one copy per process, as DDP/ZeRO-2 need).
+    """
+    import torch
+    from accelerate import PartialState
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import get_quantization_config
+
+    quantization_config = get_quantization_config(model_args)
+    device_map = None
+    if quantization_config is not None:
+        device_map = {"": PartialState().local_process_index} if torch.cuda.is_available() else {"": "cpu"}
+    trust_remote_code = bool(getattr(training_args, "trust_remote_code", False))
+    path = model_args.model_name_or_path
+    path = str(Path(path).expanduser()) if path.startswith("~") else path
+    model = AutoModelForImageTextToText.from_pretrained(
+        path,
+        revision=model_args.model_revision,
+        attn_implementation=model_args.attn_implementation,
+        dtype=torch_dtype(model_args.dtype),
+        device_map=device_map,
+        quantization_config=quantization_config,
+        trust_remote_code=trust_remote_code,
+    )
+    processor = AutoProcessor.from_pretrained(
+        path, revision=model_args.model_revision, trust_remote_code=trust_remote_code)
+    tok = getattr(processor, "tokenizer", processor)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, processor
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Dataset
+
+
+def load_train_dataset(script_args):
+    """``dataset_name``: a local path (save_to_disk folder, parquet/JSON/CSV, an already-scored folder) or a
+    hub id (read from the local cache when ``HF_HUB_OFFLINE=1``)."""
+    from saev_curate import load_local_dataset
+
+    name = script_args.dataset_name
+    if not name:
+        raise ValueError("dataset_name is required: a hub id or a local dataset path")
+    p = Path(name).expanduser()
+    if p.exists() or "*" in p.name:
+        return load_local_dataset(p, split=script_args.dataset_train_split)
+    from datasets import load_dataset
+
+    return load_dataset(name, name=script_args.dataset_config, split=script_args.dataset_train_split)
+
+
+def _cache_key(dataset, model_args, saev_args) -> str:
+    doc = {"data": getattr(dataset, "_fingerprint", None), "n": len(dataset),
+           "model": model_args.model_name_or_path, "revision": model_args.model_revision,
+           "quant": [model_args.load_in_4bit, model_args.load_in_8bit], "dtype": model_args.dtype,
+           **{k: getattr(saev_args, k) for k in ("sae", "crossmodal_weights", "n_reference", "reference_seed",
+                                                 "layer", "delta", "score_max_length")}}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _layer(saev_args):
+    layer = saev_args.layer
+    return int(layer) if isinstance(layer, str) and layer.lstrip("-").isdigit() else layer
+
+
+def is_scored(dataset) -> bool:
+    return any(c.startswith("saev_") and c != "saev_error" for c in dataset.column_names)
+
+
+def score_dataset(dataset, model, processor, saev_args, model_args, output_dir):
+    """Attach ``saev_*`` columns with the (pre-alignment) policy; returns ``(scored, source)``.
+
+    The scored rows are saved to ``output_dir/saev_scored``: under ``accelerate launch`` the main process scores
+    and saves first and the other processes load its result; a rerun with the same inputs reuses it.
+    """
+    import datasets
+    from accelerate import PartialState
+    from saev_curate import CrossModalWeights, SaevScorer, load_sae
+
+    state = PartialState()
+    out = Path(output_dir)
+    cache, key = out / SCORED_DIR, _cache_key(dataset, model_args, saev_args)
+    source = {"kind": "computed", "sae": saev_args.sae, "layer": saev_args.layer, "delta": saev_args.delta,
+              "score_max_length": saev_args.score_max_length, "model": model_args.model_name_or_path,
+              "scored_dataset": str(cache), "cache_key": key}
+    with state.main_process_first():
+        key_file = cache / "saev_cache_key.json"
+        if key_file.is_file() and json.loads(key_file.read_text()).get("key") == key:
+            doc = json.loads(key_file.read_text())
+            source.update(doc.get("source", {}), reused=True)
+            return datasets.load_from_disk(str(cache)), source
+        if not state.is_main_process:  # the main process failed to write it: score here too rather than hang
+            log.warning("no scored dataset from the main process at %s; scoring on this process", cache)
+        sae = load_sae(saev_args.sae)
+        if saev_args.crossmodal_weights:
+            weights = CrossModalWeights.load(saev_args.crossmodal_weights)
+            source["crossmodal_weights"] = saev_args.crossmodal_weights
+        else:
+            weights = CrossModalWeights.fit(model, processor, sae, dataset, _layer(saev_args),
+                                            n_reference=saev_args.n_reference, seed=saev_args.reference_seed,
+                                            batch_size=saev_args.score_batch_size,
+                                            max_length=saev_args.score_max_length)
+            if state.is_main_process:
+                weights.save(out / WEIGHTS_DIR)
+            source["crossmodal_weights"] = str(out / WEIGHTS_DIR)
+            source["crossmodal_weights_fitted_on"] = {"n_reference": saev_args.n_reference,
+                                                      "seed": saev_args.reference_seed}
+        was_training = model.training
+        model.eval()
+        scorer = SaevScorer(model, processor, sae, weights, _layer(saev_args), delta=saev_args.delta,
+                            max_length=saev_args.score_max_length)
+        scored = scorer.map(dataset, batch_size=saev_args.score_batch_size)
+        model.train(was_training)
+        source["scorer_fingerprint"] = scorer.fingerprint()
+        if state.is_main_process:
+            if cache.exists():
+                import shutil
+
+                shutil.rmtree(cache)
+            scored.save_to_disk(str(cache))
+            key_file.write_text(json.dumps({"key": key, "source": source}, indent=2))
+            scored = datasets.load_from_disk(str(cache))
+    return scored, source
+
+
+def _stats(values: list) -> dict[str, Any]:
+    v = sorted(float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x)))
+    if not v:
+        return {"n": 0}
+    n, mean = len(v), sum(v) / len(v)
+    std = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1)) if n > 1 else 0.0
+    mid = (v[(n - 1) // 2] + v[n // 2]) / 2
+    return {"n": n, "mean": mean, "std": std, "min": v[0], "median": mid, "max": v[-1]}
+
+
+def curate(dataset, model, processor, saev_args, model_args, output_dir, *, dataset_name: str | None = None):
+    """Score (when asked and not already scored) and select; returns ``(kept_rows, selection_doc)``.
+
+    ``selection_doc`` is what ``selection.json`` holds: the kept row indices (into the loaded dataset), the rule,
+    score statistics over all rows and over the kept ones, and where the scores came from.
+    """
+    from saev_curate import select
+
+    n = len(dataset)
+    if is_scored(dataset):
+        source = {"kind": "dataset columns", "dataset": dataset_name}
+        if saev_args.sae:
+            log.info("dataset already has saev_* columns: selecting on them, not re-scoring")
+    elif saev_args.sae:
+        dataset, source = score_dataset(dataset, model, processor, saev_args, model_args, output_dir)
+        source["dataset"] = dataset_name
+    elif saev_args.select_by == "random" or not saev_args.selects:
+        source = {"kind": "none", "dataset": dataset_name}
+    else:
+        raise ValueError(f"select_by={saev_args.select_by!r} needs scores: pass --sae (and --crossmodal_weights) to "
+                         "score the rows, or a dataset that already has the score column")
+
+    doc: dict[str, Any] = {"n_rows": n, "by": saev_args.select_by if saev_args.selects else "all",
+                           "fraction": saev_args.select_fraction, "threshold": saev_args.select_threshold,
+                           "scores_source": source}
+    if not saev_args.selects:
+        kept, kept_idx = dataset, list(range(n))
+        col = saev_args.select_by if saev_args.select_by in dataset.column_names else None
+        values = dataset[col] if col else []
+    else:
+        kept, report = select(dataset, by=saev_args.select_by, fraction=saev_args.select_fraction,
+                              threshold=saev_args.select_threshold, seed=saev_args.select_seed, return_report=True)
+        kept_idx = [r for r, k in zip(report["row_index"], report["saev_keep"]) if k]
+        values = report["value"]
+        if saev_args.select_by == "random":
+            values = []
+        doc["seed"] = saev_args.select_seed if saev_args.select_by == "random" else None
+    kept_set = set(kept_idx)
+    doc["n_kept"] = len(kept_idx)
+    doc["kept_fraction"] = len(kept_idx) / n if n else 0.0
+    if values:
+        doc["score_stats"] = {"all": _stats(values), "kept": _stats([values[i] for i in kept_idx]),
+                              "dropped": _stats([values[i] for i in range(n) if i not in kept_set])}
+        doc["cut"] = doc["score_stats"]["kept"].get("min") if saev_args.selects else None
+    doc["kept_indices"] = kept_idx
+    return kept, doc
+
+
+def write_selection(doc: dict, output_dir, extra: dict | None = None) -> Path:
+    path = Path(output_dir) / "selection.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**doc, **(extra or {})}, indent=2, default=str))
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rows in the shapes TRL's vision collators take (conversational, so the chat template places the image)
+
+
+def _user(text) -> list[dict]:
+    return text if isinstance(text, list) else [{"role": "user", "content": text}]
+
+
+def _assistant(text) -> list[dict]:
+    return text if isinstance(text, list) else [{"role": "assistant", "content": text}]
+
+
+def _image_column(cols) -> list[str]:
+    return ["images"] if "images" in cols else ["image"] if "image" in cols else []
+
+
+def _preference(row: dict) -> tuple[Any, Any, Any]:
+    if "response_1" in row and "overall_response" in row:  # Align-Anything text-image-to-text
+        best = int(row["overall_response"])
+        if best not in (1, 2):
+            raise ValueError(f"overall_response must be 1 or 2, got {row['overall_response']!r}")
+        return row["question"], row[f"response_{best}"], row[f"response_{3 - best}"]
+    prompt = row["prompt"] if "prompt" in row else row["question"]  # TRL preference / RLAIF-V
+    return prompt, row["chosen"], row["rejected"]
+
+
+def _check_columns(cols: set, want: str):
+    ok = ({"prompt", "chosen", "rejected"} <= cols or {"question", "chosen", "rejected"} <= cols
+          or {"question", "response_1", "response_2", "overall_response"} <= cols
+          or (want == "sft" and ("messages" in cols or {"prompt", "completion"} <= cols)))
+    if not ok:
+        shapes = ("prompt/chosen/rejected (TRL), question/chosen/rejected (RLAIF-V), "
+                  "question/response_1/response_2/overall_response (Align-Anything)")
+        if want == "sft":
+            shapes = "messages, prompt/completion, " + shapes
+        raise ValueError(f"dataset columns {sorted(cols)} match no known row shape: {shapes}")
+
+
+def to_preference_rows(dataset):
+    """TRL conversational preference rows (``prompt``/``chosen``/``rejected`` + ``image(s)``); other columns go."""
+    cols = set(dataset.column_names)
+    _check_columns(cols, "dpo")
+    keep = _image_column(cols)
+
+    def fn(row):
+        prompt, chosen, rejected = _preference(row)
+        return {"prompt": _user(prompt), "chosen": _assistant(chosen), "rejected": _assistant(rejected)}
+
+    drop = [c for c in dataset.column_names if c not in keep]
+    return _with_image_feature(dataset.map(fn, remove_columns=drop, desc="preference rows"))
+
+
+def to_sft_rows(dataset):
+    """TRL conversational SFT rows: ``messages`` kept, else ``prompt``/``completion`` (a preference row's chosen
+    response is its completion) + ``image(s)``; other columns go."""
+    cols = set(dataset.column_names)
+    _check_columns(cols, "sft")
+    keep = _image_column(cols)
+    if "messages" in cols:
+        return _with_image_feature(dataset.remove_columns([c for c in dataset.column_names
+                                                           if c not in keep + ["messages"]]))
+
+    def fn(row):
+        if "completion" in row:
+            return {"prompt": _user(row["prompt"]), "completion": _assistant(row["completion"])}
+        prompt, chosen, _ = _preference(row)
+        return {"prompt": _user(prompt), "completion": _assistant(chosen)}
+
+    drop = [c for c in dataset.column_names if c not in keep]
+    return _with_image_feature(dataset.map(fn, remove_columns=drop, desc="sft rows"))
+
+
+def _with_image_feature(dataset):
+    """Image paths stored as strings become ``datasets.Image`` so the collator gets PIL images."""
+    from datasets import Image, Sequence, Value
+
+    feats = dataset.features
+    if "image" in feats and feats["image"] == Value("string"):
+        dataset = dataset.cast_column("image", Image())
+    if "images" in feats and isinstance(feats["images"], (list, Sequence)):
+        inner = feats["images"][0] if isinstance(feats["images"], list) else feats["images"].feature
+        if inner == Value("string"):
+            dataset = dataset.cast_column("images", [Image()])
+    return dataset
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Optional re-scoring during training (issue 12's callback)
+
+
+def attach_rescore_callback(trainer, model, processor, saev_args, output_dir):
+    """Add ``saev_curate.SaevRescoreCallback`` to ``trainer`` when ``rescore_every_n_steps`` is set."""
+    if not saev_args.rescore_every_n_steps:
+        return None
+    import saev_curate
+
+    try:
+        callback_cls = saev_curate.SaevRescoreCallback
+    except AttributeError:
+        raise ImportError("rescore_every_n_steps needs saev_curate.SaevRescoreCallback, which this installed "
+                          "saev-curate does not have; upgrade it or drop rescore_every_n_steps") from None
+    if not saev_args.sae:
+        raise ValueError("rescore_every_n_steps needs --sae (the SAE that scores the current policy)")
+    from saev_curate import CrossModalWeights, SaevScorer, load_sae
+
+    weights_dir = saev_args.crossmodal_weights or str(Path(output_dir) / WEIGHTS_DIR)
+    scorer = SaevScorer(model, processor, load_sae(saev_args.sae), CrossModalWeights.load(weights_dir),
+                        _layer(saev_args), delta=saev_args.delta, max_length=saev_args.score_max_length)
+    callback = callback_cls(scorer, every_n_steps=saev_args.rescore_every_n_steps, by=saev_args.select_by,
+                            fraction=saev_args.select_fraction)
+    if hasattr(callback, "attach"):  # the callback wires its sampler into the trainer
+        callback.attach(trainer)
+    else:
+        trainer.add_callback(callback)
+    return callback
+
+
+def args_record(**dataclasses_by_name) -> dict[str, Any]:
+    """JSON-able record of the recipe's argument dataclasses, for ``selection.json``."""
+    out = {}
+    for name, obj in dataclasses_by_name.items():
+        try:
+            out[name] = {k: v for k, v in asdict(obj).items() if isinstance(v, (str, int, float, bool, type(None)))}
+        except TypeError:
+            out[name] = str(obj)
+    return out
