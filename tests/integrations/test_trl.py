@@ -1,0 +1,204 @@
+"""SaevRescoreCallback + SelectionSampler with real TRL trainers (DPO, SFT; LoRA) on tiny models, CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("trl")
+pytest.importorskip("peft")
+
+import datasets  # noqa: E402
+
+from _rescore_helpers import base_vlm, losses, record_collated, rows, sae_and_weights, trainer  # noqa: E402
+from saev_curate import SaevRescoreCallback, SaevScorer, select  # noqa: E402
+from saev_curate.integrations.sampler import SelectionSampler  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------
+# the sampler alone
+
+
+def test_sampler_untouched_draws_what_accelerate_draws_and_obeys_a_new_selection():
+    from accelerate.data_loader import SeedableRandomSampler
+
+    ref = SeedableRandomSampler(range(20), data_seed=7)
+    s = SelectionSampler(20, seed=7, group_size=4)
+    for epoch in (0, 1):
+        ref.set_epoch(epoch)
+        s.set_epoch(epoch)
+        assert list(s) == list(ref)
+    assert not isinstance(s, torch.utils.data.RandomSampler)  # accelerate would replace it
+
+    s.set_epoch(2)
+    s.record = []
+    it = iter(s)
+    first = [next(it) for _ in range(5)]  # mid-batch-group: the change applies from draw 8
+    assert s.set_selection(rows=[3, 1, 17]) == 8
+    rest = list(it)
+    assert len(first) + len(rest) == 20
+    assert all(r in {1, 3, 17} for r in rest[3:])
+    assert sorted(rest[3:6]) == [1, 3, 17]  # each selected row once per cycle
+    # weights: only rows with positive weight are drawn
+    w = np.zeros(20)
+    w[[0, 19]] = [1.0, 3.0]
+    s.set_epoch(3)
+    s.set_selection(weights=w)
+    assert set(s) <= {0, 19}
+
+
+def test_sampler_state_round_trip_replays_the_epoch():
+    s = SelectionSampler(30, seed=1, group_size=2)
+    it = iter(s)
+    drawn = [next(it) for _ in range(7)]
+    s.set_selection(rows=range(10))
+    drawn += [next(it) for _ in range(9)]
+    s.set_selection(rows=range(20, 30))
+    meta, arrays = s.state_arrays()
+    drawn += list(it)
+    t = SelectionSampler(30, seed=1, group_size=2)
+    t.load_state_arrays(meta, arrays)
+    assert list(t) == drawn
+
+
+# ---------------------------------------------------------------------------------------------
+# with trainers
+
+
+@pytest.fixture(scope="module")
+def sae_w():
+    return sae_and_weights()
+
+
+def _callback(sae_w, **kw):
+    sae, w = sae_w
+    return SaevRescoreCallback(sae=sae, weights=w, **kw)
+
+
+def test_dpo_llava_trains_on_exactly_the_selected_rows_after_a_rescore(sae_w, tmp_path):
+    ds = datasets.Dataset.from_list(rows(16, seed=1))
+    cb = _callback(sae_w, every_n_steps=2, fraction=0.25)
+    tr = trainer("dpo", "llava", ds, tmp_path, max_steps=6)
+    cb.attach(tr)
+    cb.sampler.record = []
+    seen = record_collated(tr, "prompt")
+    tr.train()
+    segs = cb.sampler.segments
+    assert len(segs) == 4 and segs[1].start > 0  # three re-scores, the first after step 2
+    # the trainer consumed the sampler's draws, in order
+    draws = [row for _, _, row in cb.sampler.record]
+    assert seen == [str(ds[r]["prompt"]) for r in draws[:len(seen)]]
+    # from its first draw on, each selection is exactly what was drawn (one full cycle = the set)
+    for seg, nxt in zip(segs[1:], segs[2:]):
+        part = draws[seg.start:nxt.start]
+        assert set(part) <= set(seg.rows.tolist()) and len(part) == 4 == len(seg.rows)
+        assert sorted(part) == seg.rows.tolist()
+    # the selection is select()'s top 25% of the last scores
+    kept = select([{"s": v} for v in cb.scores.tolist()], by="s", fraction=0.25, return_report=True)[1]
+    assert segs[-1].rows.tolist() == [r["row_index"] for r in kept if r["saev_keep"]]
+    logged = [h for h in tr.state.log_history if "saev/score_mean" in h]
+    assert [h["step"] for h in logged] == [2, 4, 6]
+    for h in logged:
+        assert h["saev/kept_fraction"] == 0.25 and 0 <= h["saev/selection_change"] <= 1
+        assert np.isfinite(h["saev/explained_variance"]) and h["saev/n_scored"] == 16
+
+
+def test_sft_qwen2_vl_rescores_with_the_current_policy(sae_w, tmp_path):
+    ds = datasets.Dataset.from_list(rows(12, seed=2, kind="sft"))
+    cb = _callback(sae_w, every_n_steps=2, fraction=0.5, sample_size=8)
+    tr = trainer("sft", "qwen2_vl", ds, tmp_path, max_steps=2)
+    cb.attach(tr)
+    tr.train()
+    assert cb.n_rescores == 1 and np.count_nonzero(~np.isnan(cb.scores)) == 8  # a seeded sample of 8
+    model = tr.model
+    assert model.training  # train mode restored after scoring
+    cb.sample_size = None  # from here on: every row, so that the scores compare row for row
+    cb.rescore()
+    trained = cb.scores.copy()
+    with torch.no_grad():  # move the adapters: the policy's scores must move
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn_like(p) * 0.5)
+    cb.rescore()
+    assert not np.allclose(cb.scores, trained)
+    # adapters off = the base model: the same scores as SaevScorer on an untouched copy
+    with model.disable_adapter():
+        cb.rescore()
+    base_model, processor = base_vlm("qwen2_vl")
+    sae, w = sae_w
+    expected = SaevScorer(base_model, processor, sae, w, 2)(ds[:])["saev_score"]
+    np.testing.assert_allclose(cb.scores, expected, rtol=1e-4, atol=1e-6)
+    assert model.training
+
+
+def test_schedule_that_never_fires_changes_nothing(sae_w, tmp_path):
+    ds = datasets.Dataset.from_list(rows(8, seed=3))
+    plain = trainer("dpo", "llava", ds, tmp_path / "plain", max_steps=5)
+    plain.train()
+    cb = _callback(sae_w, every_n_steps=1000)
+    with_cb = trainer("dpo", "llava", ds, tmp_path / "cb", max_steps=5)
+    cb.attach(with_cb)
+    with_cb.train()
+    assert cb.n_rescores == 0
+    assert losses(with_cb) == losses(plain) and len(losses(plain)) == 5
+
+
+def test_resume_draws_what_the_uninterrupted_run_draws(sae_w, tmp_path):
+    ds = datasets.Dataset.from_list(rows(8, seed=4))  # 4 steps per epoch: the run crosses an epoch
+    kw = dict(max_steps=7, save_strategy="steps", save_steps=3)
+    full_cb = _callback(sae_w, every_n_steps=2, fraction=0.5)
+    full = trainer("dpo", "llava", ds, tmp_path / "full", **kw)
+    full_cb.attach(full)
+    full_cb.sampler.record = []
+    full.train()
+    ckpt = tmp_path / "full" / "checkpoint-3"
+    assert (ckpt / "saev_rescore_state.json").is_file() and (ckpt / "saev_rescore_state.npz").is_file()
+
+    res_cb = _callback(sae_w, every_n_steps=2, fraction=0.5)
+    resumed = trainer("dpo", "llava", ds, tmp_path / "full", **kw)
+    res_cb.attach(resumed)
+    res_cb.sampler.record = []
+    resumed.train(resume_from_checkpoint=str(ckpt))
+    assert res_cb.n_rescores == full_cb.n_rescores == 3
+    a = {(e, p): r for e, p, r in full_cb.sampler.record}
+    b = {(e, p): r for e, p, r in res_cb.sampler.record}
+    after = [k for k in a if k in b and (k[0], k[1]) >= (0, 6)]  # from the resume point (3 steps x 2 rows)
+    assert len(after) >= 8 and all(a[k] == b[k] for k in after)
+    assert res_cb.sampler.selection.rows.tolist() == full_cb.sampler.selection.rows.tolist()
+    np.testing.assert_allclose(res_cb.scores, full_cb.scores, rtol=1e-5)
+
+    # a checkpoint written without the callback's state: the run resumes (with a warning), no KeyError
+    for f in ckpt.glob("saev_rescore_state.*"):
+        f.unlink()
+    again = trainer("dpo", "llava", ds, tmp_path / "full", **kw)
+    _callback(sae_w, every_n_steps=2, fraction=0.5).attach(again)
+    again.train(resume_from_checkpoint=str(ckpt))
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_two_processes_draw_the_same_selection(tmp_path):
+    script = Path(__file__).with_name("_rescore_ddp.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(script.parent), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert r0["segments"] == r1["segments"] and len(r0["segments"]) == 3  # two re-scores, same on both
+    assert r0["draws"] == r1["draws"]  # every rank iterates the whole sampler identically
+    # each rank trained on its own slice of the draws: batch g goes to rank g % 2
+    draws, bs = r0["draws"], 2
+    for rank, r in enumerate((r0, r1)):
+        mine = [row for g in range(rank, len(draws) // bs, 2) for row in draws[g * bs:(g + 1) * bs]]
+        assert r["seen"] == mine[:len(r["seen"])] and len(r["seen"]) >= 8
+    start, rows_ = r0["segments"][1]["start"], set(r0["segments"][1]["rows"])
+    assert start % 4 == 0 and set(draws[start:start + 4]) <= rows_
