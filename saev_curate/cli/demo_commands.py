@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 
+from saev_curate.cli.common import layer_arg, model_arg, out_arg, traceback_arg
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="run the whole job offline: model, SAE, weights, scores, selection, report")
-    demo.add_argument("--out", default="saev-demo", help="output folder (default ./saev-demo)")
-    demo.add_argument("--model", help="local VLM folder (default: a tiny LLaVA built locally, random weights)")
+    out_arg(demo, required=False, default="saev-demo", help="output folder (default ./saev-demo)")
+    model_arg(demo, required=False, help="local VLM folder (default: a tiny LLaVA built locally, random weights)")
     demo.add_argument("--sae", help="SAE folder for that model (default: train a small topk SAE first)")
-    demo.add_argument("--rows", type=int, default=400)
-    demo.add_argument("--sae-steps", type=int, default=400)
-    demo.add_argument("--n-reference", type=int, default=200)
-    demo.add_argument("--fraction", type=float, default=0.5)
-    demo.add_argument("--layer", default="middle")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--rows", type=int, default=400, help="preference rows over real digits (default 400)")
+    demo.add_argument("--sae-steps", type=int, default=400, help="training steps of the demo SAE (default 400)")
+    demo.add_argument("--n-reference", type=int, default=200, help="reference rows for the weights (default 200)")
+    demo.add_argument("--fraction", type=float, default=0.5, help="share of rows kept (default 0.5)")
+    layer_arg(demo, default="middle", help="decoder layer when the SAE names none (default middle)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the rows, the model and the SAE (default 0)")
+    traceback_arg(demo)
     demo.set_defaults(func=_demo)
 
 

@@ -12,6 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     info.add_argument("path", help="SAE folder (SAELens v6, SAELens pre-6, or sparsify) or hub repo id")
     info.add_argument("--input-scale", type=float, default=None,
                       help="input scale for checkpoints saved with an unfolded 'expected_average_only_in'")
+    info.add_argument("--traceback", action="store_true", help="show full Python tracebacks for errors")
     info.set_defaults(func=_info)
     sae.set_defaults(func=lambda args: sae.print_help() or 2)
 

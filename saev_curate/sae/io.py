@@ -1,4 +1,4 @@
-"""SAE checkpoints on disk: SAELens v6 (written and read), SAELens pre-6 flat configs, EleutherAI sparsify.
+"""Reading SAE checkpoints: SAELens v6, SAELens pre-6 flat configs, EleutherAI sparsify (writing: `saving`).
 
 Only safetensors are ever read: a folder holding pickles is refused, never unpickled.
 """
@@ -13,19 +13,21 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from saev_curate.errors import CheckpointError
-from saev_curate.sae.model import SAE, SAEConfig, dtype_to_str, layer_from_hook_name, str_to_dtype
+from saev_curate.devices import dtype_to_str, str_to_dtype
+from saev_curate.sae.model import SAE, SAEConfig, layer_from_hook_name
+from saev_curate.sae.saving import (
+    CFG_FILE,
+    META_FIELDS,
+    SAELENS_WEIGHTS,
+    SPARSITY_FILE,
+    expected_tensor_names,
+    is_v6,
+)
 
-CFG_FILE = "cfg.json"
-SAELENS_WEIGHTS = "sae_weights.safetensors"
-SPARSITY_FILE = "sparsity.safetensors"
 SPARSIFY_WEIGHTS = "sae.safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
-_SAVED_FORMAT_VERSION = "6.0.0"  # the SAELens on-disk format version our files follow
-# SAELens metadata keys that map onto SAEConfig fields; everything else round-trips through `extra`
-_META_FIELDS = ("model_name", "hook_name", "hook_layer", "context_size", "dataset_path")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w./-]+)?$")
 
 
@@ -38,42 +40,6 @@ class CheckpointInfo:
     raw_config: dict[str, Any]
     tensors: dict[str, tuple[tuple[int, ...], str]]  # name -> (shape, dtype)
     has_sparsity: bool
-
-
-# ------------------------------------------------------------------------------------------- save
-def save_sae(sae: SAE, path: str | Path, *, sparsity: torch.Tensor | None = None) -> Path:
-    """Write `sae` in the SAELens v6 layout; an unfolded input scale is folded into the saved copy."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    if sae.cfg.input_scale != 1.0:
-        sae = sae.copy().fold_input_scale()
-    cfg = sae.cfg
-    tensors = {name: getattr(sae, name).detach().cpu().contiguous() for name in _expected_names(cfg)}
-    save_file(tensors, str(path / SAELENS_WEIGHTS))
-    out: dict[str, Any] = {
-        "architecture": cfg.architecture,
-        "d_in": cfg.d_in,
-        "d_sae": cfg.d_sae,
-        "dtype": cfg.dtype,
-        "device": "cpu",
-        "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
-        "normalize_activations": "none",
-        "reshape_activations": "none",
-    }
-    if cfg.architecture == "topk":
-        out.update(k=cfg.k, rescale_acts_by_decoder_norm=False)
-    metadata = dict(cfg.extra)
-    metadata.update({name: getattr(cfg, name) for name in _META_FIELDS})
-    if not _is_v6(metadata.get("sae_lens_version")):
-        metadata["sae_lens_version"] = _SAVED_FORMAT_VERSION
-    metadata.setdefault("sae_lens_training_version", None)
-    out["metadata"] = metadata
-    (path / CFG_FILE).write_text(json.dumps(out, indent=2, default=str))
-    if sparsity is not None:
-        if tuple(sparsity.shape) != (cfg.d_sae,):
-            raise ValueError(f"sparsity must have shape [{cfg.d_sae}], got {tuple(sparsity.shape)}")
-        save_file({"sparsity": sparsity.detach().float().cpu().contiguous()}, str(path / SPARSITY_FILE))
-    return path
 
 
 # ------------------------------------------------------------------------------------------- load
@@ -146,7 +112,7 @@ def inspect_checkpoint(path_or_repo: str | Path) -> CheckpointInfo:
                               f"or {SPARSIFY_WEIGHTS} (sparsify)")
     raw = _read_json(cfg_file)
     if saelens.is_file():
-        fmt = "saelens-v6" if isinstance(raw.get("metadata"), dict) or _is_v6(raw.get("sae_lens_version")) else "saelens-legacy"
+        fmt = "saelens-v6" if isinstance(raw.get("metadata"), dict) or is_v6(raw.get("sae_lens_version")) else "saelens-legacy"
         weights = saelens
     elif sparsify.is_file():
         fmt, weights = "sparsify", sparsify
@@ -174,7 +140,7 @@ def _cfg_saelens_v6(info: CheckpointInfo):
         k=raw.get("k") if architecture == "topk" else None,
         apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),
         dtype=raw.get("dtype", "float32"),
-        **{name: meta.pop(name, None) for name in _META_FIELDS},
+        **{name: meta.pop(name, None) for name in META_FIELDS},
         extra=meta,
     )
     needs_scale = _needs_input_scale(raw.get("normalize_activations"), info)
@@ -316,15 +282,10 @@ def _fold_norms_into(tensors: dict[str, torch.Tensor], cfg: SAEConfig) -> dict[s
 
 
 # ------------------------------------------------------------------------------------------- checks
-def _expected_names(cfg: SAEConfig) -> list[str]:
-    names = ["W_enc", "b_enc", "W_dec", "b_dec"]
-    return names + ["threshold"] if cfg.architecture == "jumprelu" else names
-
-
 def _validate_tensors(tensors: dict[str, torch.Tensor], cfg: SAEConfig, where: Path) -> None:
     shapes = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_in),
               "b_dec": (cfg.d_in,), "threshold": (cfg.d_sae,)}
-    expected = _expected_names(cfg)
+    expected = expected_tensor_names(cfg)
     found = {name: tuple(t.shape) for name, t in tensors.items()}
     missing = [n for n in expected if n not in tensors]
     unexpected = [n for n in tensors if n not in expected]
@@ -392,11 +353,6 @@ def _refuse_pickles(path: Path) -> None:
             "arbitrary code). Convert it where you trust it: load it with torch.load, then save the tensors with "
             "safetensors.torch.save_file as sae_weights.safetensors next to a SAELens cfg.json"
         )
-
-
-def _is_v6(version: Any) -> bool:
-    match = re.match(r"^(\d+)", str(version or ""))
-    return bool(match) and int(match.group(1)) >= 6
 
 
 def _resolve_path(path_or_repo: str | Path) -> Path:

@@ -15,37 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from saev_curate.devices import dtype_to_str, str_to_dtype
 from saev_curate.errors import CheckpointError
+from saev_curate.sae.saving import save_sae
 
 Architecture = Literal["standard", "topk", "jumprelu"]
 ARCHITECTURES: tuple[str, ...] = ("standard", "topk", "jumprelu")
-
-_DTYPES = {
-    "float32": torch.float32,
-    "float": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float64": torch.float64,
-}
-
-
-def str_to_dtype(name: str | torch.dtype) -> torch.dtype:
-    """Parse 'float32', 'bfloat16', 'torch.float16', ... into a torch dtype."""
-    if isinstance(name, torch.dtype):
-        return name
-    key = str(name).removeprefix("torch.")
-    if key not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; use one of float32, bfloat16, float16")
-    return _DTYPES[key]
-
-
-def dtype_to_str(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
 
 _LAYER_IN_HOOK = re.compile(r"(?:^|\.)(?:blocks|layers|layer|h)\.(\d+)(?:\.|$)")
 
@@ -265,8 +240,6 @@ class SAE(nn.Module):
     # ----------------------------------------------------------------- io shortcuts
     def save(self, path, *, sparsity: Tensor | None = None):
         """Write the SAELens v6 layout (`cfg.json`, `sae_weights.safetensors`, [`sparsity.safetensors`])."""
-        from saev_curate.sae.io import save_sae
-
         return save_sae(self, path, sparsity=sparsity)
 
     def extra_repr(self) -> str:

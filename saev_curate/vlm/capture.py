@@ -7,26 +7,17 @@ layer L (later layers, final norm, LM head) runs, and no KV cache is built.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 from torch import Tensor
 
+from saev_curate.devices import to_model_inputs
 from saev_curate.errors import InputError
+from saev_curate.vlm.layers import decoder_layers, resolve_layer
 
-__all__ = [
-    "Activations",
-    "capture_activations",
-    "resolve_layer",
-    "check_sae_fits",
-    "sae_decoder_layer",
-    "decoder_layers",
-    "text_hidden_size",
-    "image_token_id",
-    "special_token_ids",
-]
+__all__ = ["Activations", "capture_activations", "image_token_id", "special_token_ids"]
 
 
 @dataclass
@@ -53,90 +44,6 @@ class Activations:
 
 class _StopForward(Exception):
     pass
-
-
-def decoder_layers(model) -> torch.nn.ModuleList:
-    """The language model's decoder layers (``model.get_decoder().layers``)."""
-    dec = None
-    if hasattr(model, "get_decoder"):
-        try:
-            dec = model.get_decoder()
-        except Exception:
-            dec = None
-    layers = getattr(dec, "layers", None)
-    if layers is None:
-        for path in ("model.language_model", "model.text_model", "language_model", "model"):
-            obj = model
-            for part in path.split("."):
-                obj = getattr(obj, part, None)
-                if obj is None:
-                    break
-            if obj is not None and isinstance(getattr(obj, "layers", None), torch.nn.ModuleList):
-                layers = obj.layers
-                break
-    if layers is None:
-        raise InputError(
-            f"cannot find the decoder layers of {type(model).__name__}; expected model.get_decoder().layers "
-            "(a Hugging Face causal or image-text-to-text model)"
-        )
-    return layers
-
-
-def text_hidden_size(model) -> int:
-    cfg = model.config
-    tc = cfg.get_text_config() if hasattr(cfg, "get_text_config") else getattr(cfg, "text_config", cfg)
-    d = getattr(tc, "hidden_size", None)
-    if d is None:
-        raise InputError(f"{type(model).__name__} config has no hidden_size for its text model")
-    return int(d)
-
-
-_LAYER_PATTERNS = [
-    (re.compile(r"^blocks\.(\d+)\.hook_resid_post$"), 0),
-    (re.compile(r"^blocks\.(\d+)\.hook_resid_pre$"), -1),
-    (re.compile(r"^(?:model\.)?(?:(?:language_model|text_model|decoder)\.)?(?:model\.)?layers\.(\d+)(?:\.output)?$"), 0),
-    (re.compile(r"^(?:transformer\.)?h\.(\d+)$"), 0),
-]
-
-
-def resolve_layer(model, layer: int | str) -> int:
-    """Decoder layer index for ``layer``: an int (negative counts from the end) or a hook name.
-
-    Hook names: TransformerLens/SAELens ``blocks.L.hook_resid_post`` (``hook_resid_pre`` is layer
-    L-1's output), HF module paths ``model.layers.L``, ``model.language_model.layers.L``,
-    ``model.text_model.layers.L``, ``language_model.model.layers.L`` and sparsify's ``layers.L``.
-    """
-    n = len(decoder_layers(model))
-    orig = layer
-    if isinstance(layer, str):
-        s = layer.strip()
-        if re.fullmatch(r"-?\d+", s):
-            layer = int(s)
-        else:
-            for pat, shift in _LAYER_PATTERNS:
-                m = pat.match(s)
-                if m:
-                    layer = int(m.group(1)) + shift
-                    if layer < 0:
-                        raise InputError(
-                            f"layer={orig!r} is the residual stream before layer 0 (the embeddings), which is "
-                            "not a decoder layer output; use blocks.0.hook_resid_post or later"
-                        )
-                    break
-            else:
-                raise InputError(
-                    f"layer={orig!r} is not a residual-stream hook name; use an int or one of "
-                    "'blocks.L.hook_resid_post', 'model.layers.L', 'model.language_model.layers.L', 'layers.L'"
-                )
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        raise InputError(f"layer={orig!r} must be an int or a hook name string")
-    idx = layer + n if layer < 0 else layer
-    if not 0 <= idx < n:
-        raise InputError(
-            f"layer={orig!r} is out of range: {type(model).__name__} has {n} decoder layers "
-            f"(valid: 0..{n - 1} or -{n}..-1)"
-        )
-    return idx
 
 
 def image_token_id(model) -> int:
@@ -186,43 +93,6 @@ def _has_image_token(model) -> bool:
         return False
 
 
-def sae_decoder_layer(model, sae) -> int | None:
-    """The decoder layer whose output ``sae`` reads, or None when its config names none.
-
-    The hook name decides when there is one (it knows ``blocks.L.hook_resid_pre`` is layer L-1's
-    output, while SAELens' ``hook_layer`` is L for both); ``hook_layer`` is the fallback.
-    """
-    cfg = getattr(sae, "cfg", None)
-    name, number = getattr(cfg, "hook_name", None), getattr(cfg, "hook_layer", None)
-    if name:
-        try:
-            return resolve_layer(model, name)
-        except InputError:
-            if number is None:
-                raise
-    return resolve_layer(model, number) if number is not None else None
-
-
-def check_sae_fits(model, sae) -> None:
-    """Raise :class:`InputError` unless ``sae.cfg.d_in`` equals the text model's hidden size (and the
-    SAE's hook layer, if it names one, exists in the model)."""
-    cfg = getattr(sae, "cfg", None)
-    d_in = getattr(cfg, "d_in", None)
-    if d_in is None:
-        raise InputError(f"the SAE ({type(sae).__name__}) has no cfg.d_in; load it with saev_curate.load_sae")
-    d = text_hidden_size(model)
-    if int(d_in) != d:
-        raise InputError(
-            f"SAE d_in={d_in} does not match {type(model).__name__}'s text hidden size {d}; this SAE was trained "
-            "on a different model — use an SAE trained on this model's residual stream (or train one)"
-        )
-    try:
-        sae_decoder_layer(model, sae)
-    except InputError as e:
-        raise InputError(f"the SAE's hook ({getattr(cfg, 'hook_name', None) or getattr(cfg, 'hook_layer', None)!r}) "
-                         f"does not fit this model: {e}") from None
-
-
 def _first_tensor(output) -> Tensor:
     if isinstance(output, Tensor):
         return output
@@ -232,14 +102,6 @@ def _first_tensor(output) -> Tensor:
     if isinstance(hs, Tensor):
         return hs
     raise InputError(f"unexpected decoder layer output type {type(output).__name__}")
-
-
-def _model_device_dtype(model):
-    try:
-        p = next(model.parameters())
-        return p.device, p.dtype
-    except StopIteration:
-        return torch.device("cpu"), torch.float32
 
 
 def _infer_counts(model, inputs, image_mask) -> list[list[int] | None]:
@@ -322,7 +184,7 @@ def capture_activations(
     ``processor``) every special token of its tokenizer from ``text_mask``; or pass the ids.
     The model is put in eval mode for the call (and restored), and gradients are not tracked.
     """
-    from saev_curate.vlm.formats import PreparedBatch
+    from saev_curate.vlm.rows import PreparedBatch
 
     if isinstance(inputs, PreparedBatch):
         if inputs.inputs is None:
@@ -335,17 +197,7 @@ def capture_activations(
     L = resolve_layer(model, layer)
     img_id = image_token_id(model)
     layers = decoder_layers(model)
-    device, dtype = _model_device_dtype(model)
-
-    fwd: dict[str, Any] = {}
-    for k, v in inputs.items():
-        if isinstance(v, Tensor):
-            v = v.to(device)
-            if k.startswith("pixel_values") and v.is_floating_point():
-                v = v.to(dtype)
-        fwd[k] = v
-    fwd.pop("labels", None)
-    fwd.pop("text_replacement_offsets", None)
+    fwd = to_model_inputs(inputs, model)
     input_ids = fwd["input_ids"]
     attention_mask = fwd.get("attention_mask")
     if attention_mask is None:

@@ -8,16 +8,10 @@ from pathlib import Path
 
 import torch
 
+from saev_curate.devices import resolve_model_dtype
 from saev_curate.errors import InputError
 
-__all__ = ["load_vlm", "without_video_processor", "resolve_dtype"]
-
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-}
-
+__all__ = ["load_processor", "load_vlm", "without_video_processor"]
 
 def without_video_processor(base):
     """A subclass of processor class ``base`` (e.g. ``Qwen2VLProcessor``) that has no video processor.
@@ -45,18 +39,6 @@ def without_video_processor(base):
     return _NoVideo
 
 
-def resolve_dtype(dtype, device: str | torch.device | None):
-    """``None`` -> float32 on CPU (bf16/fp16 matmuls are slow there), the checkpoint's dtype elsewhere."""
-    if dtype is None:
-        dev = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.float32 if dev.startswith("cpu") else "auto"
-    if isinstance(dtype, torch.dtype) or dtype == "auto":
-        return dtype
-    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
-        return _DTYPES[dtype.lower()]
-    raise InputError(f"dtype={dtype!r} is not understood; use 'float32', 'bfloat16', 'float16', 'auto' or a torch.dtype")
-
-
 def _processor_class_name(path) -> str | None:
     p = Path(path)
     for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
@@ -71,7 +53,8 @@ def _processor_class_name(path) -> str | None:
     return None
 
 
-def _load_processor(path, trust_remote_code: bool, **hub_kwargs):
+def load_processor(path, trust_remote_code: bool = False, **hub_kwargs):
+    """``AutoProcessor.from_pretrained``, retrying image-only for processors that insist on a video processor."""
     from transformers import AutoProcessor
 
     try:
@@ -108,7 +91,7 @@ def load_vlm(path, *, dtype=None, device=None, quantization=None, trust_remote_c
         raise InputError(f"quantization={quantization!r}; use None, '4bit' or '8bit'")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_dtype = resolve_dtype(dtype, device)
+    torch_dtype = resolve_model_dtype(dtype, device)
     path_s = os.fspath(path)
     if os.path.exists(path_s) and not os.path.isdir(path_s):
         raise InputError(f"model path {path_s!r} is a file; pass the folder holding config.json")
@@ -149,7 +132,7 @@ def load_vlm(path, *, dtype=None, device=None, quantization=None, trust_remote_c
         model = model.to(device)
     model.eval()
     try:
-        processor = _load_processor(path_s, trust_remote_code)
+        processor = load_processor(path_s, trust_remote_code)
     except (OSError, ValueError) as e:
         raise InputError(f"could not load the processor from {path_s!r}: {e}") from e
     return model, processor

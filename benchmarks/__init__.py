@@ -1,0 +1,1 @@
+"""Reproducible measurements; run from the repository root: `python -m benchmarks.<name>`."""

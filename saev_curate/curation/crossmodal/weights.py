@@ -1,0 +1,233 @@
+"""The cross-modal weights ω of an SAE (stages 1-2 of SAE-V): the result, its files, and fitting it on a
+model and a dataset with the streaming :class:`~saev_curate.curation.crossmodal.fitter.CrossModalFitter`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import Tensor
+
+from saev_curate.curation.capture import CapturedBatches, reference_indices
+from saev_curate.curation.crossmodal.fitter import (
+    CLASS_NAMES,
+    CrossModalFitter,
+    TokenBatch,
+    flatten_tokens,
+    token_keys,
+)
+from saev_curate.devices import module_device
+from saev_curate.errors import InputError
+from saev_curate.io.fingerprint import model_identity, sae_fingerprint
+from saev_curate.vlm.layers import resolve_sae_layer
+
+__all__ = ["CrossModalWeights"]
+
+
+
+@dataclass
+class CrossModalWeights:
+    """ω per feature (NaN = undefined), feature classes, and each feature's top-token record."""
+
+    omega: Tensor  # [d_sae] float32, NaN where undefined
+    classes: Tensor  # [d_sae] int8, index into CLASS_NAMES
+    top_activation: Tensor | None = None  # [d_sae, K] float32 (-inf = empty)
+    top_row: Tensor | None = None  # [d_sae, K] long: reference dataset row (-1 = empty)
+    top_position: Tensor | None = None  # [d_sae, K] long: position in the row's unpadded sequence
+    top_is_image: Tensor | None = None  # [d_sae, K] bool
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # -------------------------------------------------------------- views
+    @property
+    def d_sae(self) -> int:
+        return int(self.omega.shape[0])
+
+    @property
+    def defined(self) -> Tensor:
+        return ~torch.isnan(self.omega)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = torch.bincount(self.classes.long(), minlength=len(CLASS_NAMES)).tolist()
+        return dict(zip(CLASS_NAMES, counts))
+
+    def class_of(self, feature: int) -> str:
+        return CLASS_NAMES[int(self.classes[feature])]
+
+    def top_tokens(self, feature: int) -> list[dict[str, Any]]:
+        """Feature ``feature``'s recorded top tokens, best first: reference row, position in the
+        unpadded row, activation, modality."""
+        if self.top_row is None:
+            return []
+        out = []
+        for r, p, a, im in zip(self.top_row[feature].tolist(), self.top_position[feature].tolist(),
+                               self.top_activation[feature].tolist(), self.top_is_image[feature].tolist()):
+            if r >= 0:
+                out.append({"row": r, "position": p, "activation": a, "modality": "image" if im else "text"})
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        w = self.omega[self.defined]
+        out: dict[str, Any] = {"d_sae": self.d_sae, "classes": self.class_counts(), "n_defined": int(w.numel())}
+        if w.numel():
+            out.update(omega_min=float(w.min()), omega_mean=float(w.mean()), omega_max=float(w.max()))
+        return out
+
+    def fingerprint(self) -> str:
+        """Content hash of ω, the classes and the fit parameters (stable across save/load)."""
+        h = hashlib.sha256()
+        h.update(self.omega.float().contiguous().numpy().tobytes())
+        h.update(self.classes.to(torch.int8).contiguous().numpy().tobytes())
+        h.update(json.dumps(self.meta, sort_keys=True, default=str).encode())
+        return h.hexdigest()[:32]
+
+    def __repr__(self) -> str:
+        return f"CrossModalWeights({self.summary()})"
+
+    # -------------------------------------------------------------- io
+    def save(self, path: str | Path) -> Path:
+        """Write ``crossmodal_weights.safetensors`` + ``crossmodal_weights.json`` into folder ``path``."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {"omega": self.omega.float().contiguous(), "classes": self.classes.to(torch.int8).contiguous()}
+        for name in ("top_activation", "top_row", "top_position", "top_is_image"):
+            t = getattr(self, name)
+            if t is not None:
+                tensors[name] = t.contiguous()
+        if "top_is_image" in tensors:
+            tensors["top_is_image"] = tensors["top_is_image"].to(torch.uint8)
+        save_file(tensors, str(path / "crossmodal_weights.safetensors"))
+        doc = {"format": "saev-curate/crossmodal-weights", "version": 1, "class_names": list(CLASS_NAMES),
+               "summary": self.summary(), "meta": self.meta}
+        (path / "crossmodal_weights.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CrossModalWeights":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        st, js = path / "crossmodal_weights.safetensors", path / "crossmodal_weights.json"
+        if not st.is_file() or not js.is_file():
+            raise InputError(
+                f"{path} is not a cross-modal weights folder: expected crossmodal_weights.safetensors and "
+                "crossmodal_weights.json (written by CrossModalWeights.save)")
+        t = load_file(str(st))
+        doc = json.loads(js.read_text())
+        if list(doc.get("class_names", CLASS_NAMES)) != list(CLASS_NAMES):
+            raise InputError(f"{js}: unknown feature class names {doc.get('class_names')}")
+        top_img = t.get("top_is_image")
+        return cls(omega=t["omega"], classes=t["classes"], top_activation=t.get("top_activation"),
+                   top_row=t.get("top_row"), top_position=t.get("top_position"),
+                   top_is_image=None if top_img is None else top_img.bool(), meta=doc.get("meta", {}))
+
+    # -------------------------------------------------------------- checks
+    def check_sae(self, sae) -> None:
+        """Raise if these weights were not fitted for an SAE of this shape (or, when known, this SAE)."""
+        d_sae = int(sae.cfg.d_sae)
+        if d_sae != self.d_sae:
+            raise InputError(f"cross-modal weights have {self.d_sae} features but the SAE has d_sae={d_sae}: "
+                             "fit the weights with this SAE")
+        fitted = self.meta.get("sae_fingerprint")
+        if fitted and fitted != sae_fingerprint(sae):
+            raise InputError("these cross-modal weights were fitted with a different SAE (weights differ); "
+                             "refit them for this SAE (CrossModalWeights.fit, or saev-curate fit-weights)")
+
+    # -------------------------------------------------------------- fitting on a model
+    @classmethod
+    def fit_activations(cls, batches: Iterable[dict[str, Any]], sae, *, top_features_per_token: int = 50,
+                        top_tokens_per_feature: int = 30, tokens_per_modality: int = 5,
+                        min_activation: float = 0.0, meta: dict | None = None) -> "CrossModalWeights":
+        """Fit from a re-iterable of captured batches (pure; used by the tests and by :meth:`fit`).
+
+        Each batch is a dict with ``resid [B,T,d]``, ``image_mask``, ``text_mask``, ``attention_mask``
+        and ``row_ids`` (list of B dataset row ids, strictly increasing over the stream: tokens are
+        ordered by (row id, position) for ties).  ``batches`` is iterated twice; when it has
+        ``iter_rows_subset(rows)``, pass 2 uses that to run only batches holding a selected token.
+        """
+        fitter = CrossModalFitter(int(sae.cfg.d_sae), top_features_per_token=top_features_per_token,
+                                  top_tokens_per_feature=top_tokens_per_feature,
+                                  tokens_per_modality=tokens_per_modality, min_activation=min_activation,
+                                  device=module_device(sae))
+        last_row = -1
+        for b in batches:
+            ids = list(b["row_ids"])
+            if ids and (min(ids) <= last_row or ids != sorted(ids)):
+                raise InputError("fit_activations: row_ids must increase strictly across batches "
+                                 "(they order tokens for the deterministic tie rule)")
+            last_row = max(ids, default=last_row)
+            _observe_batch(fitter, sae, b)
+        needed = fitter.needed_rows
+        second = batches.iter_rows_subset(needed) if hasattr(batches, "iter_rows_subset") else batches
+        for b in second:
+            _accumulate_batch(fitter, b)
+        return cls(**fitter.result({"sae_fingerprint": sae_fingerprint(sae), **(meta or {})}))
+
+    @classmethod
+    def fit(cls, model, processor, sae, dataset, layer: int | str | None = None, *, n_reference: int | None = 1000,
+            seed: int = 42, batch_size: int = 8, top_features_per_token: int = 50,
+            top_tokens_per_feature: int = 30, tokens_per_modality: int = 5, min_activation: float = 0.0,
+            max_length: int | None = None, exclude_special_tokens: bool = False, progress: bool = False,
+            ) -> "CrossModalWeights":
+        """Fit ω on ``n_reference`` rows of ``dataset`` sampled with ``seed`` (all rows if None or more).
+
+        Rows are fed as image + prompt only (``prepare_batch(mode="prompt")``).  Rows the processor
+        cannot prepare are skipped and counted in ``meta["n_rows_skipped"]``.  Two passes over the
+        sampled rows (the second only over rows holding a selected token).
+        """
+        layer_index = resolve_sae_layer(model, sae, layer)
+        indices = reference_indices(dataset, n_reference, seed)
+        source = CapturedBatches(model, processor, dataset, indices, layer_index, batch_size=batch_size,
+                                  max_length=max_length, exclude_special_tokens=exclude_special_tokens,
+                                  progress=progress)
+        meta = {
+            "layer": layer_index,
+            "model": model_identity(model),
+            "sae": {"d_in": int(sae.cfg.d_in), "d_sae": int(sae.cfg.d_sae),
+                    "hook_name": getattr(sae.cfg, "hook_name", None),
+                    "model_name": getattr(sae.cfg, "model_name", None)},
+            "n_reference_requested": n_reference, "seed": seed, "n_rows_sampled": len(indices),
+            "batch_size": batch_size, "max_length": max_length, "exclude_special_tokens": exclude_special_tokens,
+        }
+        out = cls.fit_activations(source, sae, top_features_per_token=top_features_per_token,
+                                  top_tokens_per_feature=top_tokens_per_feature,
+                                  tokens_per_modality=tokens_per_modality, min_activation=min_activation,
+                                  meta=meta)
+        out.meta["n_rows_skipped"] = source.n_skipped
+        out.meta["skipped_examples"] = source.skipped_examples
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Feeding captured batches to the fitter
+
+
+def _encode_chunks(sae, resid: Tensor, chunk: int = 4096) -> Iterator[tuple[int, Tensor]]:
+    dev = module_device(sae)
+    for s in range(0, resid.shape[0], chunk):
+        with torch.no_grad():
+            yield s, sae.encode(resid[s:s + chunk].to(dev))
+
+
+def _batch_tokens(b: dict[str, Any]) -> tuple[TokenBatch, Tensor, Tensor]:
+    tb = flatten_tokens(b["resid"], b["image_mask"], b["text_mask"], b.get("attention_mask"))
+    row_ids = torch.as_tensor(list(b["row_ids"]), dtype=torch.long)[tb.row.cpu()]
+    keys = token_keys(row_ids, tb.position.cpu())
+    return tb, keys, row_ids
+
+
+def _observe_batch(fitter: CrossModalFitter, sae, b: dict[str, Any]) -> None:
+    tb, keys, row_ids = _batch_tokens(b)
+    for s, z in _encode_chunks(sae, tb.resid):
+        n = z.shape[0]
+        fitter.observe(z, tb.is_image[s:s + n], keys[s:s + n], row_ids[s:s + n])
+
+
+def _accumulate_batch(fitter: CrossModalFitter, b: dict[str, Any]) -> None:
+    tb, keys, _ = _batch_tokens(b)
+    fitter.accumulate(tb.resid, keys)

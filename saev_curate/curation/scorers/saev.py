@@ -1,0 +1,306 @@
+"""Stage 3 of SAE-V (method doc section 5): score each sample with the cross-modal weights ω.
+
+For a sample fed as image + prompt: z = SAE.encode(h) at every position; image positions hold the
+image placeholder token, text positions are the rest minus padding.
+
+* ``F = {k : max_text z_k > δ} ∩ {k : max_image z_k > δ}`` (co-occurring features, δ = 1);
+* ``saev_score = Σ_{k ∈ F, ω_k defined} ω_k`` (the reference code's unnormalised sum, the default);
+* ``saev_score_mean = Σ ω_k x_k / Σ x_k`` over the same features, x_k = the feature's maximum
+  activation over the sample's tokens (the activation-weighted mean of the paper's figure; 0 when
+  no weighted feature co-occurs);
+* ``feature_set="any"``: F = features whose maximum over *all* tokens exceeds δ (Algorithm 1's
+  "active on any token"; use ``delta=0`` for "active" in the strict sense);
+* ``saev_cooccur_l0 = |F_cooccur|``; ``saev_l0`` / ``_image`` / ``_text``: mean number of active
+  (z > 0) features per token over all / image / text tokens.
+
+The core, :func:`score_activations`, is a pure function of captured tensors and the SAE.
+:class:`SaevScorer` wraps it as a :class:`~saev_curate.curation.scorers.base.Scorer` for
+``Dataset.map(batched=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saev_curate.curation.capture import capture_rows
+from saev_curate.curation.crossmodal import CLASS_NAMES, CrossModalWeights, flatten_tokens
+from saev_curate.curation.scorers.base import Scorer
+from saev_curate.devices import module_device
+from saev_curate.errors import InputError
+from saev_curate.io.fingerprint import module_fingerprint, processor_fingerprint, sae_fingerprint
+from saev_curate.vlm.layers import resolve_sae_layer
+
+__all__ = ["SaevScorer", "score_activations"]
+
+FEATURE_SETS = ("cooccur", "any")
+BASE_COLUMNS = ("score", "score_mean", "cooccur_l0", "l0", "l0_image", "l0_text")
+RESPONSE_COLUMNS = ("score_chosen", "score_rejected", "score_margin")
+
+
+# ---------------------------------------------------------------------------------------------
+# The pure core
+
+
+@torch.no_grad()
+def score_activations(sae, omega: Tensor, resid: Tensor, image_mask: Tensor, text_mask: Tensor,
+                      attention_mask: Tensor | None = None, *, delta: float = 1.0,
+                      feature_set: str = "cooccur", chunk_tokens: int = 8192) -> dict[str, Any]:
+    """Stage-3 scores of every row of a captured batch ``resid [B, T, d_in]``.
+
+    Returns a dict of python lists (one value per row): ``score``, ``score_mean``, ``cooccur_l0``,
+    ``l0``, ``l0_image``, ``l0_text`` and ``error`` (None, or why the row has no score: then its
+    other values are None).
+    """
+    if feature_set not in FEATURE_SETS:
+        raise InputError(f"feature_set={feature_set!r}; use one of {', '.join(FEATURE_SETS)}")
+    B = int(resid.shape[0])
+    dev = module_device(sae)
+    d_sae = int(omega.shape[0])
+    tb = flatten_tokens(resid, image_mask, text_mask, attention_mask)
+    seg = (tb.row * 2 + tb.is_image.long()).to(dev)  # row b: text segment 2b, image segment 2b+1
+    maxes = torch.full((2 * B, d_sae), -math.inf, dtype=torch.float32, device=dev)
+    n_tok = torch.zeros(2 * B, dtype=torch.float64, device=dev)
+    n_act = torch.zeros(2 * B, dtype=torch.float64, device=dev)
+    for s in range(0, tb.resid.shape[0], chunk_tokens):
+        z = sae.encode(tb.resid[s:s + chunk_tokens].to(dev)).float()
+        sg = seg[s:s + chunk_tokens]
+        with warnings.catch_warnings():  # "index_reduce() is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            maxes.index_reduce_(0, sg, z, "amax", include_self=True)
+        n_act.index_add_(0, sg, (z > 0).float().sum(-1).double())  # float sum: 4x faster than bool sum on CPU
+        n_tok.index_add_(0, sg, torch.ones_like(sg, dtype=torch.float64))
+    text_max, image_max = maxes[0::2], maxes[1::2]
+    n_text, n_image = n_tok[0::2], n_tok[1::2]
+    cooccur = (text_max > delta) & (image_max > delta)
+    x = torch.maximum(text_max, image_max)
+    chosen = cooccur if feature_set == "cooccur" else x > delta
+    w = omega.to(dev, torch.float64)
+    defined = ~torch.isnan(w)
+    w = torch.where(defined, w, torch.zeros_like(w))
+    use = (chosen & defined[None, :]).double()
+    score = use @ w
+    xw = use * x.double().clamp_min(0)
+    denom = xw.sum(-1)
+    score_mean = torch.where(denom > 0, (xw @ w) / denom.clamp_min(1e-300), torch.zeros_like(denom))
+    l0_text = n_act[0::2] / n_text.clamp_min(1)
+    l0_image = n_act[1::2] / n_image.clamp_min(1)
+    l0 = (n_act[0::2] + n_act[1::2]) / (n_text + n_image).clamp_min(1)
+    cols = {"score": score.tolist(), "score_mean": score_mean.tolist(), "cooccur_l0": cooccur.sum(-1).tolist(),
+            "l0": l0.tolist(), "l0_image": l0_image.tolist(), "l0_text": l0_text.tolist()}
+    errors: list[str | None] = [None] * B
+    for b, (nt, ni) in enumerate(zip(n_text.tolist(), n_image.tolist())):
+        if ni == 0:
+            errors[b] = "no image tokens in the sequence (no image, or the processor produced none)"
+        elif nt == 0:
+            errors[b] = "no text tokens in the sequence"
+        if errors[b] is not None:
+            for v in cols.values():
+                v[b] = None
+    cols["error"] = errors
+    return cols
+
+
+# ---------------------------------------------------------------------------------------------
+# The scorer
+
+
+class SaevScorer(Scorer):
+    """Callable for ``ds.map(scorer, batched=True, batch_size=...)`` adding ``saev_*`` columns.
+
+    ``model``/``processor``/``sae``/``weights`` are objects or paths (a model folder for
+    :func:`saev_curate.vlm.load.load_vlm`, an SAE folder for :func:`load_sae`, a folder written by
+    :meth:`CrossModalWeights.save`).  ``processor=None`` loads it from the model folder.
+
+    Columns (prefix ``saev_``): ``score``, ``score_mean``, ``cooccur_l0``, ``l0``, ``l0_image``,
+    ``l0_text``, ``error``; for preference rows (``responses=True``, or ``"auto"`` when the batch
+    has ``chosen``/``rejected`` or ``response_1``/``response_2`` columns) also ``score_chosen``,
+    ``score_rejected``, ``score_margin`` (= chosen - rejected): the same score computed with the
+    chosen / rejected response shown after the prompt.  A row that cannot be scored keeps its place:
+    its score columns are null and ``saev_error`` says why (a response-aware part that fails nulls
+    only its own columns and is named in ``saev_error``).
+
+    ``datasets`` citizenship: pickling drops the model; a worker reloads it lazily from the paths
+    (or, for in-memory objects, finds them in the forked parent's registry).  The pickled state,
+    hence ``datasets``' fingerprint, is a content hash of the model, processor, SAE and weights plus
+    every setting that changes the output, so a second identical ``map`` is a cache hit.  With
+    ``with_rank=True`` each worker uses ``cuda:{rank % n_gpus}`` when GPUs exist and ``device`` is
+    not set.  Output columns are typed whatever a batch holds, so a plain ``ds.map(scorer, batched=True)``
+    works; :meth:`map` adds ``with_rank=True`` and handles ``DatasetDict`` / ``IterableDataset``.
+    """
+
+    COLUMNS = {"score": "float64", "score_mean": "float64", "cooccur_l0": "int64", "l0": "float64",
+               "l0_image": "float64", "l0_text": "float64", "score_chosen": "float64", "score_rejected": "float64",
+               "score_margin": "float64", "error": "string"}
+    SELECT = {"saev": ("score", True), "saev_mean": ("score_mean", True), "saev_margin": ("score_margin", True),
+              "cooccur_l0": ("cooccur_l0", True), "l0": ("l0", True)}
+    FINGERPRINTS = {"model": module_fingerprint, "processor": processor_fingerprint, "sae": sae_fingerprint,
+                    "weights": lambda w: w.fingerprint()}
+    ROLES = ("model", "sae", "weights", "processor")
+
+    def __init__(self, model, processor, sae, weights, layer: int | str | None = None, *, delta: float = 1.0,
+                 feature_set: str = "cooccur", responses: bool | str = "auto", max_length: int | None = None,
+                 exclude_special_tokens: bool = False, prefix: str = "saev_", device: str | None = None,
+                 dtype: str | None = None):
+        if feature_set not in FEATURE_SETS:
+            raise InputError(f"feature_set={feature_set!r}; use one of {', '.join(FEATURE_SETS)}")
+        if responses not in (True, False, "auto"):
+            raise InputError(f"responses={responses!r}; use True, False or 'auto'")
+        if not isinstance(delta, (int, float)) or not math.isfinite(delta):
+            raise InputError(f"delta={delta!r} must be a finite number")
+        super().__init__(prefix=prefix, device=device, delta=float(delta), feature_set=feature_set,
+                         responses=responses, max_length=max_length,
+                         exclude_special_tokens=bool(exclude_special_tokens), dtype=dtype)
+        for role, obj in (("model", model), ("processor", processor), ("sae", sae), ("weights", weights)):
+            self.add_role(role, obj, optional=role == "processor")
+        self._layer_arg = layer
+        self.layer: int | None = None
+        if isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0:
+            self.layer = layer
+        if "model" in self._objs and "sae" in self._objs:
+            self.bind()
+
+    # -------------------------------------------------------------- state, loading, checks
+    def state(self) -> dict[str, Any]:
+        return {"layer_arg": self._layer_arg, "layer": self.layer}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self._layer_arg, self.layer = state["layer_arg"], state["layer"]
+
+    def load_role(self, role: str, path: str | None, device: str | None) -> None:
+        if role == "model":
+            from saev_curate.vlm.load import load_vlm
+
+            model, processor = load_vlm(path, dtype=self.settings["dtype"], device=device)
+            self._objs["model"] = model
+            if self._specs["processor"]["kind"] == "none":
+                self._objs["processor"] = processor
+        elif role == "sae":
+            from saev_curate.sae.io import load_sae
+
+            self._objs["sae"] = load_sae(path, device=device)
+        elif role == "weights":
+            self._objs["weights"] = CrossModalWeights.load(path)
+        elif role == "processor":
+            from saev_curate.vlm.load import load_processor  # handles Qwen2-VL without video processor
+
+            self._objs["processor"] = load_processor(path)
+
+    def bind(self) -> None:
+        model, sae = self._objs["model"], self._objs["sae"]
+        self.layer = resolve_sae_layer(model, sae, self._layer_arg)
+        weights = self._objs.get("weights")
+        if weights is not None:
+            weights.check_sae(sae)
+            fitted = weights.meta.get("layer")
+            if fitted is not None and int(fitted) != self.layer:
+                raise InputError(f"the cross-modal weights were fitted at layer {fitted}, the scorer reads layer "
+                                 f"{self.layer}; refit the weights or pass layer={fitted}")
+        if "processor" not in self._objs and self._specs["processor"]["kind"] == "none":
+            if self._specs["model"].get("path") is None:
+                raise InputError("processor=None needs the model given as a path (its processor is loaded from "
+                                 "the same folder); pass the processor")
+
+    @property
+    def model(self):
+        self.setup()
+        return self._objs["model"]
+
+    @property
+    def sae(self):
+        self.setup()
+        return self._objs["sae"]
+
+    @property
+    def weights(self) -> CrossModalWeights:
+        self.setup()
+        return self._objs["weights"]
+
+    # -------------------------------------------------------------- columns
+    def columns_for(self, keys: list[str] | None = None) -> dict[str, str]:
+        skip = () if self._responses_for(keys or []) else RESPONSE_COLUMNS
+        return {k: v for k, v in self.COLUMNS.items() if k not in skip}
+
+    def _responses_for(self, keys) -> bool:
+        r = self.settings["responses"]
+        if r != "auto":
+            return bool(r)
+        keys = set(keys)
+        return {"chosen", "rejected"} <= keys or {"response_1", "response_2"} <= keys
+
+    # -------------------------------------------------------------- scoring
+    def _score_mode(self, rows: list[dict], mode: str) -> dict[str, list]:
+        model, processor = self._objs["model"], self._objs["processor"]
+        sae, weights = self._objs["sae"], self._objs["weights"]
+        n = len(rows)
+        acts, kept, errors = capture_rows(model, processor, rows, self.layer, mode=mode,
+                                          max_length=self.settings["max_length"],
+                                          exclude_special_tokens=self.settings["exclude_special_tokens"])
+        out: dict[str, list] = {k: [None] * n for k in BASE_COLUMNS}
+        out["error"] = list(errors)
+        if acts is None:
+            return out
+        cols = score_activations(sae, weights.omega, acts.resid, acts.image_mask, acts.text_mask,
+                                 acts.attention_mask, delta=self.settings["delta"],
+                                 feature_set=self.settings["feature_set"])
+        for j, i in enumerate(kept):
+            for k in BASE_COLUMNS:
+                out[k][i] = cols[k][j]
+            out["error"][i] = cols["error"][j]
+        return out
+
+    def score_rows(self, rows: list[dict], keys: list[str]) -> dict[str, list]:
+        res = self._score_mode(rows, "prompt")
+        out = {k: res[k] for k in BASE_COLUMNS}
+        errors = list(res["error"])
+        if self._responses_for(keys):
+            chosen = self._score_mode(rows, "chosen")
+            rejected = self._score_mode(rows, "rejected")
+            margin = []
+            for i in range(len(rows)):
+                c, r = chosen["score"][i], rejected["score"][i]
+                margin.append(None if c is None or r is None else c - r)
+                extra = [f"{m}: {e}" for m, e in (("chosen", chosen["error"][i]), ("rejected", rejected["error"][i]))
+                         if e is not None and e != errors[i]]
+                if extra:
+                    errors[i] = "; ".join(([errors[i]] if errors[i] else []) + extra)
+            out.update(score_chosen=chosen["score"], score_rejected=rejected["score"], score_margin=margin)
+        out["error"] = errors
+        return out
+
+    @torch.no_grad()
+    def explain(self, row: dict, *, mode: str = "prompt", top: int | None = 20) -> list[dict[str, Any]]:
+        """Why a row scores what it scores: its co-occurring features with ω, sorted by ω descending.
+
+        Each entry: ``feature``, ``omega`` (None when undefined), ``class``, ``text_max``,
+        ``image_max``.  The defined ω of all entries (``top=None``) sum to the row's ``saev_score``.
+        """
+        self.setup()
+        sae, weights = self._objs["sae"], self._objs["weights"]
+        acts, kept, errors = capture_rows(self._objs["model"], self._objs["processor"], [row], self.layer,
+                                          mode=mode, max_length=self.settings["max_length"],
+                                          exclude_special_tokens=self.settings["exclude_special_tokens"])
+        if acts is None:
+            raise InputError(f"this row cannot be scored: {errors[0]}")
+        valid = acts.image_mask[0] | acts.text_mask[0]
+        z = sae.encode(acts.resid[0][valid].to(module_device(sae))).float().cpu()
+        is_img = acts.image_mask[0][valid].cpu()
+        if not bool(is_img.any()) or bool(is_img.all()):
+            raise InputError("this row has no image tokens or no text tokens")
+        tmax, imax = z[~is_img].max(0).values, z[is_img].max(0).values
+        delta = self.settings["delta"]
+        feats = ((tmax > delta) & (imax > delta)).nonzero(as_tuple=True)[0].tolist()
+        out = []
+        for k in feats:
+            w = float(weights.omega[k])
+            out.append({"feature": k, "omega": None if math.isnan(w) else w, "class": CLASS_NAMES[int(weights.classes[k])],
+                        "text_max": float(tmax[k]), "image_max": float(imax[k])})
+        out.sort(key=lambda e: (-(e["omega"] if e["omega"] is not None else -math.inf), e["feature"]))
+        return out if top is None else out[:top]
+
+    def __repr__(self) -> str:
+        return f"SaevScorer(layer={self.layer if self.layer is not None else self._layer_arg}, {self.settings})"

@@ -1,0 +1,170 @@
+"""Selection, kept apart from scoring: scores are expensive and cached, selection is cheap and re-runnable.
+
+(The module is `selection`, not `select`, so that importing it never shadows the function
+`saev_curate.select` with a module attribute of the same name.)
+
+    kept = select(ds, by="saev_score", fraction=0.5)
+    kept, report = select(ds, by="saev_cooccur_l0", fraction=0.1, return_report=True)
+    report.to_json("why.jsonl")      # one record per input row: kept?, rank, value, reason
+
+``by`` is a score column, a method name a scorer declares in its ``SELECT`` (``"saev"``, ``"saev_mean"``,
+``"saev_margin"``, ``"cooccur_l0"``, ``"l0"``, ``"ppl"``, ``"clip"``: see
+:func:`~saev_curate.curation.scorers.base.selection_methods`), or ``"random"`` (seeded).
+
+Rules (deterministic):
+
+* ``fraction``: keep the top ``round_half_up(fraction x n_rows)`` rows (n_rows counts every row, so
+  every method gets the same data budget), capped at the number of rows that have a score;
+* ``threshold``: keep rows with value >= threshold (<= when ``descending=False``);
+* ties in value: the earlier row ranks first;
+* null scores (None or NaN) never rank: ``nulls="drop"`` (default) drops them with the reason in the
+  report and a warning with their count, ``"keep"`` keeps them (reason recorded), ``"raise"`` raises;
+* kept rows are returned in their original order (``order="rank"`` returns them best first).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from saev_curate.curation.scorers.base import selection_methods
+from saev_curate.errors import InputError
+
+log = logging.getLogger(__name__)
+
+NULL_POLICIES = ("drop", "keep", "raise")
+
+
+def _is_null(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+def _column_values(ds, column: str) -> list:
+    names = getattr(ds, "column_names", None)
+    if names is None:
+        raise InputError("select() needs a materialised dataset (datasets.Dataset or a list of dicts); for a "
+                         "streaming IterableDataset, write the scored rows to disk first")
+    if column not in names:
+        scored = [c for c in names if c.startswith("saev_")]
+        raise InputError(f"column {column!r} is not in the dataset (columns: {names}); "
+                         + ("score the dataset first (SaevScorer / baselines)" if not scored
+                            else f"score columns present: {scored}"))
+    return list(ds[column])
+
+
+def rank_rows(values: list, *, descending: bool = True) -> list[int]:
+    """Indices of non-null values, best first; ties: earlier row first."""
+    idx = [i for i, v in enumerate(values) if not _is_null(v)]
+    for i in idx:
+        if not isinstance(values[i], (int, float)) or isinstance(values[i], bool):
+            raise InputError(f"row {i}: score {values[i]!r} is not a number")
+    sign = -1.0 if descending else 1.0
+    return sorted(idx, key=lambda i: (sign * float(values[i]), i))
+
+
+def select(ds, by: str = "saev_score", *, fraction: float | None = None, threshold: float | None = None,
+           descending: bool | None = None, seed: int = 0, nulls: str = "drop", order: str = "original",
+           return_report: bool = False):
+    """Keep the best rows of ``ds`` by ``by``; see the module docstring for the rules.
+
+    Returns the kept rows (same type as ``ds``: a ``datasets.Dataset`` or a list), or
+    ``(kept, report)`` with ``return_report=True``: a ``Dataset`` (or list of dicts) with one record
+    per input row: ``row_index``, ``saev_keep``, ``saev_rank`` (1 = best; null for null scores),
+    ``value``, ``saev_keep_reason``.
+    """
+    if (fraction is None) == (threshold is None):
+        raise InputError("select() needs exactly one of fraction= (e.g. 0.5 for the top 50%) or threshold=")
+    if fraction is not None and not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+        raise InputError(f"fraction={fraction!r} must be in (0, 1]")
+    if nulls not in NULL_POLICIES:
+        raise InputError(f"nulls={nulls!r}; use one of {', '.join(NULL_POLICIES)}")
+    if order not in ("original", "rank"):
+        raise InputError(f"order={order!r}; use 'original' or 'rank'")
+    is_list = isinstance(ds, list)
+    n = len(ds)
+
+    if by == "random":
+        if threshold is not None:
+            raise InputError("by='random' takes fraction=, not threshold=")
+        import numpy as np
+
+        perm = np.random.default_rng(seed).permutation(n).tolist()
+        values: list = [None] * n
+        ranked = perm
+        column, desc = "random", True
+        for r, i in enumerate(perm):
+            values[i] = r + 1
+    else:
+        column, default_desc = selection_methods().get(by, (by, True))
+        desc = default_desc if descending is None else bool(descending)
+        values = [r[column] for r in ds] if is_list else _column_values(ds, column)
+        ranked = rank_rows(values, descending=desc)
+
+    null_rows = [i for i in range(n) if _is_null(values[i])] if by != "random" else []
+    if null_rows and nulls == "raise":
+        raise InputError(f"{len(null_rows)} row(s) have a null {column!r} (first: row {null_rows[0]}); "
+                         "see their saev_error, or pass nulls='drop' / 'keep'")
+    word = "top" if desc else "bottom"
+    if fraction is not None:
+        k = min(_round_half_up(fraction * n), len(ranked))
+        chosen = ranked[:k]
+        rule = f"{word} {fraction:.4g} by {column}"
+    else:
+        ok = (lambda v: v >= threshold) if desc else (lambda v: v <= threshold)
+        chosen = [i for i in ranked if ok(float(values[i]))]
+        rule = f"{column} {'>=' if desc else '<='} {threshold}"
+    rank_of = {i: r + 1 for r, i in enumerate(ranked)}
+    kept_set = set(chosen)
+    if null_rows and nulls == "keep":
+        kept_set.update(null_rows)
+    if null_rows and nulls == "drop":
+        log.warning("select(by=%r): dropped %d row(s) with a null score (see the report's saev_keep_reason)",
+                    column, len(null_rows))
+
+    errors = None
+    if null_rows and not is_list and "saev_error" in (getattr(ds, "column_names", None) or []):
+        errors = ds["saev_error"]
+    report = []
+    for i in range(n):
+        v = values[i]
+        if i in rank_of:
+            r = rank_of[i]
+            reason = (f"kept: rank {r} of {len(ranked)}, {rule}" if i in kept_set
+                      else f"dropped: rank {r} of {len(ranked)}, outside {rule}")
+        else:
+            why = errors[i] if errors is not None and errors[i] else "no score"
+            reason = (f"kept: null {column} ({why}), nulls='keep'" if i in kept_set
+                      else f"dropped: null {column} ({why})")
+        report.append({"row_index": i, "saev_keep": i in kept_set, "saev_rank": rank_of.get(i),
+                       "value": None if _is_null(v) else float(v), "saev_keep_reason": reason})
+
+    if order == "rank":
+        keep_idx = [i for i in ranked if i in kept_set] + [i for i in null_rows if i in kept_set]
+    else:
+        keep_idx = sorted(kept_set)
+    kept = [ds[i] for i in keep_idx] if is_list else ds.select(keep_idx)
+    if not return_report:
+        return kept
+    if is_list:
+        return kept, report
+    from datasets import Dataset, Features, Value
+
+    feats = Features({"row_index": Value("int64"), "saev_keep": Value("bool"), "saev_rank": Value("int64"),
+                      "value": Value("float64"), "saev_keep_reason": Value("string")})
+    return kept, Dataset.from_list(report, features=feats)
+
+
+def selection_report(ds, by: str = "saev_score", **kwargs):
+    """Only the per-row report of :func:`select` (same arguments)."""
+    return select(ds, by, return_report=True, **kwargs)[1]
+
+
+def fraction_sweep(ds, by: str = "saev_score", fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+                   **kwargs) -> dict[float, Any]:
+    """The paper's cumulative top-X% subsets: ``{fraction: kept rows}``."""
+    return {f: select(ds, by, fraction=f, **kwargs) for f in fractions}

@@ -1,0 +1,41 @@
+"""Rows and SAEs shared by the scoring tests (reference, scorer, selection, CLI): preference rows over random
+images (row 3 without an image), and a random SAE whose activations on the tiny models are O(1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from saev_curate.sae import SAE, SAEConfig
+
+LAYER = 2
+
+
+def make_rows(n: int, seed: int = 0, *, with_bad: bool = True) -> list[dict]:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    words = ("a photo of a cat sitting on a red sofa next to a window what color is the bus the dog runs "
+             "across the green field how many apples are on the table describe the image in detail").split()
+    rows = []
+    for i in range(n):
+        h, w = int(rng.integers(24, 72)), int(rng.integers(24, 72))
+        img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        prompt = " ".join(rng.choice(words, size=int(rng.integers(3, 14))))
+        rows.append({"prompt": prompt, "images": [img], "chosen": " ".join(rng.choice(words, 5)),
+                     "rejected": " ".join(rng.choice(words, 3))})
+    if with_bad:
+        rows[3] = {"prompt": "no image in this row", "images": [], "chosen": "x", "rejected": "y"}
+    return rows
+
+
+def make_sae(d_in: int, d_sae: int = 192, *, seed: int = 0, scale: float = 2.5, bias: float = -0.15,
+             architecture: str = "standard", k: int | None = None) -> SAE:
+    """Random SAE whose activations on the tiny models' residuals (norm ~0.2) are O(1)."""
+    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture, k=k, hook_layer=LAYER)
+    sae = SAE.init_paper(cfg, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) * scale)
+        sae.b_enc.fill_(bias)
+    return sae
