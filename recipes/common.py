@@ -235,6 +235,9 @@ def curate(dataset, model, processor, saev_args, model_args, output_dir, *, data
     """
     from saev_curate import select
 
+    cols = set(dataset.column_names)
+    if {"question", "chosen", "rejected"} <= cols and "prompt" not in cols:  # RLAIF-V: TRL's preference names
+        dataset = dataset.rename_column("question", "prompt")
     n = len(dataset)
     if is_scored(dataset):
         source = {"kind": "dataset columns", "dataset": dataset_name}

@@ -178,6 +178,16 @@ def mean_stderr(values: list[float]) -> float:
     return math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1) / n)
 
 
+def scoring_rows(rows: list[dict]) -> list[dict]:
+    """Held-out rows as image + question conversations (what the SAE-V scorer and ω fitting read)."""
+    out = []
+    for r in rows:
+        img = _image_of(r)
+        content = ([{"type": "image"}] if img is not None else []) + [{"type": "text", "text": r["question"]}]
+        out.append({"messages": [{"role": "user", "content": content}], "images": [img] if img is not None else []})
+    return out
+
+
 def saev_scores(model, processor, rows: list[dict], sae, weights, layer=None, delta: float = 1.0) -> list:
     """The policy's SAE-V score of each row (image + question only); None where a row cannot be scored."""
     import datasets
@@ -187,7 +197,7 @@ def saev_scores(model, processor, rows: list[dict], sae, weights, layer=None, de
     weights = CrossModalWeights.load(weights) if isinstance(weights, (str, Path)) else weights
     if isinstance(layer, str) and layer.lstrip("-").isdigit():
         layer = int(layer)
-    ds = datasets.Dataset.from_list([{"question": r["question"], "image": _image_of(r)} for r in rows])
+    ds = datasets.Dataset.from_list(scoring_rows(rows))
     was_training = model.training
     model.eval()
     scored = SaevScorer(model, processor, sae, weights, layer, delta=delta, responses=False).map(ds)

@@ -173,3 +173,25 @@ def test_dpo_qlora_4bit_on_cpu(tmp_path):
     assert trainer.state.global_step == 1 and lora_b_norm(out) > 0
     sel = json.loads((out / "selection.json").read_text())
     assert sel["by"] == "random" and sel["n_kept"] == 4 and sel["scores_source"]["kind"] == "none"
+
+
+def test_row_shapes_become_trl_rows():
+    import datasets
+
+    from recipes.common import to_preference_rows, to_sft_rows
+
+    img = _image(0)
+    aa = datasets.Dataset.from_list([{"question": "q?", "image": img, "response_1": "r1", "response_2": "r2",
+                                      "overall_response": 2, "saev_score": 1.0}])
+    rlaif = datasets.Dataset.from_list([{"question": "q?", "image": img, "chosen": "c", "rejected": "r", "idx": 3}])
+    trl = datasets.Dataset.from_list([{"prompt": "q?", "images": [img], "chosen": "c", "rejected": "r"}])
+    p = to_preference_rows(aa)[0]
+    assert set(p) == {"prompt", "chosen", "rejected", "image"}
+    assert p["prompt"] == [{"role": "user", "content": "q?"}] and p["chosen"][0]["content"] == "r2"
+    assert p["rejected"] == [{"role": "assistant", "content": "r1"}]
+    assert to_preference_rows(rlaif)[0]["chosen"][0]["content"] == "c"
+    assert set(to_preference_rows(trl)[0]) == {"prompt", "chosen", "rejected", "images"}
+    s = to_sft_rows(aa)[0]
+    assert set(s) == {"prompt", "completion", "image"} and s["completion"][0]["content"] == "r2"
+    with pytest.raises(ValueError, match="no known row shape"):
+        to_preference_rows(datasets.Dataset.from_list([{"text": "x"}]))

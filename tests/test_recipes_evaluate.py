@@ -1,0 +1,186 @@
+"""recipes/evaluate.py: accuracies against a brute-force per-row computation, lmms-eval-shaped results, adapters."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+
+def _tiny():
+    try:
+        from saev_curate.testing import build_tiny_vlm, save_tiny_vlm
+    except ImportError:
+        from saev_curate import build_tiny_vlm, save_tiny_vlm
+    return build_tiny_vlm, save_tiny_vlm
+
+
+def _image(seed: int):
+    from PIL import Image
+
+    return Image.fromarray((np.random.RandomState(seed).rand(32, 32, 3) * 255).astype("uint8"))
+
+
+def brute_prompt(processor, row):
+    from recipes.evaluate import prompt_text
+
+    text = prompt_text(processor, row["question"], True)
+    return processor(text=[text], images=[[row["image"]]], return_tensors="pt", add_special_tokens=False)
+
+
+def brute_loglik(model, processor, row, option: str) -> float:
+    """One unpadded forward per option; sum of log p over the option's tokens."""
+    enc = brute_prompt(processor, row)
+    cont = processor.tokenizer(option, add_special_tokens=False)["input_ids"]
+    ids = torch.cat([enc["input_ids"], torch.tensor([cont])], dim=1)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=enc["pixel_values"]).logits
+    logp = torch.log_softmax(logits[0].float(), -1)
+    P = enc["input_ids"].shape[1]
+    return float(sum(logp[P - 1 + t, c] for t, c in enumerate(cont)))
+
+
+def brute_greedy(model, processor, row, n: int) -> str:
+    """Token-by-token argmax without a cache, stopping at EOS."""
+    enc = brute_prompt(processor, row)
+    ids, eos = enc["input_ids"], processor.tokenizer.eos_token_id
+    new = []
+    for _ in range(n):
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=enc["pixel_values"]).logits
+        nxt = int(logits[0, -1].argmax())
+        new.append(nxt)
+        if nxt == eos:
+            break
+        ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+    return processor.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    build, _ = _tiny()
+    model, processor = build("llava", seed=0)
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="module")
+def case(tiny):
+    """6 rows; answers placed by hand from the brute-force computation: acc 4/6, exact match 2/6."""
+    model, processor = tiny
+    rows, expect_acc, expect_em = [], [], []
+    for i in range(6):
+        row = {"question": f"What is shown in picture {i}?", "image": _image(i)}
+        greedy = brute_greedy(model, processor, row, 3)
+        options = [greedy or "cat", "a red sofa", "the yellow bus"]
+        lls = [brute_loglik(model, processor, row, o) for o in options]
+        best = int(np.argmax(lls))
+        if i < 4:  # right by likelihood
+            gold = best
+        else:  # wrong by likelihood: the worst option
+            gold = int(np.argmin(lls))
+        if i in (0, 5):  # generation target = the greedy text (exact match 1) ...
+            options[gold] = greedy if greedy else options[gold]
+        elif normalize_eq(greedy, options[gold]):  # ... elsewhere make sure the greedy text is not the answer
+            options[gold] = options[gold] + " indeed"
+        lls = [brute_loglik(model, processor, row, o) for o in options]
+        gold_ok = int(np.argmax(lls)) == gold
+        row.update(options=options, answer=[options[gold], "ABC"[gold]][i % 2])  # text or letter
+        rows.append((row, lls))
+        expect_acc.append(float(gold_ok))
+        expect_em.append(float(normalize_eq(greedy, options[gold])))
+    return rows, expect_acc, expect_em
+
+
+def normalize_eq(a: str, b: str) -> bool:
+    from recipes.evaluate import normalize
+
+    return normalize(a) == normalize(b)
+
+
+def test_accuracy_and_exact_match_match_brute_force(tiny, case, tmp_path):
+    import datasets
+
+    from recipes.evaluate import evaluate, mean_stderr
+
+    model, processor = tiny
+    rows, expect_acc, expect_em = case
+    assert sum(expect_em) >= 1 and 0 < sum(expect_acc) < len(rows)  # the case is not degenerate
+    ds = datasets.Dataset.from_list([r for r, _ in rows])
+    res = evaluate(model, processor, ds, task="toy", max_new_tokens=3, output_dir=tmp_path, log_samples=True)
+    r = res["results"]["toy"]
+    assert r["acc,none"] == pytest.approx(sum(expect_acc) / 6)
+    assert r["acc_stderr,none"] == pytest.approx(mean_stderr(expect_acc))
+    assert r["exact_match,none"] == pytest.approx(sum(expect_em) / 6)
+    assert r["acc_stderr,none"] == pytest.approx(math.sqrt(np.var(expect_acc, ddof=1) / 6))
+    assert res["n-samples"]["toy"] == {"original": 6, "effective": 6}
+    assert "config" in res and res["configs"]["toy"]["task"] == "toy"
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["results"]["toy"]["acc,none"] == r["acc,none"]
+    samples = [json.loads(line) for line in (tmp_path / "samples_toy.jsonl").read_text().splitlines()]
+    assert [s["acc"] for s in samples] == expect_acc and [s["exact_match"] for s in samples] == expect_em
+    for s, (_, lls) in zip(samples, rows):  # batched + padded log-likelihoods = one forward per option
+        assert [ll for ll, _ in s["resps"]] == pytest.approx(lls, abs=1e-4)
+
+
+def test_answer_forms():
+    from recipes.evaluate import gold_index
+
+    row = {"options": ["cat", "dog", "bus"]}
+    assert [gold_index({**row, "answer": a}) for a in (2, "dog", "c", " cat ")] == [2, 1, 2, 0]
+    for bad in (3, "horse", None, True):
+        with pytest.raises(ValueError):
+            gold_index({**row, "answer": bad})
+
+
+def test_saev_score_of_the_policy(tiny, case):
+    import datasets
+    from saev_curate import SAE, SAEConfig, CrossModalWeights
+
+    from recipes.evaluate import evaluate, scoring_rows
+
+    model, processor = tiny
+    rows = [r for r, _ in case[0]]
+    sae = SAE(SAEConfig(d_in=64, d_sae=128, hook_layer=1))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(sae.W_enc.shape, generator=torch.Generator().manual_seed(0)) * 0.5)
+    w = CrossModalWeights.fit(model, processor, sae, scoring_rows(rows), 1, n_reference=None, batch_size=6)
+    res = evaluate(model, processor, datasets.Dataset.from_list(rows), task="toy", sae=sae, weights=w, layer=1,
+                   delta=0.0, max_new_tokens=0)
+    r = res["results"]["toy"]
+    assert math.isfinite(r["saev_score,none"]) and r["saev_score,none"] > 0
+    assert "saev_score" in res["higher_is_better"]["toy"]
+
+
+def test_cli_main_with_an_adapter(tmp_path, case):
+    import datasets
+    from peft import LoraConfig, get_peft_model
+
+    from recipes.evaluate import main, make_parser
+
+    _, save = _tiny()
+    base = save("llava", tmp_path / "base", seed=0)
+    build, _ = _tiny()
+    model, _ = build("llava", seed=0)
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft.save_pretrained(tmp_path / "adapter")
+    datasets.Dataset.from_list([r for r, _ in case[0]]).save_to_disk(str(tmp_path / "heldout"))
+    common = ["--model_name_or_path", str(base), "--dataset_name", str(tmp_path / "heldout"), "--max_new_tokens", "2",
+              "--log_samples"]
+    r_base = main(*make_parser().parse_args_and_config(args=[*common, "--output_dir", str(tmp_path / "e0")]))
+    r_ad = main(*make_parser().parse_args_and_config(
+        args=[*common, "--adapter", str(tmp_path / "adapter"), "--output_dir", str(tmp_path / "e1")]))
+    assert (tmp_path / "e1" / "results.json").is_file() and (tmp_path / "e1" / "samples_saev_heldout.jsonl").is_file()
+    assert "adapter=" in r_ad["config"]["model_args"]
+    s0 = [json.loads(x)["resps"] for x in (tmp_path / "e0" / "samples_saev_heldout.jsonl").read_text().splitlines()]
+    s1 = [json.loads(x)["resps"] for x in (tmp_path / "e1" / "samples_saev_heldout.jsonl").read_text().splitlines()]
+    assert s0 != s1  # the adapter is on
+    assert r_base["results"]["saev_heldout"]["acc,none"] == pytest.approx(sum(case[1]) / 6)
