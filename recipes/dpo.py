@@ -1,5 +1,5 @@
 # Copyright 2025 the saev-curate authors. Apache-2.0.
-"""DPO with PEFT on SAE-V-selected preference data (the shape of TRL's examples/scripts/dpo_vlm.py).
+r"""DPO with PEFT on SAE-V-selected preference data (the shape of TRL's examples/scripts/dpo_vlm.py).
 
 Score the rows with the pre-alignment policy's SAE-V, keep the top fraction, train LoRA/QLoRA adapters:
 

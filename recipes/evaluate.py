@@ -1,5 +1,5 @@
 # Copyright 2025 the saev-curate authors. Apache-2.0.
-"""Evaluate a base model + LoRA adapter on a held-out question set; results in lmms-eval's shape.
+r"""Evaluate a base model + LoRA adapter on a held-out question set; results in lmms-eval's shape.
 
 Rows: `question` (the prompt text), `image` (or `images`), `options` (list of answer strings) and `answer` (the
 index of the right option, its text, or its letter A, B, ...). Metrics:
