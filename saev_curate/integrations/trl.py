@@ -99,8 +99,9 @@ class SaevRescoreCallback(TrainerCallback):
         every_n_steps: re-score after every N optimizer steps; ``at_epoch_end``: after each epoch;
             ``at_train_begin``: once before the first step (a fresh run only).
         fraction: keep the top fraction of the dataset's rows by ``by`` (``select``'s rules: ties to
-            the earlier row, null scores never kept).  ``weighting="softmax"``: instead draw every
-            scored row with probability ∝ exp(score / ``temperature``).
+            the earlier row, null scores never kept).  ``weighting="softmax"`` (with ``fraction=None``):
+            instead draw every scored row with probability ∝ exp(score / ``temperature``).  Neither
+            (``fraction=None``): monitor only, the scores are logged and the selection never changes.
         by: a score column (``saev_score``, ``saev_score_mean``, ``saev_cooccur_l0``, ``saev_l0``) or
             method name (``saev``, ``saev_mean``, ``cooccur_l0``, ``l0``); higher is better.
         sample_size: score a seeded sample of N rows per re-score (others keep their last score).
@@ -128,8 +129,10 @@ class SaevRescoreCallback(TrainerCallback):
             raise ValueError(f"every_n_steps={every_n_steps!r} must be a positive integer or None")
         if weighting not in (None, "softmax"):
             raise ValueError(f"weighting={weighting!r}; use None (top fraction) or 'softmax'")
-        if weighting is None and not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
-            raise ValueError(f"fraction={fraction!r} must be in (0, 1]")
+        if fraction is not None and not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+            raise ValueError(f"fraction={fraction!r} must be in (0, 1] (or None: re-score and log, never re-select)")
+        if weighting is not None and fraction is not None:
+            raise ValueError("weighting='softmax' draws every scored row by weight; pass fraction=None with it")
         if weighting is not None and not temperature > 0:
             raise ValueError(f"temperature={temperature!r} must be positive")
         if initial_selection not in ("all", "column"):
@@ -214,7 +217,9 @@ class SaevRescoreCallback(TrainerCallback):
                 raise ValueError(f"initial_selection='column' needs a {self.by!r} column in the dataset")
             values = np.array([np.nan if v is None else float(v) for v in self.train_dataset[self.by]])
             self.scores = values
-            self._apply_selection(self._selection_from(values))
+            sel = self._selection_from(values)
+            if sel is not None:
+                self._apply_selection(sel)
         self._check_policy(trainer.model)
 
         # the hook: Trainer._get_train_sampler(self, train_dataset=None) builds the training sampler (DPOTrainer and
@@ -248,7 +253,9 @@ class SaevRescoreCallback(TrainerCallback):
         self.layer = probe.layer
 
     # ------------------------------------------------------------------ selection
-    def _selection_from(self, values: np.ndarray) -> dict[str, Any]:
+    def _selection_from(self, values: np.ndarray) -> dict[str, Any] | None:
+        if self.fraction is None and self.weighting is None:
+            return None  # monitor only
         n = len(values)
         valid = np.flatnonzero(~np.isnan(values))
         if valid.size == 0:

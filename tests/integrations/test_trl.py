@@ -18,7 +18,8 @@ pytest.importorskip("peft")
 import datasets  # noqa: E402
 
 from _rescore_helpers import base_vlm, losses, record_collated, rows, sae_and_weights, trainer  # noqa: E402
-from saev_curate import SaevRescoreCallback, SaevScorer, select  # noqa: E402
+from saev_curate import SaevScorer, select  # noqa: E402
+from saev_curate.integrations.trl import SaevRescoreCallback  # noqa: E402
 from saev_curate.integrations.sampler import SelectionSampler  # noqa: E402
 
 
@@ -202,3 +203,34 @@ def test_two_processes_draw_the_same_selection(tmp_path):
         assert r["seen"] == mine[:len(r["seen"])] and len(r["seen"]) >= 8
     start, rows_ = r0["segments"][1]["start"], set(r0["segments"][1]["rows"])
     assert start % 4 == 0 and set(draws[start:start + 4]) <= rows_
+
+
+def test_options_weighting_monitor_only_initial_column_refit(sae_w, tmp_path):
+    ds = datasets.Dataset.from_list(rows(8, seed=6))
+    ds = ds.add_column("saev_score", [float(v) for v in range(8)])
+    tr = trainer("dpo", "llava", ds, tmp_path)
+    # the dataset's own scores pick the first selection
+    cb = _callback(sae_w, fraction=0.25, initial_selection="column").attach(tr)
+    assert cb.sampler.selection.rows.tolist() == [6, 7]
+    # monitor only: scores and metrics, the selection stays
+    cb.fraction = None
+    m = cb.rescore()
+    assert "saev/score_mean" in m and "saev/kept_fraction" not in m
+    assert cb.sampler.selection.rows.tolist() == [6, 7]
+    # sampling weights from the scores, after re-fitting ω on the policy
+    cb.weighting, cb.refit_reference = "softmax", 6
+    m = cb.rescore()
+    w = cb.sampler.selection.weights
+    assert w is not None and (w > 0).all() and np.argmax(w) == np.nanargmax(cb.scores)
+    assert 0 < m["saev/kept_fraction"] <= 1 and cb.weights is not sae_w[1]
+    assert cb.weights.meta["n_rows_sampled"] == 6
+    with pytest.raises(ValueError, match="by="):
+        _callback(sae_w, by="saev_score_margin")
+    with pytest.raises(ValueError, match="trainer trains on"):
+        _callback(sae_w, train_dataset=ds.select(range(4))).attach(trainer("dpo", "llava", ds, tmp_path / "b"))
+
+
+def test_exported_from_the_package():
+    import saev_curate
+
+    assert saev_curate.SaevRescoreCallback is SaevRescoreCallback and "SaevRescoreCallback" in saev_curate.__all__
