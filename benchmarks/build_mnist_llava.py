@@ -15,9 +15,10 @@ Training has two stages, like LLaVA (whose CLIP tower is pretrained before the p
 1. the vision tower alone learns to classify digits (mean of its patch tokens -> a linear head that
    is thrown away): about 2 minutes, no language model involved;
 2. projector + vision tower are trained through the frozen language model on "What digit is this?"
-   -> "<digit><|im_end|>" (cross-entropy of the answer's two tokens, so generation stops after the digit).  The chat prefix before the image (system prompt)
-   is identical for every row, so its keys/values are computed once and reused: the language model
-   only runs on the 16 image tokens + the question.
+   -> "<digit><|im_end|>" (cross-entropy of the answer's two tokens, so generation stops after the
+   digit).  The chat prefix before the image (system prompt) is identical for every row, so its
+   keys/values are computed once and reused: the language model only runs on the 16 image tokens +
+   the question.
 
 The checkpoint goes to ``$SAEV_CACHE/mnist-llava`` (default ``~/.cache/saev-curate/mnist-llava``;
 ``-seed{N}`` appended for seeds other than 0), written with ``save_pretrained`` (model + processor)
@@ -177,8 +178,16 @@ def _gguf_dir() -> Path:
 def _build_untrained(seed: int):
     """``(model, processor)``: SmolLM2 weights in place, vision tower + projector randomly initialised."""
     from tokenizers import AddedToken
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessorPil, CLIPVisionConfig,
-                              LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
 
     d = _gguf_dir()
     src_tok = AutoTokenizer.from_pretrained(d, gguf_file=GGUF_FILE)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-
 def cache_root() -> Path:
     import os
 
@@ -67,14 +66,14 @@ def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae
     import datasets
 
     from saev_curate.curation.crossmodal import CrossModalWeights
-    from saev_curate.report import auc, write_score_report
-    from saev_curate.sae.io import load_sae
     from saev_curate.curation.scorers import SaevScorer
     from saev_curate.curation.selection import select
+    from saev_curate.report import auc, write_score_report
+    from saev_curate.sae.io import load_sae
     from saev_curate.sae.training import SaevTrainConfig, train_sae
+    from saev_curate.testing import save_tiny_vlm
     from saev_curate.vlm.layers import resolve_sae_layer
     from saev_curate.vlm.load import load_vlm
-    from saev_curate.testing import save_tiny_vlm
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,18 +6,17 @@ from __future__ import annotations
 import json
 
 import pytest
+from float_tolerance import assert_columns_close
 
 from saev_curate.cli import main
-
-from float_tolerance import assert_columns_close
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     import datasets
+    from scoring_rows import make_rows, make_sae
 
     from saev_curate.testing import save_tiny_vlm
-    from scoring_rows import make_rows, make_sae
 
     root = tmp_path_factory.mktemp("cli")
     save_tiny_vlm("llava", root / "model", seed=0)
@@ -84,8 +83,8 @@ def test_sharded_processes_join_in_row_order(workdir, tmp_path):
     """What `accelerate launch` does: process p scores shards p, p+n, ...; process 0 joins them."""
     import datasets
 
-    from saev_curate.curation.sharded import score_to_disk
     from saev_curate.curation.scorers import SaevScorer
+    from saev_curate.curation.sharded import score_to_disk
     r = workdir
     if not (r / "w").exists():
         pytest.skip("needs the weights of test_cli_fit_score_resume_select")

@@ -8,13 +8,12 @@ import sys
 
 import datasets
 import torch
+from float_tolerance import assert_columns_close
 
 from saev_curate import SAE, SAEConfig
 from saev_curate.cli import main
 from saev_curate.demo import digit_preference_rows
 from saev_curate.testing import save_tiny_vlm
-
-from float_tolerance import assert_columns_close
 
 
 def test_two_processes_give_the_single_process_result_in_row_order(tmp_path):

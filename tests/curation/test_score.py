@@ -9,13 +9,12 @@ import pickle
 
 import pytest
 import torch
+from float_tolerance import assert_columns_close
 
 from saev_curate.curation.crossmodal import CrossModalWeights
+from saev_curate.curation.scorers import SaevScorer, score_activations
 from saev_curate.errors import InputError, SaevError
 from saev_curate.sae import SAE, SAEConfig
-from saev_curate.curation.scorers import SaevScorer, score_activations
-
-from float_tolerance import assert_columns_close
 
 
 def identity_sae(d: int) -> SAE:
@@ -79,10 +78,10 @@ def test_padding_never_counts_as_text():
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     import datasets
+    from scoring_rows import LAYER, make_rows, make_sae
 
     from saev_curate.testing import save_tiny_vlm
     from saev_curate.vlm.load import load_vlm
-    from scoring_rows import LAYER, make_rows, make_sae
 
     root = tmp_path_factory.mktemp("scorer")
     model_dir = save_tiny_vlm("llava", root / "model", seed=0)

@@ -66,10 +66,10 @@ def test_nulls_policy_and_errors():
 def test_response_perplexity_baseline_matches_a_direct_computation(tiny_vlm):
     import datasets
     import torch
+    from scoring_rows import make_rows
 
     from saev_curate.curation.scorers import ResponsePerplexityScorer
     from saev_curate.vlm.rows import prepare_batch
-    from scoring_rows import make_rows
 
     model, processor = tiny_vlm("llava")
     rows = make_rows(5, seed=9)
@@ -89,10 +89,10 @@ def test_response_perplexity_baseline_matches_a_direct_computation(tiny_vlm):
 
 def test_clip_baseline_with_a_local_tiny_clip(tmp_path, tiny_vlm):
     import datasets
+    from scoring_rows import make_rows
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
 
     from saev_curate.curation.scorers import ClipScorer
-    from scoring_rows import make_rows
 
     _, processor = tiny_vlm("llava")
     tok = processor.tokenizer

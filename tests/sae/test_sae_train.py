@@ -8,7 +8,13 @@ import torch
 from saev_curate import load_sae
 from saev_curate.errors import InputError
 from saev_curate.sae.model import SAE, SAEConfig
-from saev_curate.sae.training.trainer import TrainConfig, l1_coefficient_at, lr_factor, train_on_activations, training_loss
+from saev_curate.sae.training.trainer import (
+    TrainConfig,
+    l1_coefficient_at,
+    lr_factor,
+    train_on_activations,
+    training_loss,
+)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +129,8 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, sparse_data, arch
 def test_resume_refuses_a_different_run(tmp_path, sparse_data):
     cfg = _cfg(tmp_path, "topk")
     with pytest.raises(KeyboardInterrupt):
-        train_on_activations(cfg, sparse_data, progress=False, on_step=lambda s, _: (_ for _ in ()).throw(KeyboardInterrupt) if s == 15 else None)
+        train_on_activations(cfg, sparse_data, progress=False,
+                             on_step=lambda s, _: (_ for _ in ()).throw(KeyboardInterrupt) if s == 15 else None)
     with pytest.raises(InputError, match=r"different run \(k: 6 -> 7\)"):
         train_on_activations(_cfg(tmp_path, "topk", k=7), sparse_data, progress=False)
 

@@ -13,6 +13,20 @@ image placeholder token, text positions are the rest minus padding.
 * ``saev_cooccur_l0 = |F_cooccur|``; ``saev_l0`` / ``_image`` / ``_text``: mean number of active
   (z > 0) features per token over all / image / text tokens.
 
+Beyond the paper (:mod:`saev_curate.curation.agreement` has the definitions and why):
+
+* ``saev_score_content``: the paper's sum over *content* tokens only (text after the image that
+  the chat template did not write), so blind system-prompt / template tokens cannot co-occur;
+* ``saev_grounding``: the share of the content tokens' cross-modal feature mass the image carries;
+* ``saev_grounding_chosen`` / ``_rejected`` / ``_margin``: the same share on the response's own
+  tokens (prompt + response shown), and chosen minus rejected: does the preferred answer agree
+  with the image better than the rejected one;
+* ``control_prompt="..."``: ``saev_score_control`` / ``saev_grounding_control``, the row's image
+  with that fixed text instead of its own (what the image alone scores: typicality, not agreement),
+  and ``saev_grounding_vs_control`` = grounding minus its control;
+* ``delta_rel``: thresholds for the agreement columns on each feature's own scale (``delta_rel`` x
+  its top activation on the reference set) instead of one δ.
+
 The core, :func:`score_activations`, is a pure function of captured tensors and the SAE.
 :class:`SaevScorer` wraps it as a :class:`~saev_curate.curation.scorers.base.Scorer` for
 ``Dataset.map(batched=True)``.
@@ -27,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saev_curate.curation.agreement import agreement_scores, content_mask, feature_thresholds, template_token_ids
 from saev_curate.curation.capture import capture_rows
 from saev_curate.curation.crossmodal import CLASS_NAMES, CrossModalWeights, flatten_tokens
 from saev_curate.curation.scorers.base import Scorer
@@ -38,8 +53,10 @@ from saev_curate.vlm.layers import resolve_sae_layer
 __all__ = ["SaevScorer", "score_activations"]
 
 FEATURE_SETS = ("cooccur", "any")
-BASE_COLUMNS = ("score", "score_mean", "cooccur_l0", "l0", "l0_image", "l0_text")
-RESPONSE_COLUMNS = ("score_chosen", "score_rejected", "score_margin")
+BASE_COLUMNS = ("score", "score_mean", "cooccur_l0", "l0", "l0_image", "l0_text", "score_content", "grounding")
+RESPONSE_COLUMNS = ("score_chosen", "score_rejected", "score_margin", "grounding_chosen", "grounding_rejected",
+                    "grounding_margin")
+CONTROL_COLUMNS = ("score_control", "grounding_control", "grounding_vs_control")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,10 +151,15 @@ class SaevScorer(Scorer):
     """
 
     COLUMNS = {"score": "float64", "score_mean": "float64", "cooccur_l0": "int64", "l0": "float64",
-               "l0_image": "float64", "l0_text": "float64", "score_chosen": "float64", "score_rejected": "float64",
-               "score_margin": "float64", "error": "string"}
+               "l0_image": "float64", "l0_text": "float64", "score_content": "float64", "grounding": "float64",
+               "score_chosen": "float64", "score_rejected": "float64", "score_margin": "float64",
+               "grounding_chosen": "float64", "grounding_rejected": "float64", "grounding_margin": "float64",
+               "score_control": "float64", "grounding_control": "float64", "grounding_vs_control": "float64",
+               "error": "string"}
     SELECT = {"saev": ("score", True), "saev_mean": ("score_mean", True), "saev_margin": ("score_margin", True),
-              "cooccur_l0": ("cooccur_l0", True), "l0": ("l0", True)}
+              "cooccur_l0": ("cooccur_l0", True), "l0": ("l0", True), "saev_content": ("score_content", True),
+              "grounding": ("grounding", True), "grounding_margin": ("grounding_margin", True),
+              "grounding_vs_control": ("grounding_vs_control", True)}
     FINGERPRINTS = {"model": module_fingerprint, "processor": processor_fingerprint, "sae": sae_fingerprint,
                     "weights": lambda w: w.fingerprint()}
     ROLES = ("model", "sae", "weights", "processor")
@@ -145,16 +167,23 @@ class SaevScorer(Scorer):
     def __init__(self, model, processor, sae, weights, layer: int | str | None = None, *, delta: float = 1.0,
                  feature_set: str = "cooccur", responses: bool | str = "auto", max_length: int | None = None,
                  exclude_special_tokens: bool = False, prefix: str = "saev_", device: str | None = None,
-                 dtype: str | None = None):
+                 dtype: str | None = None, delta_rel: float | None = None, control_prompt: str | None = None):
         if feature_set not in FEATURE_SETS:
             raise InputError(f"feature_set={feature_set!r}; use one of {', '.join(FEATURE_SETS)}")
         if responses not in (True, False, "auto"):
             raise InputError(f"responses={responses!r}; use True, False or 'auto'")
         if not isinstance(delta, (int, float)) or not math.isfinite(delta):
             raise InputError(f"delta={delta!r} must be a finite number")
+        if delta_rel is not None and not (isinstance(delta_rel, (int, float)) and 0 < delta_rel <= 1):
+            raise InputError(f"delta_rel={delta_rel!r}: give a share of each feature's top activation in (0, 1], "
+                             "or None for one delta")
+        if control_prompt is not None and (not isinstance(control_prompt, str) or not control_prompt.strip()):
+            raise InputError(f"control_prompt={control_prompt!r}: give a fixed neutral question (e.g. 'Describe "
+                             "the image.') or None")
         super().__init__(prefix=prefix, device=device, delta=float(delta), feature_set=feature_set,
                          responses=responses, max_length=max_length,
-                         exclude_special_tokens=bool(exclude_special_tokens), dtype=dtype)
+                         exclude_special_tokens=bool(exclude_special_tokens), dtype=dtype,
+                         delta_rel=None if delta_rel is None else float(delta_rel), control_prompt=control_prompt)
         for role, obj in (("model", model), ("processor", processor), ("sae", sae), ("weights", weights)):
             self.add_role(role, obj, optional=role == "processor")
         self._layer_arg = layer
@@ -223,6 +252,8 @@ class SaevScorer(Scorer):
     # -------------------------------------------------------------- columns
     def columns_for(self, keys: list[str] | None = None) -> dict[str, str]:
         skip = () if self._responses_for(keys or []) else RESPONSE_COLUMNS
+        if self.settings["control_prompt"] is None:
+            skip = (*skip, *CONTROL_COLUMNS)
         return {k: v for k, v in self.COLUMNS.items() if k not in skip}
 
     def _responses_for(self, keys) -> bool:
@@ -233,42 +264,75 @@ class SaevScorer(Scorer):
         return {"chosen", "rejected"} <= keys or {"response_1", "response_2"} <= keys
 
     # -------------------------------------------------------------- scoring
-    def _score_mode(self, rows: list[dict], mode: str) -> dict[str, list]:
+    def _agreement_setup(self) -> tuple[set[int], Tensor]:
+        """Template token ids and per-feature thresholds (computed once per loaded scorer)."""
+        if getattr(self, "_agree", None) is None:
+            w = self._objs["weights"]
+            self._agree = (template_token_ids(self._objs["processor"]),
+                           feature_thresholds(w.d_sae, self.settings["delta"], self.settings["delta_rel"],
+                                              w.top_activation))
+        return self._agree
+
+    def _score_mode(self, rows: list[dict], mode: str, prompt_lens: list[int | None] | None = None
+                    ) -> dict[str, list]:
+        """Scores of ``rows`` shown in ``mode``; with ``prompt_lens`` the agreement columns read only the
+        tokens after each row's prompt (the response). Adds ``n_tokens`` (real tokens per row)."""
         model, processor = self._objs["model"], self._objs["processor"]
         sae, weights = self._objs["sae"], self._objs["weights"]
         n = len(rows)
         acts, kept, errors = capture_rows(model, processor, rows, self.layer, mode=mode,
                                           max_length=self.settings["max_length"],
                                           exclude_special_tokens=self.settings["exclude_special_tokens"])
-        out: dict[str, list] = {k: [None] * n for k in BASE_COLUMNS}
+        out: dict[str, list] = {k: [None] * n for k in (*BASE_COLUMNS, "n_tokens")}
         out["error"] = list(errors)
         if acts is None:
             return out
         cols = score_activations(sae, weights.omega, acts.resid, acts.image_mask, acts.text_mask,
                                  acts.attention_mask, delta=self.settings["delta"],
                                  feature_set=self.settings["feature_set"])
+        template_ids, thresholds = self._agreement_setup()
+        skip = None
+        if prompt_lens is not None:
+            skip = torch.tensor([prompt_lens[i] if prompt_lens[i] is not None else 1 << 30 for i in kept])
+        content = content_mask(acts.input_ids, acts.image_mask, acts.text_mask, template_ids,
+                               acts.attention_mask, skip)
+        agree = agreement_scores(sae, weights.omega, acts.resid, acts.image_mask, content, thresholds)
+        cols.update(score_content=agree["score_content"], grounding=agree["grounding"])
+        cols["n_tokens"] = acts.attention_mask.sum(1).tolist()
         for j, i in enumerate(kept):
-            for k in BASE_COLUMNS:
+            for k in (*BASE_COLUMNS, "n_tokens"):
                 out[k][i] = cols[k][j]
             out["error"][i] = cols["error"][j]
+            if out["error"][i] is None and agree["error"][j] is not None:
+                out["error"][i] = f"{'response' if prompt_lens is not None else 'prompt'}: {agree['error'][j]}"
         return out
 
     def score_rows(self, rows: list[dict], keys: list[str]) -> dict[str, list]:
         res = self._score_mode(rows, "prompt")
         out = {k: res[k] for k in BASE_COLUMNS}
         errors = list(res["error"])
+
+        def note(i: int, part: str, err: str | None) -> None:
+            if err is not None and err != errors[i] and f"{part}: " not in (errors[i] or ""):
+                errors[i] = "; ".join(([errors[i]] if errors[i] else []) + [f"{part}: {err}"])
+
         if self._responses_for(keys):
-            chosen = self._score_mode(rows, "chosen")
-            rejected = self._score_mode(rows, "rejected")
-            margin = []
+            parts = {m: self._score_mode(rows, m, res["n_tokens"]) for m in ("chosen", "rejected")}
+            for col in ("score", "grounding"):
+                c, r = parts["chosen"][col], parts["rejected"][col]
+                out[f"{col}_chosen"], out[f"{col}_rejected"] = c, r
+                out[f"{col}_margin"] = [None if a is None or b is None else a - b for a, b in zip(c, r)]
             for i in range(len(rows)):
-                c, r = chosen["score"][i], rejected["score"][i]
-                margin.append(None if c is None or r is None else c - r)
-                extra = [f"{m}: {e}" for m, e in (("chosen", chosen["error"][i]), ("rejected", rejected["error"][i]))
-                         if e is not None and e != errors[i]]
-                if extra:
-                    errors[i] = "; ".join(([errors[i]] if errors[i] else []) + extra)
-            out.update(score_chosen=chosen["score"], score_rejected=rejected["score"], score_margin=margin)
+                for m in ("chosen", "rejected"):
+                    note(i, m, parts[m]["error"][i])
+        prompt = self.settings["control_prompt"]
+        if prompt is not None:
+            control = self._score_mode([_with_prompt(r, prompt) for r in rows], "prompt")
+            out["score_control"], out["grounding_control"] = control["score"], control["grounding"]
+            out["grounding_vs_control"] = [None if a is None or b is None else a - b
+                                           for a, b in zip(out["grounding"], control["grounding"])]
+            for i in range(len(rows)):
+                note(i, "control", control["error"][i])
         out["error"] = errors
         return out
 
@@ -304,3 +368,11 @@ class SaevScorer(Scorer):
 
     def __repr__(self) -> str:
         return f"SaevScorer(layer={self.layer if self.layer is not None else self._layer_arg}, {self.settings})"
+
+
+def _with_prompt(row: dict, text: str) -> dict:
+    """``row``'s images with a fixed user prompt (the image-only control): a TRL-style prompt-only row."""
+    images = row.get("images") if row.get("images") is not None else ([row["image"]] if row.get("image") is not None
+                                                                       else [])
+    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+    return {"prompt": [{"role": "user", "content": content}], "images": list(images)}

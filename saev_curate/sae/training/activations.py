@@ -22,8 +22,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from saev_curate.errors import InputError
 from saev_curate.devices import dtype_to_str, str_to_dtype
+from saev_curate.errors import InputError
 
 
 @dataclass

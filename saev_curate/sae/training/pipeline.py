@@ -16,7 +16,8 @@ class SaevTrainConfig(TrainConfig):
 
     model: str = field(default="", metadata={'help': 'local VLM folder (or a hub id already in the cache)'})
     dataset: str = field(default="",
-        metadata={'help': 'training rows: a save_to_disk folder, .parquet/.json/.jsonl/.csv files (a file, folder or glob), or a cached hub id', 'aliases': ['--data']})
+        metadata={'help': 'training rows: a save_to_disk folder, .parquet/.json/.jsonl/.csv files '
+                  '(a file, folder or glob), or a cached hub id', 'aliases': ['--data']})
     dataset_split: str | None = field(default=None, metadata={'help': 'split of a DatasetDict (default train)'})
     max_rows: int | None = field(default=None, metadata={'help': 'use only the first N rows'})
     layer: str = field(default="middle",

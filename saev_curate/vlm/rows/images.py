@@ -9,7 +9,6 @@ import os
 
 import numpy as np
 
-
 MAX_ASPECT_RATIO = 50.0
 
 

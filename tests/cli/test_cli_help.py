@@ -1,0 +1,35 @@
+"""Every flag of every command explains itself, and one vocabulary (--data, --out) works everywhere."""
+
+from __future__ import annotations
+
+import argparse
+
+from saev_curate.cli import build_parser
+
+
+def _commands(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from ((f"{name} {n}", s) for n, s in _commands(sub))
+
+
+def test_every_flag_has_help_and_data_out_are_the_vocabulary():
+    from trl import TrlParser
+
+    from saev_curate.sae.training import SaevTrainConfig
+
+    commands = dict(_commands(build_parser()))
+    assert {"fit-weights", "score", "select", "train-sae", "cache-activations", "eval-sae", "demo", "sae info"} <= set(commands)
+    commands["train-sae"] = TrlParser((SaevTrainConfig,))  # train-sae hands its flags to TrlParser
+    for name, parser in commands.items():
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) or not action.option_strings:
+                continue
+            assert action.help, f"{name} {action.option_strings} has no help text"
+        flags = {s for a in parser._actions for s in a.option_strings}
+        if name in ("fit-weights", "score", "select", "cache-activations", "eval-sae", "train-sae"):
+            assert {"--data", "--dataset"} <= flags, name
+        if name in ("fit-weights", "score", "select", "cache-activations", "eval-sae", "demo", "train-sae"):
+            assert "--out" in flags, name
