@@ -251,6 +251,9 @@ class SaevRescoreCallback(TrainerCallback):
         probe = SaevScorer(policy, self.processor, self.sae, self.weights, self.layer,
                            delta=self.settings["delta"], feature_set=self.settings["feature_set"])
         self.layer = probe.layer
+        device = next(policy.parameters()).device
+        if device.type != "meta" and next(self.sae.parameters()).device != device:
+            self.sae = self.sae.to(device)  # encode where the policy's activations are
 
     # ------------------------------------------------------------------ selection
     def _selection_from(self, values: np.ndarray) -> dict[str, Any] | None:
