@@ -169,6 +169,7 @@ def score_dataset(dataset, model, processor, saev_args, model_args, output_dir):
     """
     import datasets
     from accelerate import PartialState
+
     from saev_curate import CrossModalWeights, SaevScorer, load_sae
 
     state = PartialState()
@@ -228,7 +229,7 @@ def _stats(values: list) -> dict[str, Any]:
 
 
 def curate(dataset, model, processor, saev_args, model_args, output_dir, *, dataset_name: str | None = None):
-    """Score (when asked and not already scored) and select; returns ``(kept_rows, selection_doc)``.
+    """Score (when asked and not already scored) and select; returns ``(kept_rows, selection_doc, all_rows)``.
 
     ``selection_doc`` is what ``selection.json`` holds: the kept row indices (into the loaded dataset), the rule,
     score statistics over all rows and over the kept ones, and where the scores came from.
@@ -275,7 +276,11 @@ def curate(dataset, model, processor, saev_args, model_args, output_dir, *, data
                               "dropped": _stats([values[i] for i in range(n) if i not in kept_set])}
         doc["cut"] = doc["score_stats"]["kept"].get("min") if saev_args.selects else None
     doc["kept_indices"] = kept_idx
-    return kept, doc
+    if saev_args.rescore_every_n_steps:
+        doc["rescore_every_n_steps"] = saev_args.rescore_every_n_steps
+        doc["note"] = ("kept_indices is the selection the run starts from; SaevRescoreCallback re-selects "
+                       "with the policy during training (its state is saved in each checkpoint)")
+    return kept, doc, dataset
 
 
 def write_selection(doc: dict, output_dir, extra: dict | None = None) -> Path:
@@ -375,8 +380,13 @@ def _with_image_feature(dataset):
 # Optional re-scoring during training (issue 12's callback)
 
 
-def attach_rescore_callback(trainer, model, processor, saev_args, output_dir):
-    """Add ``saev_curate.SaevRescoreCallback`` to ``trainer`` when ``rescore_every_n_steps`` is set."""
+def attach_rescore_callback(trainer, scored, saev_args, output_dir):
+    """Attach ``saev_curate.SaevRescoreCallback`` to ``trainer`` when ``rescore_every_n_steps`` is set.
+
+    ``scored`` is the full scored dataset, row ``i`` = row ``i`` of the trainer's (unselected) training set: the
+    run starts from the recipe's selection (``initial_selection="column"``) and the callback re-scores the rows
+    with the current policy and re-selects the top ``select_fraction`` every N steps.
+    """
     if not saev_args.rescore_every_n_steps:
         return None
     import saev_curate
@@ -388,18 +398,15 @@ def attach_rescore_callback(trainer, model, processor, saev_args, output_dir):
                           "saev-curate does not have; upgrade it or drop rescore_every_n_steps") from None
     if not saev_args.sae:
         raise ValueError("rescore_every_n_steps needs --sae (the SAE that scores the current policy)")
-    from saev_curate import CrossModalWeights, SaevScorer, load_sae
-
-    weights_dir = saev_args.crossmodal_weights or str(Path(output_dir) / WEIGHTS_DIR)
-    scorer = SaevScorer(model, processor, load_sae(saev_args.sae), CrossModalWeights.load(weights_dir),
-                        _layer(saev_args), delta=saev_args.delta, max_length=saev_args.score_max_length)
-    callback = callback_cls(scorer, every_n_steps=saev_args.rescore_every_n_steps, by=saev_args.select_by,
-                            fraction=saev_args.select_fraction)
-    if hasattr(callback, "attach"):  # the callback wires its sampler into the trainer
-        callback.attach(trainer)
-    else:
-        trainer.add_callback(callback)
-    return callback
+    if saev_args.select_threshold is not None:
+        raise ValueError("rescore_every_n_steps re-selects a fraction: use select_fraction, not select_threshold")
+    from_column = saev_args.selects and saev_args.select_by in scored.column_names
+    callback = callback_cls(
+        sae=saev_args.sae, weights=saev_args.crossmodal_weights or str(Path(output_dir) / WEIGHTS_DIR),
+        layer=_layer(saev_args), delta=saev_args.delta, max_length=saev_args.score_max_length,
+        every_n_steps=saev_args.rescore_every_n_steps, fraction=saev_args.select_fraction, by=saev_args.select_by,
+        train_dataset=scored, initial_selection="column" if from_column else "all")
+    return callback.attach(trainer)
 
 
 def args_record(**dataclasses_by_name) -> dict[str, Any]:

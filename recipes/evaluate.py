@@ -191,6 +191,7 @@ def scoring_rows(rows: list[dict]) -> list[dict]:
 def saev_scores(model, processor, rows: list[dict], sae, weights, layer=None, delta: float = 1.0) -> list:
     """The policy's SAE-V score of each row (image + question only); None where a row cannot be scored."""
     import datasets
+
     from saev_curate import CrossModalWeights, SaevScorer, load_sae
 
     sae = load_sae(sae) if isinstance(sae, (str, Path)) else sae

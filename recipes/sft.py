@@ -60,9 +60,10 @@ def main(script_args, saev_args, training_args, model_args, *, model=None, proce
     ################
     # SAE-V: score (or read scores) and select
     ################
-    kept, selection = curate(dataset, model, processor, saev_args, model_args, training_args.output_dir,
-                             dataset_name=script_args.dataset_name)
-    train_dataset = to_sft_rows(kept)
+    kept, selection, scored = curate(dataset, model, processor, saev_args, model_args, training_args.output_dir,
+                                     dataset_name=script_args.dataset_name)
+    # re-scoring during training: all rows go to the trainer and the callback's sampler draws the selection
+    train_dataset = to_sft_rows(scored if saev_args.rescore_every_n_steps else kept)
 
     ################
     # Training
@@ -75,7 +76,7 @@ def main(script_args, saev_args, training_args, model_args, *, model=None, proce
         processing_class=processor,
         peft_config=peft_config,
     )
-    attach_rescore_callback(trainer, trainer.model, processor, saev_args, training_args.output_dir)
+    attach_rescore_callback(trainer, scored, saev_args, training_args.output_dir)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
     trainer.save_model(training_args.output_dir)

@@ -17,10 +17,8 @@ if str(ROOT) not in sys.path:
 
 
 def _tiny():
-    try:
-        from saev_curate.testing import build_tiny_vlm, save_tiny_vlm
-    except ImportError:
-        from saev_curate import build_tiny_vlm, save_tiny_vlm
+    from saev_curate.testing import build_tiny_vlm, save_tiny_vlm
+
     return build_tiny_vlm, save_tiny_vlm
 
 
@@ -143,9 +141,9 @@ def test_answer_forms():
 
 def test_saev_score_of_the_policy(tiny, case):
     import datasets
-    from saev_curate import SAE, SAEConfig, CrossModalWeights
 
     from recipes.evaluate import evaluate, scoring_rows
+    from saev_curate import SAE, CrossModalWeights, SAEConfig
 
     model, processor = tiny
     rows = [r for r, _ in case[0]]

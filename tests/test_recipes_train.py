@@ -18,11 +18,8 @@ CONFIGS = ROOT / "recipes" / "configs"
 
 
 def tiny_builders():
-    """The tiny-model builders wherever the package keeps them (saev_curate.testing after the restructure)."""
-    try:
-        from saev_curate.testing import save_tiny_vlm
-    except ImportError:
-        from saev_curate import save_tiny_vlm
+    from saev_curate.testing import save_tiny_vlm
+
     return save_tiny_vlm
 
 
@@ -142,15 +139,30 @@ def test_selection_needs_scores_or_sae(work, tmp_path):
         main(*args)
 
 
-def test_rescore_flag_without_the_callback_is_a_clear_error(work, tmp_path):
+def test_dpo_with_rescoring_during_training(work, dpo_run):
+    """--rescore_every_n_steps: all rows go to the trainer, the callback starts from the recipe's selection."""
     import saev_curate
+    from recipes.dpo import main
 
-    if hasattr(saev_curate, "SaevRescoreCallback"):
-        pytest.skip("SaevRescoreCallback exists: the flag is exercised by its own tests")
-    from recipes.common import SaevArguments, attach_rescore_callback
+    if not hasattr(saev_curate, "SaevRescoreCallback"):
+        from recipes.common import SaevArguments, attach_rescore_callback
 
-    with pytest.raises(ImportError, match="SaevRescoreCallback"):
-        attach_rescore_callback(None, None, None, SaevArguments(sae="x", rescore_every_n_steps=2), tmp_path)
+        with pytest.raises(ImportError, match="SaevRescoreCallback"):
+            attach_rescore_callback(None, None, SaevArguments(sae="x", rescore_every_n_steps=2), "o")
+        return
+    root, model = work
+    first = dpo_run[0]
+    out = root / "dpo-rescore"
+    args = parse("dpo", CONFIGS / "dpo_testbed_cpu.yaml", cpu_overrides(
+        model, first / "saev_scored", out, "--sae", str(root / "sae"), "--crossmodal_weights",
+        str(first / "crossmodal_weights"), "--delta", "0", "--rescore_every_n_steps", "1", "--score_batch_size", "4"))
+    trainer = main(*args)
+    callbacks = [c for c in trainer.callback_handler.callbacks if type(c).__name__ == "SaevRescoreCallback"]
+    assert len(callbacks) == 1 and len(trainer.train_dataset) == 8  # every row; the sampler draws the selection
+    assert trainer.state.global_step == 2 and lora_b_norm(out) > 0
+    sel = json.loads((out / "selection.json").read_text())
+    assert sel["rescore_every_n_steps"] == 1 and sel["n_kept"] == 4
+    assert any(k.startswith("saev/") for entry in trainer.state.log_history for k in entry)
 
 
 def test_dpo_qlora_4bit_on_cpu(tmp_path):
