@@ -8,8 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import datasets  # noqa: E402
 import torch  # noqa: E402
-
 from _rescore_helpers import rows, sae_and_weights, trainer  # noqa: E402
+
 from saev_curate import SaevRescoreCallback  # noqa: E402
 
 

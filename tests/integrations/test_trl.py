@@ -16,12 +16,11 @@ pytest.importorskip("trl")
 pytest.importorskip("peft")
 
 import datasets  # noqa: E402
-
 from _rescore_helpers import base_vlm, losses, record_collated, rows, sae_and_weights, trainer  # noqa: E402
-from saev_curate import SaevScorer, select  # noqa: E402
-from saev_curate.integrations.trl import SaevRescoreCallback  # noqa: E402
-from saev_curate.integrations.sampler import SelectionSampler  # noqa: E402
 
+from saev_curate import SaevScorer, select  # noqa: E402
+from saev_curate.integrations.sampler import SelectionSampler  # noqa: E402
+from saev_curate.integrations.trl import SaevRescoreCallback  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # the sampler alone
