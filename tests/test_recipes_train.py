@@ -207,3 +207,26 @@ def test_row_shapes_become_trl_rows():
     assert set(s) == {"prompt", "completion", "image"} and s["completion"][0]["content"] == "r2"
     with pytest.raises(ValueError, match="no known row shape"):
         to_preference_rows(datasets.Dataset.from_list([{"text": "x"}]))
+
+
+def test_dpo_script_under_accelerate_launch_two_processes(work, tmp_path):
+    """The script as users run it: `accelerate launch` (2 CPU processes, gloo); rank 0 scores, rank 1 reuses."""
+    import os
+    import subprocess
+
+    import datasets
+
+    root, model = work
+    out = tmp_path / "out"
+    accelerate = Path(sys.executable).parent / "accelerate"
+    cmd = [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", str(ROOT / "recipes" / "dpo.py"), "--config", str(CONFIGS / "dpo_testbed_cpu.yaml"),
+           *cpu_overrides(model, root / "data", out, "--sae", str(root / "sae"), "--n_reference", "8",
+                          "--delta", "0", "--per_device_train_batch_size", "1")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert (out / "adapter_model.safetensors").is_file() and lora_b_norm(out) > 0
+    scores = datasets.load_from_disk(str(out / "saev_scored"))["saev_score"]
+    sel = json.loads((out / "selection.json").read_text())
+    assert sel["kept_indices"] == sorted(sorted(range(8), key=lambda i: (-scores[i], i))[:4])
