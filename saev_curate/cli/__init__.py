@@ -27,24 +27,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user's mistake (a bad path, flag, file or data) prints one line naming the problem
+    and the fix and returns 1; ``--traceback`` (on any command) shows the Python traceback instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    want_traceback = "--traceback" in argv
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if getattr(args, "passthrough", False):  # commands with their own parser (TrlParser) take the rest
-        args.args = rest
-    elif rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
+        args, rest = parser.parse_known_args(argv)
+        if getattr(args, "passthrough", False):  # commands with their own parser (TrlParser) take the rest
+            args.args = [a for a in rest if a != "--traceback"]
+        elif rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        if getattr(args, "max_image_pixels", None) is not None:
+            from saev_curate.vlm.rows.images import set_max_image_pixels
+
+            set_max_image_pixels(args.max_image_pixels)
         return int(args.func(args) or 0)
     except Exception as exc:  # user-facing errors: one clear line, no traceback unless asked
+        if want_traceback:
+            raise
         from saev_curate.errors import SaevError
 
-        if isinstance(exc, SaevError) and not getattr(args, "traceback", False):
+        if isinstance(exc, SaevError):
             print(f"saev-curate: error: {exc}", file=sys.stderr)
-            return 1
-        raise
+        else:
+            print(f"saev-curate: error: {type(exc).__name__}: {exc}\n(rerun with --traceback for the full "
+                  "Python traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

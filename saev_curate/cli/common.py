@@ -46,3 +46,35 @@ def parse_layer(value):
     if value is None:
         return None
     return int(value) if str(value).lstrip("-").isdigit() else value
+
+
+def min_usable_share_arg(p: argparse.ArgumentParser) -> None:
+    from saev_curate.row_errors import DEFAULT_MIN_USABLE_SHARE
+
+    p.add_argument("--min-usable-share", type=float, default=None,
+                   help="fail when fewer than this share of the rows can be used; the error names the most "
+                        f"common row errors (default {DEFAULT_MIN_USABLE_SHARE}; 0: fail only when no row can)")
+
+
+def max_image_pixels_arg(p: argparse.ArgumentParser) -> None:
+    from saev_curate.vlm.rows.images import DEFAULT_MAX_IMAGE_PIXELS
+
+    p.add_argument("--max-image-pixels", type=int, default=None,
+                   help="images with more pixels are that row's error, not decoded (decompression bombs; "
+                        f"default {DEFAULT_MAX_IMAGE_PIXELS:,})")
+
+
+def load_rows(path, split: str | None = None):
+    """The command's input dataset; an empty one is refused with its path."""
+    from saev_curate.io.datasets import load_local_dataset, require_rows
+
+    ds = load_local_dataset(path, split)
+    require_rows(ds, path)
+    return ds
+
+
+def positive(name: str, value, *, allow_zero: bool = False) -> None:
+    from saev_curate.errors import InputError
+
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        raise InputError(f"{name} {value} must be {'at least 0' if allow_zero else 'positive'}")

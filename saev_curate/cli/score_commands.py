@@ -16,10 +16,14 @@ from saev_curate.cli.common import (
     batch_size_arg,
     data_arg,
     layer_arg,
+    load_rows,
+    max_image_pixels_arg,
     max_length_arg,
+    min_usable_share_arg,
     model_arg,
     out_arg,
     parse_layer,
+    positive,
     traceback_arg,
 )
 
@@ -39,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--tokens-per-modality", type=int, default=5,
                      help="text and image tokens per feature compared for omega (default 5, the paper's)")
     max_length_arg(fit)
+    min_usable_share_arg(fit)
+    max_image_pixels_arg(fit)
     fit.set_defaults(func=_fit)
 
     score = sub.add_parser("score", help="add saev_* score columns to a dataset (resumable, sharded)")
@@ -56,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     score.add_argument("--responses", choices=("auto", "yes", "no"), default="auto",
                        help="also score with the chosen/rejected response shown (auto: for preference rows)")
     max_length_arg(score)
+    min_usable_share_arg(score)
+    max_image_pixels_arg(score)
     score.set_defaults(func=_score)
 
     sel = sub.add_parser("select", help="keep the top rows of a scored dataset")
@@ -70,7 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     sel.add_argument("--seed", type=int, default=0, help="seed for --by random")
     sel.add_argument("--nulls", choices=("drop", "keep", "raise"), default="drop",
                      help="rows without a score: drop them (default), keep them, or fail")
-    sel.add_argument("--report", default=None, help="write one keep/drop reason per row here (.jsonl/.parquet)")
+    sel.add_argument("--report", default=None,
+                     help="write one keep/drop reason per row here (.jsonl/.json/.parquet/.csv)")
+    min_usable_share_arg(sel)
     traceback_arg(sel)
     sel.set_defaults(func=_select)
 
@@ -87,19 +97,24 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def _fit(args) -> int:
     from saev_curate.curation.crossmodal import CrossModalWeights
-    from saev_curate.io.datasets import load_local_dataset
+    from saev_curate.io.datasets import check_distinct_output, check_output_path
     from saev_curate.sae.io import load_sae
     from saev_curate.vlm.load import load_vlm
 
+    check_output_path(args.out)
+    check_distinct_output(args.data, args.out)
+    for name in ("--n-reference", "--batch-size", "--top-features-per-token", "--top-tokens-per-feature",
+                 "--tokens-per-modality", "--max-length"):
+        positive(name, getattr(args, name[2:].replace("-", "_")))
+    ds = load_rows(args.data)
     model, processor = load_vlm(args.model, dtype=args.dtype, device=args.device)
     sae = load_sae(args.sae, device=args.device or model.device)
-    ds = load_local_dataset(args.data)
     w = CrossModalWeights.fit(model, processor, sae, ds, parse_layer(args.layer), n_reference=args.n_reference,
                               seed=args.seed, batch_size=args.batch_size,
                               top_features_per_token=args.top_features_per_token,
                               top_tokens_per_feature=args.top_tokens_per_feature,
                               tokens_per_modality=args.tokens_per_modality, max_length=args.max_length,
-                              progress=True)
+                              progress=True, min_usable_share=args.min_usable_share)
     w.meta["model"]["path"] = str(args.model)
     w.meta["sae"]["path"] = str(args.sae)
     w.save(args.out)
@@ -110,8 +125,13 @@ def _fit(args) -> int:
 def _score(args) -> int:
     from saev_curate.curation.scorers import SaevScorer
     from saev_curate.curation.sharded import process_rank, score_to_disk
-    from saev_curate.io.datasets import load_local_dataset
+    from saev_curate.io.datasets import check_distinct_output, check_output_path
 
+    check_output_path(args.out)
+    check_distinct_output(args.data, args.out)
+    for name in ("--batch-size", "--shard-rows", "--max-length"):
+        positive(name, getattr(args, name[2:].replace("-", "_")))
+    ds = load_rows(args.data)
     rank, world, local = process_rank()
     device = args.device
     if device is None:
@@ -122,20 +142,24 @@ def _score(args) -> int:
     scorer = SaevScorer(args.model, None, args.sae, args.weights, parse_layer(args.layer), delta=args.delta,
                         feature_set=args.feature_set, responses=responses, max_length=args.max_length,
                         device=device, dtype=args.dtype)
-    ds = load_local_dataset(args.data)
     score_to_disk(scorer, ds, args.out, batch_size=args.batch_size, shard_rows=args.shard_rows,
-                  rank=rank, world=world, progress=True)
+                  rank=rank, world=world, progress=True, min_usable_share=args.min_usable_share)
     return 0
 
 
 def _select(args) -> int:
     from saev_curate.curation.selection import select
-    from saev_curate.io.datasets import load_local_dataset, save_dataset
+    from saev_curate.io.datasets import check_distinct_output, check_output_path, save_dataset
 
-    ds = load_local_dataset(args.data)
+    check_output_path(args.out)
+    check_distinct_output(args.data, args.out)
+    if args.report:
+        check_output_path(args.report, "--report")
+        check_distinct_output(args.data, args.report, "--report")
+    ds = load_rows(args.data)
     kept, report = select(ds, args.by, fraction=args.fraction, threshold=args.threshold,
                           descending=False if args.ascending else None, seed=args.seed, nulls=args.nulls,
-                          return_report=True)
+                          return_report=True, min_usable_share=args.min_usable_share)
     save_dataset(kept, args.out)
     if args.report:
         save_dataset(report, args.report)

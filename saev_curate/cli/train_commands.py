@@ -10,9 +10,13 @@ from saev_curate.cli.common import (
     batch_size_arg,
     data_arg,
     layer_arg,
+    load_rows,
+    max_image_pixels_arg,
     max_length_arg,
+    min_usable_share_arg,
     model_arg,
     out_arg,
+    positive,
     traceback_arg,
 )
 
@@ -37,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="subsample image tokens to at most this many per text token")
     batch_size_arg(cache)
     cache.add_argument("--dtype", default="float32", help="storage dtype of the cached activations (default float32)")
+    min_usable_share_arg(cache)
+    max_image_pixels_arg(cache)
     traceback_arg(cache)
     cache.set_defaults(func=_cache)
 
@@ -53,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     batch_size_arg(ev)
     ev.add_argument("--input-scale", type=float, help="for SAEs saved with an unfolded input scale")
     out_arg(ev, required=False, help="JSON file for the results (default: <sae>/eval.json)")
+    min_usable_share_arg(ev)
+    max_image_pixels_arg(ev)
     traceback_arg(ev)
     ev.set_defaults(func=_eval)
 
@@ -64,47 +72,77 @@ def _train(args: argparse.Namespace) -> int:
 
     parser = TrlParser((SaevTrainConfig,), prog="saev-curate train-sae",
                        description="Train an SAE on a VLM's layer-L activations (flags or --config cfg.yaml).")
-    (config,) = parser.parse_args_and_config(args=args.args)
+    _check_known_flags(parser, args.args)
+    try:
+        (config,) = parser.parse_args_and_config(args=args.args)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as exc:  # a bad --config file or value
+        from saev_curate.errors import InputError
+
+        raise InputError(f"train-sae: {exc}; `saev-curate train-sae --help` lists every option") from None
     sae = train_sae(config)
     print(f"saved {sae} to {config.output_dir}")
     return 0
 
 
+def _check_known_flags(parser, argv: list[str]) -> None:
+    """Unknown flags are one clear error naming the closest known ones (not a ValueError traceback)."""
+    import difflib
+
+    from saev_curate.errors import InputError
+
+    known = {o for a in parser._actions for o in a.option_strings} | {"--config", "--help"}
+    unknown = [a.split("=", 1)[0] for a in argv if a.startswith("--") and a.split("=", 1)[0] not in known]
+    if unknown:
+        hints = []
+        for flag in unknown:
+            close = difflib.get_close_matches(flag, sorted(known), n=2, cutoff=0.5)
+            close = close or [k for k in sorted(known) if flag.strip("-") in k][:2]
+            hints.append(f"{flag} (did you mean {' or '.join(close)}?)" if close else flag)
+        raise InputError(f"train-sae: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+                         "`saev-curate train-sae --help` lists every option")
+
+
 def _cache(args: argparse.Namespace) -> int:
-    from saev_curate.io.datasets import load_local_dataset
     from saev_curate.sae.training import ActivationCache, ActivationStream, StreamConfig
     from saev_curate.vlm.layers import resolve_layer
     from saev_curate.vlm.load import load_vlm
 
+    for name in ("--max-rows", "--max-tokens", "--max-length", "--batch-size"):
+        positive(name, getattr(args, name[2:].replace("-", "_")))
+    dataset = load_rows(args.data)
     model, processor = load_vlm(args.model)
-    dataset = load_local_dataset(args.data)
     if args.max_rows:
         dataset = dataset.select(range(min(args.max_rows, len(dataset))))
     layer = resolve_layer(model, args.layer)
     stream = ActivationStream(model, processor, dataset, StreamConfig(
         layer=layer, mode=args.mode, max_length=args.max_length, model_batch_size=args.batch_size,
-        max_image_text_ratio=args.max_image_text_ratio))
+        max_image_text_ratio=args.max_image_text_ratio, min_usable_share=args.min_usable_share))
     cache = ActivationCache.write(stream, args.out, max_tokens=args.max_tokens, dtype=args.dtype,
                                   metadata={"model": args.model, "dataset": args.data})
     meta = cache.meta
     print(f"wrote {meta['n_tokens']} tokens ({meta['n_image']} image) of layer {layer} in {len(cache.shards)} "
           f"shards to {args.out}; {len(meta['row_errors'])} rows skipped")
+    if meta["row_errors"]:
+        from saev_curate.row_errors import summary_line
+
+        print(f"saev-curate: {summary_line(meta['rows'], meta['row_errors'].values())}", file=sys.stderr)
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from saev_curate.io.datasets import load_local_dataset
     from saev_curate.sae.evaluate import evaluate_sae, save_evaluation
     from saev_curate.sae.io import load_sae
     from saev_curate.vlm.load import load_vlm
 
+    for name in ("--max-rows", "--max-length", "--batch-size"):
+        positive(name, getattr(args, name[2:].replace("-", "_")))
+    dataset = load_rows(args.data, args.split)
     model, processor = load_vlm(args.model)
     sae = load_sae(args.sae, input_scale=args.input_scale)
-    dataset = load_local_dataset(args.data, args.split)
     result = evaluate_sae(model, processor, sae, dataset, args.layer, mode=args.mode, batch_size=args.batch_size,
-                          max_rows=args.max_rows, max_length=args.max_length)
+                          max_rows=args.max_rows, max_length=args.max_length, min_usable_share=args.min_usable_share)
     print(result.table())
     out = Path(args.out) if args.out else Path(args.sae) / "eval.json"
     save_evaluation(result, out)

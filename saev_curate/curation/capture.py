@@ -31,13 +31,23 @@ def reference_indices(dataset, n: int | None, seed: int) -> list[int]:
 def iter_rows(dataset, indices: Sequence[int] | None = None) -> Iterator[tuple[int, dict]]:
     """(row id, row dict) for a Dataset, a list of dicts, or an iterable dataset."""
     if indices is None:
+        if hasattr(dataset, "select") and hasattr(dataset, "__len__") and not isinstance(dataset, (list, tuple)):
+            yield from iter_rows(dataset, range(len(dataset)))
+            return
+        if hasattr(dataset, "decode") and hasattr(dataset, "features") and dataset.features is not None:
+            from saev_curate.io.datasets import has_image_feature
+
+            if any(has_image_feature(f) for f in dataset.features.values()):
+                dataset = dataset.decode(False)  # streaming: images decoded per row by the library
         for i, row in enumerate(dataset):
             yield i, row
         return
     if hasattr(dataset, "select") and hasattr(dataset, "__len__") and not isinstance(dataset, (list, tuple)):
-        sub = dataset.select(indices)
-        for i, row in zip(indices, sub):
-            yield i, row
+        from saev_curate.io.datasets import raw_rows
+
+        for a in range(0, len(indices), 64):  # images undecoded: decoded per row, a bad one is that row's error
+            chunk = list(indices[a:a + 64])
+            yield from zip(chunk, raw_rows(dataset, chunk))
         return
     if isinstance(dataset, (list, tuple)):
         for i in indices:
@@ -65,6 +75,7 @@ class CapturedBatches:
         self.n_passes = 0
         self.n_skipped = 0
         self.skipped_examples: list[str] = []
+        self.errors: list[str] = []  # every row error of the first pass
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self.iter_rows_subset(None)
@@ -109,6 +120,7 @@ class CapturedBatches:
             for i, e in zip(ids, errors):
                 if e is not None:
                     self.n_skipped += 1
+                    self.errors.append(e)
                     if len(self.skipped_examples) < 5:
                         self.skipped_examples.append(f"row {i}: {e}")
         if acts is None:
@@ -124,9 +136,11 @@ def capture_rows(model, processor, rows: list[dict], layer: int | str, *, mode: 
     Returns ``(activations or None, kept row indices, per-row error or None)``.
     """
     from saev_curate.vlm.capture import capture_activations
+    from saev_curate.vlm.layers import context_length
     from saev_curate.vlm.rows import prepare_batch
 
-    prep = prepare_batch(processor, rows, mode=mode, max_length=max_length, on_error="record")
+    prep = prepare_batch(processor, rows, mode=mode, max_length=max_length, on_error="record",
+                         max_context=context_length(model))
     errors = list(prep.row_errors)
     if prep.inputs is None or not prep.kept:
         return None, [], errors

@@ -69,8 +69,12 @@ def rank_rows(values: list, *, descending: bool = True) -> list[int]:
 
 def select(ds, by: str = "saev_score", *, fraction: float | None = None, threshold: float | None = None,
            descending: bool | None = None, seed: int = 0, nulls: str = "drop", order: str = "original",
-           return_report: bool = False):
+           return_report: bool = False, min_usable_share: float | None = None):
     """Keep the best rows of ``ds`` by ``by``; see the module docstring for the rules.
+
+    The row rule (:mod:`saev_curate.row_errors`): when no row, or fewer than ``min_usable_share``, has a
+    score, selection fails naming the most common ``saev_error`` reasons (a dataset whose scoring failed
+    is not ranked by row order); 0 checks only that some row has one.
 
     Returns the kept rows (same type as ``ds``: a ``datasets.Dataset`` or a list), or
     ``(kept, report)`` with ``return_report=True``: a ``Dataset`` (or list of dicts) with one record
@@ -109,6 +113,14 @@ def select(ds, by: str = "saev_score", *, fraction: float | None = None, thresho
     if null_rows and nulls == "raise":
         raise InputError(f"{len(null_rows)} row(s) have a null {column!r} (first: row {null_rows[0]}); "
                          "see their saev_error, or pass nulls='drop' / 'keep'")
+    if null_rows and n:
+        from saev_curate.row_errors import check_usable
+
+        err_values = (ds["saev_error"] if not is_list and "saev_error" in (getattr(ds, "column_names", None) or [])
+                      else [r.get("saev_error") for r in ds] if is_list else [None] * n)
+        nulls_set = set(null_rows)
+        row_errors = [((err_values[i] or f"no {column} (null)") if i in nulls_set else None) for i in range(n)]
+        check_usable(n, row_errors, min_usable_share=min_usable_share, what="rows", action="select", report=False)
     word = "top" if desc else "bottom"
     if fraction is not None:
         k = min(_round_half_up(fraction * n), len(ranked))

@@ -142,14 +142,16 @@ def evaluate_sae(
     max_length: int | None = None,
     exclude_special_tokens: bool = True,
     progress: bool = True,
+    min_usable_share: float | None = None,
 ) -> SAEEvaluation:
     """Evaluate `sae` at decoder layer `layer` (default: the SAE's own hook) of `model` on `dataset` rows.
 
     Special tokens (BOS, chat markers) are left out of the metrics and not spliced when
     `exclude_special_tokens`, matching how SAE-V trains; padding never counts.
     """
+    from saev_curate.io.datasets import raw_rows
     from saev_curate.vlm.capture import capture_activations
-    from saev_curate.vlm.layers import decoder_layers, resolve_sae_layer
+    from saev_curate.vlm.layers import context_length, decoder_layers, resolve_sae_layer
     from saev_curate.vlm.rows import prepare_batch
 
     L = resolve_sae_layer(model, sae, layer)
@@ -164,8 +166,8 @@ def evaluate_sae(
     device = module_device(model)
     for start in tqdm(range(0, n_rows, batch_size), desc="evaluating SAE", disable=not progress, unit="batch"):
         idx = list(range(start, min(start + batch_size, n_rows)))
-        prepared = prepare_batch(processor, [dataset[i] for i in idx], mode=mode, max_length=max_length,
-                                 on_error="record", require_images=False)
+        prepared = prepare_batch(processor, raw_rows(dataset, idx), mode=mode, max_length=max_length,
+                                 on_error="record", require_images=False, max_context=context_length(model))
         errors.update({idx[j]: e for j, e in enumerate(prepared.row_errors) if e is not None})
         if not prepared.kept:
             continue
@@ -195,8 +197,14 @@ def evaluate_sae(
             ("zero", lambda r: splice(r, torch.zeros_like)),
         ):
             ce[name] += _ce_sum(_forward_with(model, inputs, layer_module, edit), acts.input_ids.to(device), target_mask)
+    from saev_curate.row_errors import check_usable
+
+    check_usable(n_rows, list(errors.values()), min_usable_share=min_usable_share, action="eval-sae")
     if n_targets == 0:
-        raise InputError("no text targets to compute cross-entropy on (every row failed, or rows have no text)")
+        raise InputError(f"no text tokens to compute cross-entropy on in the {n_rows - len(errors)} usable rows "
+                         f"(mode={mode!r} shows {'only the prompt' if mode == 'prompt' else 'the ' + mode + ' text'}"
+                         f"{'; every text token is a special token and exclude_special_tokens is on' if exclude_special_tokens else ''}"
+                         "); use rows with text, or another --mode")
     clean, spliced, zero = (ce[k] / n_targets for k in ("clean", "sae", "zero"))
     recovered = (zero - spliced) / (zero - clean) if zero != clean else float("nan")
     return SAEEvaluation(acc["image"].result(), acc["text"].result(), acc["all"].result(), clean, spliced, zero,

@@ -91,6 +91,11 @@ def load_sae(
                 f"{info.path / SPARSITY_FILE}: expected a tensor 'sparsity' of shape [{cfg.d_sae}], "
                 f"found {[(k, tuple(v.shape)) for k, v in sparsity.items()]}"
             )
+        bad = int((~torch.isfinite(value.float()) & ~torch.isneginf(value.float())).sum())
+        if bad:
+            raise CheckpointError(
+                f"{info.path / SPARSITY_FILE}: holds {bad} NaN/+inf values (log10 feature densities must be finite "
+                "or -inf); the file is corrupt: delete it (the SAE loads without it) or save the SAE again")
         sae.sparsity = value.float()
     return sae
 
@@ -309,6 +314,7 @@ def _validate_tensors(tensors: dict[str, torch.Tensor], cfg: SAEConfig, where: P
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    _refuse_renamed_pickle(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             return {name: handle.get_tensor(name) for name in handle.keys()}
@@ -317,6 +323,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _list_tensors(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    _refuse_renamed_pickle(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             out = {}
@@ -326,6 +333,16 @@ def _list_tensors(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
             return out
     except Exception as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def _refuse_renamed_pickle(path: Path) -> None:
+    from saev_curate.io.checked import looks_like_pickle
+
+    kind = looks_like_pickle(path)
+    if kind:
+        raise CheckpointError(f"{path}: looks like {kind}, not safetensors (saved with torch.save and renamed?); "
+                              "pickles are never loaded: convert it with safetensors.torch.save_file(state_dict, "
+                              "path) in a trusted environment")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

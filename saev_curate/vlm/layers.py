@@ -54,6 +54,16 @@ def text_hidden_size(model) -> int:
     return int(d)
 
 
+def context_length(model) -> int | None:
+    """The text model's context (``max_position_embeddings``), or None when the config does not say."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return None
+    tc = cfg.get_text_config() if hasattr(cfg, "get_text_config") else getattr(cfg, "text_config", cfg)
+    n = getattr(tc, "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
 _LAYER_PATTERNS = [
     (re.compile(r"^blocks\.(\d+)\.hook_resid_post$"), 0),
     (re.compile(r"^blocks\.(\d+)\.hook_resid_pre$"), -1),

@@ -110,7 +110,7 @@ def test_bad_rows_are_listed_and_the_rest_used(setup, images):
     bad = rows[:4] + [{"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}],
                        "images": [b"not an image"]}]
     stream = ActivationStream(model, processor, bad, StreamConfig(layer=1))
-    with pytest.warns(UserWarning, match="1 of 5 rows could not be used"):
+    with pytest.warns(UserWarning, match="1 of 5 rows failed"):
         chunks = list(stream.chunks(0))
     assert list(stream.row_errors) == [4]
     assert sum(len(v) for v, _ in chunks) > 0

@@ -109,18 +109,30 @@ class CrossModalWeights:
 
     @classmethod
     def load(cls, path: str | Path) -> "CrossModalWeights":
-        from safetensors.torch import load_file
-
         path = Path(path)
         st, js = path / "crossmodal_weights.safetensors", path / "crossmodal_weights.json"
         if not st.is_file() or not js.is_file():
             raise InputError(
                 f"{path} is not a cross-modal weights folder: expected crossmodal_weights.safetensors and "
                 "crossmodal_weights.json (written by CrossModalWeights.save)")
-        t = load_file(str(st))
-        doc = json.loads(js.read_text())
+        from saev_curate.io.checked import check_tensors, read_json_object, read_safetensors
+
+        redo = "refit the weights (saev-curate fit-weights) or restore the folder"
+        t = read_safetensors(st, fix=redo)
+        doc = read_json_object(js, fix=redo)
+        if doc.get("format", "saev-curate/crossmodal-weights") != "saev-curate/crossmodal-weights":
+            raise InputError(f"{js}: format {doc.get('format')!r} is not saev-curate/crossmodal-weights; {redo}")
         if list(doc.get("class_names", CLASS_NAMES)) != list(CLASS_NAMES):
             raise InputError(f"{js}: unknown feature class names {doc.get('class_names')}")
+        if not isinstance(doc.get("meta", {}), dict):
+            raise InputError(f"{js}: 'meta' must be a JSON object, found {type(doc['meta']).__name__}; {redo}")
+        check_tensors(st, t, required={"omega": 1, "classes": 1},
+                      optional={"top_activation": 2, "top_row": 2, "top_position": 2, "top_is_image": 2},
+                      same_first_dim=True, finite=("top_row", "top_position"), fix=redo)
+        if t["classes"].numel() and (int(t["classes"].min()) < 0 or int(t["classes"].max()) >= len(CLASS_NAMES)):
+            raise InputError(f"{st}: tensor 'classes' holds values outside 0..{len(CLASS_NAMES) - 1}; {redo}")
+        if bool(torch.isinf(t["omega"]).any()):
+            raise InputError(f"{st}: tensor 'omega' holds infinite values (NaN marks an undefined feature); {redo}")
         top_img = t.get("top_is_image")
         return cls(omega=t["omega"], classes=t["classes"], top_activation=t.get("top_activation"),
                    top_row=t.get("top_row"), top_position=t.get("top_position"),
@@ -135,8 +147,14 @@ class CrossModalWeights:
                              "fit the weights with this SAE")
         fitted = self.meta.get("sae_fingerprint")
         if fitted and fitted != sae_fingerprint(sae):
-            raise InputError("these cross-modal weights were fitted with a different SAE (weights differ); "
-                             "refit them for this SAE (CrossModalWeights.fit, or saev-curate fit-weights)")
+            raise InputError("these cross-modal weights were fitted with a different SAE (weights differ); refit them "
+                             "for this SAE: saev-curate fit-weights --model <model> --sae <this SAE> --data "
+                             "<reference rows> --out <new weights folder> (in Python: CrossModalWeights.fit)")
+        if self.d_sae and not bool(self.defined.any()):
+            raise InputError("these cross-modal weights define omega for no feature (every score would be 0): they "
+                             f"were fitted on rows that gave no cross-modal tokens ({self.meta.get('n_rows_skipped', '?')}"
+                             f" of {self.meta.get('n_rows_sampled', '?')} reference rows failed); refit them on "
+                             "usable reference rows: saev-curate fit-weights")
 
     # -------------------------------------------------------------- fitting on a model
     @classmethod
@@ -173,13 +191,18 @@ class CrossModalWeights:
             seed: int = 42, batch_size: int = 8, top_features_per_token: int = 50,
             top_tokens_per_feature: int = 30, tokens_per_modality: int = 5, min_activation: float = 0.0,
             max_length: int | None = None, exclude_special_tokens: bool = False, progress: bool = False,
-            ) -> "CrossModalWeights":
+            min_usable_share: float | None = None) -> "CrossModalWeights":
         """Fit ω on ``n_reference`` rows of ``dataset`` sampled with ``seed`` (all rows if None or more).
 
         Rows are fed as image + prompt only (``prepare_batch(mode="prompt")``).  Rows the processor
-        cannot prepare are skipped and counted in ``meta["n_rows_skipped"]``.  Two passes over the
-        sampled rows (the second only over rows holding a selected token).
+        cannot prepare are skipped and counted in ``meta["n_rows_skipped"]`` (and by reason in
+        ``meta["row_errors"]``); when no row, or fewer than ``min_usable_share`` (default
+        :data:`~saev_curate.row_errors.DEFAULT_MIN_USABLE_SHARE`) of them, could be used the fit fails with
+        :class:`~saev_curate.row_errors.TooFewUsableRows` naming the most common row errors.  Two passes
+        over the sampled rows (the second only over rows holding a selected token).
         """
+        from saev_curate.row_errors import check_usable
+
         layer_index = resolve_sae_layer(model, sae, layer)
         indices = reference_indices(dataset, n_reference, seed)
         source = CapturedBatches(model, processor, dataset, indices, layer_index, batch_size=batch_size,
@@ -194,10 +217,21 @@ class CrossModalWeights:
             "n_reference_requested": n_reference, "seed": seed, "n_rows_sampled": len(indices),
             "batch_size": batch_size, "max_length": max_length, "exclude_special_tokens": exclude_special_tokens,
         }
-        out = cls.fit_activations(source, sae, top_features_per_token=top_features_per_token,
-                                  top_tokens_per_feature=top_tokens_per_feature,
-                                  tokens_per_modality=tokens_per_modality, min_activation=min_activation,
-                                  meta=meta)
+        if not indices:
+            raise InputError("the reference dataset has no rows; fit the weights on at least a few hundred rows "
+                             "with images and text")
+        try:
+            out = cls.fit_activations(source, sae, top_features_per_token=top_features_per_token,
+                                      top_tokens_per_feature=top_tokens_per_feature,
+                                      tokens_per_modality=tokens_per_modality, min_activation=min_activation,
+                                      meta=meta)
+        except Exception:
+            if source.errors:  # the row errors explain the failure better, when they are the cause
+                check_usable(len(indices), source.errors, min_usable_share=min_usable_share, what="reference rows",
+                             action="fit-weights", report=False)
+            raise
+        out.meta["row_errors"] = check_usable(len(indices), source.errors, min_usable_share=min_usable_share,
+                                              what="reference rows", action="fit-weights")
         out.meta["n_rows_skipped"] = source.n_skipped
         out.meta["skipped_examples"] = source.skipped_examples
         return out

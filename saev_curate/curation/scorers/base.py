@@ -74,12 +74,27 @@ def rows_of(batch) -> tuple[list[dict], list[str]]:
 
     if isinstance(batch, Mapping):
         keys = list(batch.keys())
-        return batch_to_rows({k: batch[k] for k in keys}), keys
+        return batch_to_rows({k: _column(batch, k) for k in keys}), keys
     if not isinstance(batch, (list, tuple)):
         raise InputError(f"a scorer takes a datasets batch (dict of columns) or a list of row dicts, got "
                          f"{type(batch).__name__}")
     rows = list(batch)
     return rows, (list(rows[0]) if rows else [])
+
+
+def _column(batch, key: str) -> list:
+    """One column of a batch; from ``datasets``' lazy batch, ``Image`` columns come undecoded (``{"bytes",
+    "path"}`` dicts) so that each image is decoded per row by the library (a corrupt image, a missing file or
+    a decompression bomb is that row's ``error``, not an exception that ends the whole ``map``)."""
+    table = getattr(batch, "pa_table", None)
+    formatter = getattr(batch, "formatter", None)
+    features = getattr(formatter, "features", None)
+    if table is not None and features is not None and key in features and key in table.column_names:
+        from saev_curate.io.datasets import has_image_feature
+
+        if has_image_feature(features[key]):
+            return table.column(key).to_pylist()
+    return batch[key]
 
 
 class Scorer:
@@ -244,11 +259,44 @@ class Scorer:
         values = self.score_rows(rows, keys)
         return {self.column(short): TypedColumn(values[short], dtype) for short, dtype in self.columns_for(keys).items()}
 
-    def map(self, dataset, *, batch_size: int | None = None, num_proc: int | None = None, **kwargs):
+    def error_column(self, keys: list[str] | None = None) -> str | None:
+        """The full name of this scorer's per-row error column (None if it has none)."""
+        short = next((c for c in self.columns_for(keys) if c == "error" or c.endswith("_error")), None)
+        return None if short is None else self.column(short)
+
+    def check_usable(self, scored, *, min_usable_share: float | None = None, action: str | None = None
+                     ) -> dict[str, Any]:
+        """The row rule on a scored ``Dataset``: raise :class:`~saev_curate.row_errors.TooFewUsableRows` (with
+        ``.result = scored``) when no row, or fewer than ``min_usable_share``, could be scored; else report
+        the failed rows in one line on stderr and return their summary."""
+        from saev_curate.row_errors import check_usable
+
+        col = self.error_column(list(scored.column_names))
+        errors = scored[col] if col and col in scored.column_names else []
+        return check_usable(len(scored), errors, min_usable_share=min_usable_share, what="rows",
+                            action=action or f"{type(self).__name__}.map", result=scored)
+
+    def _empty_output(self, dataset):
+        """A 0-row ``Dataset`` with this scorer's typed columns added (``map`` never calls the scorer on it)."""
+        out = dataset
+        for name, feature in self.features(dataset).items():
+            if name not in out.column_names:
+                out = out.add_column(name, [], feature=feature)
+        return out
+
+    def map(self, dataset, *, batch_size: int | None = None, num_proc: int | None = None,
+            min_usable_share: float | None = None, **kwargs):
         """``dataset.map(self, batched=True, ...)`` for a ``Dataset`` (with ``with_rank=True``, ``num_proc``),
-        a ``DatasetDict``, or a streaming ``IterableDataset`` / ``IterableDatasetDict``."""
+        a ``DatasetDict``, or a streaming ``IterableDataset`` / ``IterableDatasetDict``.
+
+        For a ``Dataset`` (and each split of a ``DatasetDict``) the row rule applies: when no row, or fewer
+        than ``min_usable_share`` (default :data:`~saev_curate.row_errors.DEFAULT_MIN_USABLE_SHARE`; 0 to
+        turn the check off except for "no row at all"), could be scored, :class:`TooFewUsableRows` is raised
+        naming the most common errors (the scored dataset is on its ``.result``); otherwise a one-line
+        summary of failed rows goes to stderr.  A 0-row dataset comes back with the score columns."""
         from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 
+        kwargs.pop("batched", None)  # always batched
         kw = dict(batched=True, batch_size=batch_size or self.DEFAULT_BATCH_SIZE, **kwargs)
         if isinstance(dataset, (IterableDataset, IterableDatasetDict)):
             if num_proc is not None:
@@ -261,7 +309,16 @@ class Scorer:
                              f"got {type(dataset).__name__}; for a list of row dicts call the scorer on it "
                              "(scorer(rows)) or use datasets.Dataset.from_list(rows)")
         kw.setdefault("desc", f"{type(self).__name__}")
-        return dataset.map(self, with_rank=True, num_proc=num_proc, **kw)
+        if isinstance(dataset, DatasetDict):
+            kw.pop("batched")
+            return DatasetDict({name: self.map(split, num_proc=num_proc, min_usable_share=min_usable_share, **kw)
+                                for name, split in dataset.items()})
+        kw.pop("batched")
+        if len(dataset) == 0:
+            return self._empty_output(dataset)
+        scored = dataset.map(self, batched=True, with_rank=True, num_proc=num_proc, **kw)
+        self.check_usable(scored, min_usable_share=min_usable_share)
+        return scored
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.settings})"

@@ -38,11 +38,14 @@ class StreamConfig:
     max_image_text_ratio: float | None = None  # subsample image tokens to at most ratio x text tokens
     buffer_tokens: int = 65_536  # shuffle-buffer size: tokens from many rows mix before a batch is cut
     seed: int = 0
+    min_usable_share: float | None = None  # the row rule (saev_curate.row_errors); None: the default share
 
 
 def _token_chunks(model, processor, dataset, cfg: StreamConfig, epoch: int, errors: dict[int, str]):
     """One epoch of `(activations [n, d], is_image [n])`, one chunk per model batch, rows in a seeded order."""
+    from saev_curate.io.datasets import raw_rows
     from saev_curate.vlm.capture import capture_activations
+    from saev_curate.vlm.layers import context_length
     from saev_curate.vlm.rows import prepare_batch
 
     n = len(dataset)
@@ -50,9 +53,9 @@ def _token_chunks(model, processor, dataset, cfg: StreamConfig, epoch: int, erro
     gen = torch.Generator().manual_seed(cfg.seed * 104_729 + epoch)
     for start in range(0, n, cfg.model_batch_size):
         idx = order[start : start + cfg.model_batch_size]
-        rows = [dataset[i] for i in idx]
+        rows = raw_rows(dataset, idx)  # images undecoded: decoded per row, a bad one is that row's error
         prepared = prepare_batch(processor, rows, mode=cfg.mode, max_length=cfg.max_length, on_error="record",
-                                 require_images=False)
+                                 require_images=False, max_context=context_length(model))
         for j, err in enumerate(prepared.row_errors):
             if err is not None:
                 errors[idx[j]] = err
@@ -129,7 +132,17 @@ class ActivationStream:
     def chunks(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of per-batch `(activations, is_image)` chunks, before mixing."""
         yield from _token_chunks(self.model, self.processor, self.dataset, self.cfg, epoch, self.row_errors)
+        if epoch == 0:
+            self.check_rows()
         self._warn_errors()
+
+    def check_rows(self) -> dict[str, Any]:
+        """The row rule after a full pass: raise when no row, or too small a share, could be used."""
+        from saev_curate.row_errors import check_usable
+
+        return check_usable(len(self.dataset), list(self.row_errors.values()),
+                            min_usable_share=self.cfg.min_usable_share, action="capturing activations",
+                            report=False)
 
     def iter_batches(self, batch_size: int, seed: int, start_step: int = 0) -> Iterator[torch.Tensor]:
         """Mixed `[batch_size, d_in]` batches forever (epoch after epoch).
@@ -153,9 +166,10 @@ class ActivationStream:
 
     def _warn_errors(self) -> None:
         if self.row_errors:
-            first = next(iter(self.row_errors.items()))
-            warnings.warn(f"{len(self.row_errors)} of {len(self.dataset)} rows could not be used and were skipped "
-                          f"(e.g. row {first[0]}: {first[1]}); see ActivationStream.row_errors", stacklevel=3)
+            from saev_curate.row_errors import summary_line
+
+            warnings.warn(f"{summary_line(len(self.dataset), self.row_errors.values())} (skipped; see "
+                          "ActivationStream.row_errors)", stacklevel=3)
 
 
 # ------------------------------------------------------------------------------------------ disk cache
@@ -175,9 +189,24 @@ class ActivationCache:
         if not meta_file.is_file():
             raise InputError(f"{self.path}: not a finished activation cache ({_META} missing); write one with "
                              "ActivationCache.write or `saev-curate cache-activations`")
-        self.meta = json.loads(meta_file.read_text())
-        self.d_in = int(self.meta["d_in"])
-        self.shards: list[dict[str, Any]] = self.meta["shards"]
+        from saev_curate.io.checked import read_json_object
+
+        fix = f"delete {self.path} and write the cache again (saev-curate cache-activations)"
+        self.meta = read_json_object(meta_file, fix=fix)
+        shards = self.meta.get("shards")
+        try:
+            self.d_in = int(self.meta["d_in"])
+            ok = isinstance(shards, list) and all(isinstance(x, dict) and isinstance(x.get("file"), str)
+                                                  and int(x["n"]) >= 0 for x in shards)
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise InputError(f"{meta_file}: not a valid activation-cache index (needs 'd_in' and a 'shards' list of "
+                             "{file, n}); " + fix)
+        missing = [x["file"] for x in shards if not (self.path / x["file"]).is_file()]
+        if missing:
+            raise InputError(f"{self.path}: shard files {missing[:3]} listed in {_META} are missing; {fix}")
+        self.shards: list[dict[str, Any]] = shards
         self.shards_in_memory = max(1, shards_in_memory)
 
     @property
@@ -229,9 +258,12 @@ class ActivationCache:
         flush(final=True)
         bar.close()
         if not shards:
-            raise InputError("no activations were produced: every row failed "
-                             f"({len(stream.row_errors)} errors, e.g. {next(iter(stream.row_errors.values()), '')})")
+            stream.check_rows()
+            raise InputError("no activations were produced: the rows hold no image or text tokens")
+        from saev_curate.row_errors import summary
+
         meta = {
+            "row_error_summary": summary(len(stream.dataset), stream.row_errors.values()),
             "d_in": stream.d_in, "layer": stream.layer, "dtype": dtype_to_str(store), "stream": asdict(stream.cfg),
             "n_tokens": total, "n_image": sum(s["n_image"] for s in shards), "shards": shards,
             "rows": len(stream.dataset), "row_errors": {str(k): v for k, v in stream.row_errors.items()},

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
 from saev_curate.errors import InputError
 from saev_curate.sae.model import SAE
@@ -38,6 +41,10 @@ class SaevTrainConfig(TrainConfig):
     activation_cache: str | None = field(default=None,
         metadata={'help': 'folder for one pass of activations: written on first use, reused (and resumed from) after'})
     cache_shard_tokens: int = field(default=65_536, metadata={'help': 'tokens per activation-cache shard'})
+    max_image_pixels: int | None = field(default=None,
+        metadata={'help': 'images with more pixels are that row\'s error (decompression bombs; default 89,478,485)'})
+    min_usable_share: float | None = field(default=None,
+        metadata={'help': 'fail when fewer than this share of rows can be used (default 0.5; 0: only when none)'})
 
     def stream_config(self, layer: int) -> StreamConfig:
         names = {f.name for f in fields(StreamConfig)}
@@ -59,15 +66,23 @@ def train_sae(config: SaevTrainConfig, *, model=None, processor=None, dataset=No
     from saev_curate.vlm.load import load_vlm
 
     config = replace(config)  # the run's own copy: provenance fields are filled in below, never in the caller's
+    if config.max_image_pixels is not None:
+        from saev_curate.vlm.rows.images import set_max_image_pixels
+
+        set_max_image_pixels(config.max_image_pixels)
 
     if model is None or processor is None:
         if not config.model:
             raise InputError("train_sae: set config.model to a local VLM folder (or pass model= and processor=)")
         model, processor = load_vlm(config.model, dtype=config.model_dtype, device=config.device)
+    loaded_dataset = dataset is None
     if dataset is None:
         if not config.dataset:
             raise InputError("train_sae: set config.dataset to a local dataset (or pass dataset=)")
         dataset = load_local_dataset(config.dataset, config.dataset_split)
+    if len(dataset) == 0:
+        raise InputError(f"{config.dataset or 'dataset='}: the dataset has no rows; an SAE needs activations to "
+                         "train on")
     if config.max_rows is not None and hasattr(dataset, "select"):
         dataset = dataset.select(range(min(config.max_rows, len(dataset))))
     layer = resolve_layer(model, config.layer)
@@ -76,6 +91,16 @@ def train_sae(config: SaevTrainConfig, *, model=None, processor=None, dataset=No
     config.model_name = config.model_name or config.model or getattr(model.config, "_name_or_path", None)
     config.dataset_path = config.dataset_path or config.dataset or None
     config.context_size = config.context_size or config.max_length
+    identity = run_identity(config, model, dataset, layer, loaded_dataset=loaded_dataset)
+    state = _check_output_dir(Path(config.output_dir), identity)
+    if state == "done":
+        from saev_curate.sae.io import load_sae
+
+        print(f"saev-curate: {config.output_dir} already holds the finished SAE of this run (same model, layer, "
+              f"dataset and SAE settings, {config.total_steps} steps): nothing to do. To train it again, delete "
+              f"{config.output_dir} or pass another --output_dir", file=sys.stderr)
+        return load_sae(config.output_dir, device=config.device)
+    _write_run(Path(config.output_dir), identity, finished=False)
     stream = ActivationStream(model, processor, dataset, config.stream_config(layer))
     source = stream
     if config.activation_cache:
@@ -90,9 +115,77 @@ def train_sae(config: SaevTrainConfig, *, model=None, processor=None, dataset=No
                                            progress=progress)
     sae = train_on_activations(config.trainer_config(), source, progress=progress)
     if stream.row_errors:
+        from saev_curate.row_errors import summary, summary_line
+
         sae.cfg.extra["rows_skipped"] = len(stream.row_errors)
+        sae.cfg.extra["row_errors"] = summary(len(dataset), stream.row_errors.values())
         sae.save(config.output_dir, sparsity=sae.sparsity)
+        print(f"saev-curate: {summary_line(len(dataset), stream.row_errors.values())}", file=sys.stderr)
+    _write_run(Path(config.output_dir), identity, finished=True)
     return sae
+
+
+# ------------------------------------------------------------------------------------------ run identity
+RUN_FILE = "run.json"
+#: identity key -> the flag that sets it (for "what changed" messages)
+_FLAGS = {"model": "--model", "model_class": "--model", "layer": "--layer", "dataset": "--data",
+          "dataset_split": "--dataset_split", "dataset_rows": "--data", "dataset_fingerprint": "--data (its content)",
+          "max_rows": "--max_rows", "mode": "--mode", "max_length": "--max_length",
+          "exclude_special_tokens": "--exclude_special_tokens", "max_image_text_ratio": "--max_image_text_ratio",
+          "buffer_tokens": "--buffer_tokens"}
+_NOT_IDENTITY = {"output_dir", "device", "checkpoint_every", "keep_checkpoints", "model_name", "hook_name",
+                 "hook_layer", "dataset_path", "context_size", "activation_cache", "cache_shard_tokens", "model",
+                 "dataset", "dataset_split", "max_rows", "layer", "mode", "max_length", "exclude_special_tokens",
+                 "max_image_text_ratio", "buffer_tokens", "model_dtype", "model_batch_size", "min_usable_share",
+                 "max_image_pixels"}
+
+
+def run_identity(config: SaevTrainConfig, model, dataset, layer: int, *, loaded_dataset: bool = True) -> dict:
+    """What a training run depends on: model, layer, dataset, what the SAE sees, and the SAE settings."""
+    from saev_curate.curation.sharded import data_fingerprint
+
+    ident = {"model": config.model_name, "model_class": type(model).__name__, "layer": layer,
+             "dataset": config.dataset_path, "dataset_split": config.dataset_split, "dataset_rows": len(dataset),
+             "max_rows": config.max_rows, "mode": config.mode, "max_length": config.max_length,
+             "exclude_special_tokens": config.exclude_special_tokens,
+             "max_image_text_ratio": config.max_image_text_ratio, "buffer_tokens": config.buffer_tokens}
+    if loaded_dataset and getattr(dataset, "_fingerprint", None):
+        ident["dataset_fingerprint"] = data_fingerprint(dataset)
+    for f in fields(TrainConfig):
+        if f.name not in _NOT_IDENTITY:
+            ident[f.name] = getattr(config, f.name)
+    return json.loads(json.dumps(ident, default=str))
+
+
+def _check_output_dir(out: Path, identity: dict) -> str:
+    """'fresh' (nothing of another run to keep), 'resume' (this run's checkpoints) or 'done' (this run's
+    finished SAE); another run's checkpoints or SAE in ``out``: an error naming what changed."""
+    from saev_curate.io.checked import read_json_object
+
+    run_file = out / RUN_FILE
+    has_ckpt = any((out / "checkpoints").glob("step_*.pt"))
+    has_sae = (out / "cfg.json").is_file()
+    if not run_file.is_file():
+        return "resume" if has_ckpt else "fresh"
+    saved = read_json_object(run_file, fix=f"delete {out} (or its {RUN_FILE} and checkpoints/) to start fresh")
+    old = saved.get("identity", {})
+    if old == identity:
+        return "done" if saved.get("finished") and has_sae else ("resume" if has_ckpt else "fresh")
+    if not has_ckpt and not has_sae:
+        return "fresh"  # a run that stopped before its first checkpoint: nothing to keep
+    keys = [k for k in dict.fromkeys([*old, *identity]) if old.get(k) != identity.get(k)]
+    detail = "; ".join(f"{_FLAGS.get(k, '--' + k)}: {old.get(k)!r} -> {identity.get(k)!r}" for k in keys)
+    what = "the finished SAE" if saved.get("finished") and has_sae else "checkpoints"
+    raise InputError(f"{out} holds {what} of a different run ({detail}); it cannot be resumed with these settings. "
+                     f"Pass another --output_dir, or delete {out} to start fresh")
+
+
+def _write_run(out: Path, identity: dict, *, finished: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{RUN_FILE}.tmp"
+    tmp.write_text(json.dumps({"format": "saev-curate/sae-run", "identity": identity, "finished": finished},
+                              indent=2, sort_keys=True))
+    tmp.replace(out / RUN_FILE)
 
 
 def _check_cache(cache: ActivationCache, config: SaevTrainConfig, layer: int) -> None:

@@ -327,11 +327,28 @@ def _latest_checkpoint(out: Path) -> dict[str, Any] | None:
     if not found:
         return None
     # our own files, tensors and plain containers only: weights_only refuses anything executable
-    return torch.load(found[-1], map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(found[-1], map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign file: name it and the way out
+        from saev_curate.errors import CheckpointError
+
+        raise CheckpointError(f"{found[-1]}: unreadable training checkpoint ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}); delete this file to resume from the one before it (or delete "
+                              f"{out / 'checkpoints'} to start over)") from None
+    need = ("step", "config", "sae_config", "sae", "optimizer", "scheduler", "input_scale", "since_fired",
+            "fire_counts")
+    if not isinstance(state, dict) or any(k not in state for k in need):
+        from saev_curate.errors import CheckpointError
+
+        raise CheckpointError(f"{found[-1]}: not a saev-curate training checkpoint (missing "
+                              f"{[k for k in need if not isinstance(state, dict) or k not in state]}); delete it")
+    return state
 
 
 _RESUME_MUST_MATCH = ("architecture", "expansion_factor", "d_sae", "k", "total_steps", "batch_size", "lr", "seed",
-                      "l1_coefficient", "apply_b_dec_to_input", "normalize_input")
+                      "l1_coefficient", "apply_b_dec_to_input", "normalize_input",
+                      # what the activations are (filled in by train_sae): another model, layer or dataset
+                      "model_name", "hook_name", "hook_layer", "dataset_path", "context_size")
 
 
 def _check_same_run(saved: dict[str, Any], cfg: TrainConfig) -> None:

@@ -80,13 +80,18 @@ def prepare_batch(
     on_error: str = "raise",
     padding_side: str | None = None,
     require_images: bool = True,
+    max_context: int | None = None,
+    max_image_pixels: int | None = None,
 ) -> PreparedBatch:
     """Turn dataset rows into one padded processor batch.
 
     ``on_error="raise"`` raises :class:`InputError` naming the first bad row; ``"record"`` puts the
     reason in ``row_errors[i]`` and keeps going with the other rows (``kept`` lists the rows
     present in ``inputs``).  ``padding_side`` overrides the tokenizer's (``"left"``/``"right"``).
-    ``require_images=False`` accepts rows without any image (text-only).
+    ``require_images=False`` accepts rows without any image (text-only).  ``max_context`` (the model's
+    context length, see :func:`saev_curate.vlm.layers.context_length`) makes a row longer than it an
+    error for that row (unless ``max_length`` truncates it to fit).  ``max_image_pixels`` overrides
+    the pixel limit per image (:func:`~saev_curate.vlm.rows.images.max_image_pixels`).
     """
     if mode not in MODES:
         raise InputError(f"mode={mode!r} is not one of {', '.join(MODES)}")
@@ -113,13 +118,11 @@ def prepare_batch(
         try:
             msgs, refs, gen = row_to_conversation(row, mode)
             if require_images and not refs:
-                col = next((c for c in ("images", "image") if c in row), None)
-                what = f"the image is missing (column {col!r} is {row[col]!r})" if col else "the row has no image"
-                raise RowError(f"{what}; fix the row, drop it, or pass require_images=False to accept text-only rows")
+                raise RowError(_no_image_reason(row))
             loaded = []
             for j, ref in enumerate(refs):
                 try:
-                    loaded.append(load_image(ref))
+                    loaded.append(load_image(ref, max_image_pixels))
                 except RowError as e:
                     raise RowError(f"image {j}: {e}") from None
             texts[i] = render(processor, msgs, gen)
@@ -177,12 +180,54 @@ def prepare_batch(
             plans = _plan_truncation(processor, out, [texts[i] for i in good], offsets, max_length)
         truncated = _apply_truncation(processor, out, plans, padding_side)
 
+    if max_context is not None and (max_length is None or max_length > max_context):
+        too_long = _over_context(out, good, max_context, max_length)
+        for i, reason in too_long.items():
+            fail(i, reason)
+        if too_long:
+            out, good = run_with_fallback([i for i in good if errors[i] is None])
+            if out is None:
+                return PreparedBatch(None, errors, [], [], [])
+            offsets = out.pop("text_replacement_offsets", None)
+            if max_length is not None:
+                truncated = _apply_truncation(processor, out, _plan_truncation(
+                    processor, out, [texts[i] for i in good], offsets, max_length), padding_side)
+            else:
+                truncated = [0] * len(good)
+
     img_tok = _image_token_str(processor)
     counts: list[list[int]] = []
     for k in range(len(good)):
         row_off = offsets[k] if offsets is not None else []
         counts.append([r["replacement"].count(img_tok) if img_tok else 0 for r in row_off if r["type"] == "image"])
     return PreparedBatch(out, errors, good, counts, truncated)
+
+
+IMAGE_COLUMNS = ("images", "image")
+
+
+def _no_image_reason(row) -> str:
+    col = next((c for c in IMAGE_COLUMNS if c in row), None)
+    if col is not None:
+        return (f"the image is missing (column {col!r} is {row[col]!r:.80}); fix the row or drop it "
+                "(ds.filter(lambda r: r[" + repr(col) + "] is not None))")
+    cols = sorted(row) if isinstance(row, Mapping) else []
+    guess = next((c for c in cols if any(w in c.lower() for w in ("img", "image", "picture", "photo", "pixel"))),
+                 None)
+    hint = (f"; rename it: ds.rename_column({guess!r}, 'image')" if guess else "")
+    return (f"the row has no image: images are read from a column 'images' (a list) or 'image', or from "
+            f"image parts of 'messages'; this row has columns {cols}{hint}")
+
+
+def _over_context(out, good: list[int], max_context: int, max_length: int | None) -> dict[int, str]:
+    """Rows (by dataset-batch index) whose sequence is longer than the model's context."""
+    ids = out["input_ids"]
+    am = out.get("attention_mask")
+    lengths = (am.sum(-1) if am is not None else torch.full((ids.shape[0],), ids.shape[1])).tolist()
+    return {i: (f"the row has {int(n)} tokens, more than the model's context of {max_context} "
+                f"(max_position_embeddings); pass --max-length {max_context} (max_length={max_context}) to "
+                "truncate its text, or drop the row")
+            for i, n in zip(good, lengths) if int(n) > max_context}
 
 
 def _expanded_text(original: str, row_offsets) -> str:

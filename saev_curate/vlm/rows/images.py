@@ -1,6 +1,12 @@
 """Images of dataset rows -> RGB ``PIL.Image``: PIL images, ``datasets.Image`` dicts (``bytes`` or
 ``path``), file paths, raw bytes or numpy arrays (alpha composited on white, 16-bit scaled, EXIF
-orientation applied, extreme aspect ratios padded to at most 50:1)."""
+orientation applied, extreme aspect ratios padded to at most 50:1).
+
+Images are decoded here, one row at a time, whatever held them (``datasets.Image`` columns are read
+undecoded, see :func:`saev_curate.io.datasets.raw_rows`), so one bad image is one row's error. An
+image with more pixels than the limit (:func:`max_image_pixels`: ``SAEV_CURATE_MAX_IMAGE_PIXELS``,
+:func:`set_max_image_pixels`, or ``--max-image-pixels`` on the command line) is a row error too,
+found from the header before any pixel is decoded (decompression bombs)."""
 
 from __future__ import annotations
 
@@ -10,6 +16,34 @@ import os
 import numpy as np
 
 MAX_ASPECT_RATIO = 50.0
+#: default pixel limit per image (PIL's own default warning limit: about 9459 x 9459)
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+_ENV_MAX_PIXELS = "SAEV_CURATE_MAX_IMAGE_PIXELS"
+
+
+def max_image_pixels() -> int:
+    """The pixel limit per image: ``SAEV_CURATE_MAX_IMAGE_PIXELS`` when set, else the default."""
+    raw = os.environ.get(_ENV_MAX_PIXELS)
+    if raw:
+        try:
+            value = int(float(raw))
+        except ValueError:
+            value = 0
+        if value > 0:
+            return value
+    return DEFAULT_MAX_IMAGE_PIXELS
+
+
+def set_max_image_pixels(n: int | None) -> None:
+    """Set the pixel limit per image for this process and the workers it starts (None: the default)."""
+    if n is None:
+        os.environ.pop(_ENV_MAX_PIXELS, None)
+        return
+    if int(n) <= 0:
+        from saev_curate.errors import InputError
+
+        raise InputError(f"max_image_pixels must be a positive number of pixels, got {n}")
+    os.environ[_ENV_MAX_PIXELS] = str(int(n))
 
 
 class RowError(Exception):
@@ -49,31 +83,59 @@ def _to_rgb(img):
     return img
 
 
-def load_image(obj):
+def _check_pixels(im, limit: int) -> None:
+    w, h = im.size
+    if w * h > limit:
+        raise RowError(f"image is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} (a possible decompression "
+                       "bomb); downscale it, drop the row, or raise the limit (--max-image-pixels, "
+                       "SAEV_CURATE_MAX_IMAGE_PIXELS)")
+
+
+def _open(fp, limit: int):
+    """Open, check the size from the header, then decode: a bomb never reaches ``load()``."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # our own limit applies (PIL's would raise past 2x its default)
+        try:
+            with Image.open(fp) as im:
+                _check_pixels(im, limit)
+                im.load()
+                return _to_rgb(im)
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+
+
+def load_image(obj, max_pixels: int | None = None):
     """Load one image from any accepted form and return an RGB ``PIL.Image``.
 
-    Raises ``RowError`` (caught by :func:`prepare_batch`) with a readable reason.
+    Raises ``RowError`` (caught by :func:`prepare_batch`) with a readable reason; an image over
+    ``max_pixels`` (default :func:`max_image_pixels`) is refused before it is decoded.
     """
     from PIL import Image, UnidentifiedImageError
 
+    limit = max_pixels or max_image_pixels()
     if obj is None:
         raise RowError("image is missing (None)")
     try:
         if isinstance(obj, Image.Image):
+            _check_pixels(obj, limit)
             obj.load()
             return _to_rgb(obj)
         if isinstance(obj, dict):
             if obj.get("bytes") is not None:
-                return load_image(bytes(obj["bytes"]))
+                return load_image(bytes(obj["bytes"]), limit)
             if obj.get("path"):
-                return load_image(obj["path"])
+                return load_image(obj["path"], limit)
             raise RowError("image dict has neither 'bytes' nor 'path' (a missing datasets.Image value)")
         if isinstance(obj, (bytes, bytearray, memoryview)):
             if len(obj) == 0:
                 raise RowError("image bytes are empty")
-            with Image.open(io.BytesIO(bytes(obj))) as im:
-                im.load()
-                return _to_rgb(im)
+            return _open(io.BytesIO(bytes(obj)), limit)
         if isinstance(obj, (str, os.PathLike)):
             s = os.fspath(obj)
             if s.startswith(("http://", "https://")):
@@ -82,13 +144,14 @@ def load_image(obj):
                 return _to_rgb(hf_load_image(s))
             if not os.path.exists(s):
                 raise RowError(f"image file not found: {s!r}")
-            with Image.open(s) as im:
-                im.load()
-                return _to_rgb(im)
+            return _open(s, limit)
         if isinstance(obj, np.ndarray):
             arr = obj
             if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
                 arr = np.moveaxis(arr, 0, -1)  # CHW -> HWC
+            if arr.ndim >= 2 and arr.shape[0] * arr.shape[1] > limit:
+                raise RowError(f"image array {arr.shape[1]}x{arr.shape[0]} is over the limit of {limit:,} pixels; "
+                               "downscale it or raise --max-image-pixels")
             if arr.ndim == 3 and arr.shape[-1] == 1:
                 arr = arr[..., 0]
             if arr.dtype != np.uint8:
@@ -99,6 +162,8 @@ def load_image(obj):
             return _to_rgb(Image.fromarray(arr))
     except RowError:
         raise
+    except Image.DecompressionBombError as e:
+        raise RowError(f"image refused as a decompression bomb ({e}); raise --max-image-pixels if it is real") from None
     except UnidentifiedImageError:
         raise RowError("image data is not a readable image (corrupt or unsupported format)") from None
     except (OSError, ValueError, SyntaxError, TypeError) as e:
