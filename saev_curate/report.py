@@ -97,10 +97,29 @@ def _row_text(row: dict[str, Any]) -> str:
     return ""
 
 
+def _auroc_html(auroc: dict[str, dict[str, float]], highlight: str | None) -> str:
+    """Methods x defect kinds, best per kind in bold, the ``highlight`` method's row shaded."""
+    kinds = list(next(iter(auroc.values())))
+    best = {k: max((v[k] for v in auroc.values() if not math.isnan(v[k])), default=float("nan")) for k in kinds}
+    out = ["<h2>Detection: AUROC of clean rows against each defect kind</h2><p>Higher = the method ranks clean rows "
+           "above rows with that defect (0.5 = chance). Best per kind in bold.</p><table><tr><th>method</th>"
+           + "".join(f"<th>{html.escape(k.replace('_', ' '))}</th>" for k in kinds) + "</tr>"]
+    for name, row in auroc.items():
+        shade = ' style="background:#eef3fb"' if name == highlight else ""
+        cells = "".join(("<td><b>{:.3f}</b></td>" if row[k] == best[k] else "<td>{:.3f}</td>").format(row[k])
+                        for k in kinds)
+        out.append(f"<tr{shade}><td>{html.escape(name)}</td>{cells}</tr>")
+    return "".join(out) + "</table>"
+
+
 def write_score_report(rows: Sequence[dict[str, Any]], path: str | Path, *, by: str = "saev_score",
                        label: str | None = None, title: str = "SAE-V scores", n_examples: int = 8,
-                       extra: dict[str, Any] | None = None) -> Path:
-    """Write an HTML page about column `by` of scored `rows` (a list of dicts or a `datasets.Dataset`)."""
+                       extra: dict[str, Any] | None = None, auroc: dict[str, dict[str, float]] | None = None,
+                       highlight: str | None = None) -> Path:
+    """Write an HTML page about column `by` of scored `rows` (a list of dicts or a `datasets.Dataset`).
+
+    ``auroc``: an optional ``{method: {defect kind: AUROC}}`` table shown first (``highlight`` shades one row).
+    """
     rows = [dict(r) for r in rows]
     scored = [r for r in rows if r.get(by) is not None and not (isinstance(r[by], float) and math.isnan(r[by]))]
     errors = [r for r in rows if r not in scored]
@@ -134,7 +153,10 @@ def write_score_report(rows: Sequence[dict[str, Any]], path: str | Path, *, by: 
         return "".join(out) + "</table>"
 
     ranked = sorted(scored, key=lambda r: float(r[by]), reverse=True)
-    body = [f"<h1>{html.escape(title)}</h1><ul>{''.join(summary)}</ul>", _histogram_svg(groups),
+    body = [f"<h1>{html.escape(title)}</h1><ul>{''.join(summary)}</ul>",
+            _auroc_html(auroc, highlight) if auroc else "",
+            f"<h2>Distribution of {html.escape(by)}" + (f" by {html.escape(label)}" if label else "") + "</h2>",
+            _histogram_svg(groups),
             table(ranked[:n_examples], f"Highest {html.escape(by)}"),
             table(ranked[-n_examples:][::-1], f"Lowest {html.escape(by)}")]
     if errors:

@@ -1,33 +1,59 @@
-"""`saev-curate demo`: the whole curation job on offline digits, ending in an HTML report."""
+"""`saev-curate demo`: the main job on the embedded testbed (real images, tagged defects), ending in an HTML report."""
 
 from __future__ import annotations
 
 import argparse
 
-from saev_curate.cli.common import layer_arg, model_arg, out_arg, traceback_arg
+from saev_curate.cli.common import model_arg, out_arg, traceback_arg
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a share in (0, 1]")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="run the whole job offline: model, SAE, weights, scores, selection, report")
+    demo = sub.add_parser("demo", help="run the main job offline on the testbed: model, SAE, weights, every "
+                                       "method's scores, detection AUROC per defect kind, selection, report")
     out_arg(demo, required=False, default="saev-demo", help="output folder (default ./saev-demo)")
-    model_arg(demo, required=False, help="local VLM folder (default: a tiny LLaVA built locally, random weights)")
-    demo.add_argument("--sae", help="SAE folder for that model (default: train a small topk SAE first)")
-    demo.add_argument("--rows", type=int, default=400, help="preference rows over real digits (default 400)")
-    demo.add_argument("--sae-steps", type=int, default=400, help="training steps of the demo SAE (default 400)")
-    demo.add_argument("--n-reference", type=int, default=200, help="reference rows for the weights (default 200)")
-    demo.add_argument("--fraction", type=float, default=0.5, help="share of rows kept (default 0.5)")
-    layer_arg(demo, default="middle", help="decoder layer when the SAE names none (default middle)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the rows, the model and the SAE (default 0)")
+    model_arg(demo, required=False, help="local VLM folder (default: the testbed model, built and cached on first use)")
+    demo.add_argument("--sae", help="SAE folder for that model (default: train one for the testbed, cached)")
+    demo.add_argument("--rows", type=_positive_int, default=600,
+                      help="preference rows over held-out images (default 600)")
+    demo.add_argument("--defect-rate", type=float, default=0.3, help="share of rows with a defect (default 0.3)")
+    demo.add_argument("--sae-steps", type=_positive_int, default=1500, help="training steps of the SAE (default 1500)")
+    demo.add_argument("--architecture", choices=("topk", "standard"), default="topk",
+                      help="SAE architecture when one is trained (default topk; standard = the paper preset)")
+    demo.add_argument("--n-reference", type=_positive_int, default=1000,
+                      help="reference rows for the cross-modal weights (default 1000, the paper's)")
+    demo.add_argument("--fraction", type=_share, default=0.5, help="share of rows kept (default 0.5)")
+    demo.add_argument("--by", default=None, help="method to rank by (default: saev_grounding_vs_control)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the rows and the SAE (default 0)")
     traceback_arg(demo)
     demo.set_defaults(func=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from saev_curate.demo import run_demo
+    from saev_curate.demo import DEFAULT_BY, run_demo
 
-    r = run_demo(args.out, model=args.model, sae=args.sae, rows=args.rows, sae_steps=args.sae_steps,
-                 n_reference=args.n_reference, fraction=args.fraction, layer=args.layer, seed=args.seed)
-    print(f"\nscored {r.n_scored}/{r.n_rows} rows; AUC of saev_score for a true claim: {r.auc_matched:.3f} "
-          f"(0.5 = chance)\nkept top {args.fraction:.0%}: {r.n_kept} rows, {r.kept_matched_share:.0%} with a true "
-          f"claim (all rows: {r.all_matched_share:.0%})\nreport: {r.report}\nselected rows: {r.out_dir / 'selected'}")
+    r = run_demo(args.out, model=args.model, sae=args.sae, rows=args.rows, defect_rate=args.defect_rate,
+                 sae_steps=args.sae_steps, architecture=args.architecture, n_reference=args.n_reference,
+                 fraction=args.fraction, by=args.by or DEFAULT_BY, seed=args.seed)
+    kinds = list(next(iter(r.auroc.values())))
+    print("\nAUROC of clean rows against each defect kind (1.0 = perfect, 0.5 = chance):")
+    print(f"{'method':28s}" + "".join(f"{k[:24]:>26s}" for k in kinds))
+    for name, row in r.auroc.items():
+        print(f"{name:28s}" + "".join(f"{row[k]:26.3f}" for k in kinds))
+    print(f"\nkept top {args.fraction:.0%} by {r.by}: {r.n_kept} rows, {r.kept_defect_share:.0%} defective "
+          f"(all rows: {r.all_defect_share:.0%})\nreport: {r.report}\nselected rows: {r.out_dir / 'selected'}\n"
+          f"took {r.seconds:.0f} s")
     return 0

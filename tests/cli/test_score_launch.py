@@ -12,7 +12,7 @@ from float_tolerance import assert_columns_close
 
 from saev_curate import SAE, SAEConfig
 from saev_curate.cli import main
-from saev_curate.demo import digit_preference_rows
+from saev_curate.testing.rows import digit_preference_rows
 from saev_curate.testing import save_tiny_vlm
 
 

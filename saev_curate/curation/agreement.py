@@ -1,0 +1,107 @@
+"""Image/text agreement scores beyond the paper: only text that can see the image, normalised.
+
+The paper's score (``saev_score``) sums ω over features that pass δ on *any* text token and on
+any image token.  Under causal attention with the image first, text tokens before the image
+(system prompt, chat markers) are blind to it, and template tokens are the same in every row, so
+co-occurrence there is decided by the image alone: the score measures how typical the image is.
+The variants here look only at **content tokens**: text tokens after the first image token that
+are not chat-template or special tokens (the user's words, and the response's in response modes).
+
+For a row with image tokens I and content tokens C, SAE codes z, cross-modal weights ω (defined
+features only) and thresholds δ_k (one δ, or ``delta_rel`` x the feature's top activation on the
+reference set: a δ on each feature's own scale):
+
+* ``score_content = Σ_k ω_k [max_C z_k > δ_k] [max_I z_k > δ_k]``: the paper's sum, content tokens only;
+* ``grounding = Σ_{t∈C} Σ_k ω_k z_tk [z_tk > δ_k] [max_I z_k > δ_k] / Σ_{t∈C} Σ_k ω_k z_tk [z_tk > δ_k]``:
+  the share of the content tokens' cross-modal feature mass that the image also carries (in [0, 1]);
+  a sum over features would grow with the image's feature count, a share does not;
+* ``content_l0``: the number of content tokens (rows with none get ``None`` and a reason).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from saev_curate.devices import module_device
+
+AGREEMENT_COLUMNS = ("score_content", "grounding")
+
+
+def template_token_ids(processor) -> set[int]:
+    """Ids the chat template itself writes (role names, markers, newlines) plus special tokens.
+
+    Found by rendering an image + empty user text and an empty assistant turn: whatever tokens
+    appear there come from the template, not from a row.
+    """
+    tok = getattr(processor, "tokenizer", processor)
+    ids = set(getattr(tok, "all_special_ids", []) or [])
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": ""}]},
+            {"role": "assistant", "content": [{"type": "text", "text": ""}]}]
+    for add_gen, m in ((True, msgs[:1]), (False, msgs)):
+        try:
+            text = processor.apply_chat_template(m, tokenize=False, add_generation_prompt=add_gen)
+        except Exception:  # a template that refuses empty turns: fall back to special tokens only
+            continue
+        ids |= set(tok(text, add_special_tokens=False)["input_ids"])
+    return ids
+
+
+def content_mask(input_ids: Tensor, image_mask: Tensor, text_mask: Tensor, template_ids: set[int],
+                 attention_mask: Tensor | None = None, skip_first: Tensor | None = None) -> Tensor:
+    """``[B, T]`` bool: text tokens after the row's first image token that the template did not write.
+
+    ``skip_first[b]`` drops the row's first ``skip_first[b]`` real (non-padding) tokens: with the
+    prompt's length there, only the response's tokens remain (any padding side).
+    """
+    after_image = torch.cumsum(image_mask.long(), dim=1) > 0
+    not_template = ~torch.isin(input_ids, torch.tensor(sorted(template_ids), dtype=input_ids.dtype,
+                                                       device=input_ids.device))
+    mask = text_mask & after_image & ~image_mask & not_template
+    if skip_first is not None:
+        am = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        rank = torch.cumsum(am.long(), dim=1) - 1  # index of each real token within its row
+        mask = mask & (rank >= skip_first.to(rank.device)[:, None])
+    return mask
+
+
+def feature_thresholds(d_sae: int, delta: float, delta_rel: float | None, top_activation: Tensor | None) -> Tensor:
+    """δ_k per feature: ``delta`` for all, or ``delta_rel`` x the feature's top reference activation."""
+    if delta_rel is None:
+        return torch.full((d_sae,), float(delta))
+    if top_activation is None:
+        raise ValueError("delta_rel needs cross-modal weights that recorded top activations (refit them)")
+    top = top_activation[:, 0].float()
+    return torch.where(torch.isfinite(top) & (top > 0), delta_rel * top, torch.full_like(top, float("inf")))
+
+
+@torch.no_grad()
+def agreement_scores(sae, omega: Tensor, resid: Tensor, image_mask: Tensor, content: Tensor,
+                     thresholds: Tensor) -> dict[str, list]:
+    """``score_content``, ``grounding`` and ``error`` per row of a captured batch (see module doc)."""
+    dev = module_device(sae)
+    w = omega.to(dev, torch.float64)
+    defined = ~torch.isnan(w)
+    w = torch.where(defined, w, torch.zeros_like(w))
+    thr = thresholds.to(dev, torch.float32)
+    out: dict[str, list] = {"score_content": [], "grounding": [], "error": []}
+    for b in range(resid.shape[0]):
+        img, txt = resid[b][image_mask[b]], resid[b][content[b]]
+        if img.shape[0] == 0 or txt.shape[0] == 0:
+            out["score_content"].append(None)
+            out["grounding"].append(None)
+            out["error"].append("no image tokens in the sequence" if img.shape[0] == 0 else
+                                "no content text tokens after the image (only template or special tokens)")
+            continue
+        z_img = sae.encode(img.to(dev)).float()
+        z_txt = sae.encode(txt.to(dev)).float()
+        on_img = (z_img.amax(0) > thr) & defined
+        act_txt = (z_txt > thr) & defined
+        on_txt = act_txt.any(0)
+        out["score_content"].append(float(((on_txt & on_img).double() * w).sum()))
+        mass = (z_txt.double() * act_txt) @ w  # per content token: cross-modal mass
+        grounded = (z_txt.double() * (act_txt & on_img)) @ w
+        den = float(mass.sum())
+        out["grounding"].append(float(grounded.sum()) / den if den > 0 else 0.0)
+        out["error"].append(None)
+    return out

@@ -1,0 +1,5 @@
+"""The embedded default: a small grounded LLaVA built offline, and alignment data with tagged defects."""
+
+from saev_curate.testbed.build import TestbedConfig, build_testbed, evaluate_accuracy, heldout_questions, testbed_path
+
+__all__ = ["TestbedConfig", "build_testbed", "evaluate_accuracy", "heldout_questions", "testbed_path"]

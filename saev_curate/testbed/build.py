@@ -1,0 +1,462 @@
+"""Build (or reuse) the testbed: a small LLaVA whose image tokens speak its language's concepts.
+
+Offline, on a CPU, in a few minutes, deterministic for a seed; cached under
+``$SAEV_CACHE/testbed/<name>`` (default ``~/.cache/saev-curate``) with ``save_pretrained`` so
+``saev_curate.load_vlm(path)`` loads it.  Trained like LLaVA, in three stages:
+
+0. the vision tower (a CLIP ViT from config: 32x32 images, 8x8 patches -> 16 image tokens) learns
+   to classify what images show (kind, digit, shape, colour, count), as CLIP is pretrained first;
+1. alignment: the whole model learns captions, interleaved facts (the image where a word would
+   be) and plain text of the language (:mod:`saev_curate.testbed.language`);
+2. instruction: chat-formatted questions with one-word answers (loss on the answer), with some
+   stage-1 text replayed.
+
+Text tower: a 6-layer Llama (hidden 256) trained here.  Why not the pretrained SmolLM2-135M: the
+MNIST build with SmolLM2 took 18.7 min for one question type (frozen tower, 300 steps), and its
+30 layers of width 576 cost ~25x more per token than this tower, which the alignment study's many
+DPO runs cannot afford on two cores.  ``build_info.json`` holds the held-out accuracy per
+question type, the loss curves and the times.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saev_curate.testbed import images as timg
+from saev_curate.testbed import language as lang
+
+BUILD_VERSION = 1
+PATCH = 8
+N_IMAGE_TOKENS = (timg.SIZE // PATCH) ** 2
+
+
+@dataclass
+class TestbedConfig:
+    """What the testbed build trains; every field is part of the cache key."""
+
+    seed: int = 0
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 4
+    vision_hidden_size: int = 128
+    vision_layers: int = 3
+    n_train_images: int = 6000
+    stage0_epochs: int = 6
+    stage1_steps: int = 500
+    stage2_steps: int = 700
+    batch_size: int = 32
+    lr: float = 1e-3
+    #: question types left out of the instruction stage (a base with room to improve, for studies)
+    holdout_qtypes: tuple[str, ...] = field(default_factory=tuple)
+
+    def name(self) -> str:
+        """The cache folder name: ``default`` for the defaults of a seed, else a short hash."""
+        base = TestbedConfig(seed=self.seed)
+        if self == base:
+            return f"v{BUILD_VERSION}-seed{self.seed}"
+        import hashlib
+
+        h = hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=list).encode()).hexdigest()[:10]
+        return f"v{BUILD_VERSION}-seed{self.seed}-{h}"
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("SAEV_CACHE") or Path.home() / ".cache" / "saev-curate") / "testbed"
+
+
+def testbed_path(config: TestbedConfig | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
+    config = config or TestbedConfig()
+    return Path(cache_dir) if cache_dir is not None else default_cache_root() / config.name()
+
+
+def is_built(path: str | os.PathLike, config: TestbedConfig | None = None) -> bool:
+    """A finished build of ``config`` lies at ``path``."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / "build_info.json").read_text())
+    except (OSError, ValueError):
+        return False
+    cfg = asdict(config or TestbedConfig())
+    cfg["holdout_qtypes"] = list(cfg["holdout_qtypes"])
+    return (meta.get("build_version") == BUILD_VERSION and meta.get("config") == cfg
+            and (path / "config.json").is_file() and any(path.glob("*.safetensors")))
+
+
+# ----------------------------------------------------------------------------------------------
+# Model + processor
+
+
+def build_untrained(cfg: TestbedConfig):
+    """``(model, processor)`` with random weights (deterministic for ``cfg.seed``)."""
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tok = lang.build_tokenizer()
+    text = LlamaConfig(vocab_size=len(tok), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                       num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+                       num_key_value_heads=cfg.num_attention_heads, max_position_embeddings=512,
+                       tie_word_embeddings=True, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                       eos_token_id=tok.eos_token_id)
+    vision = CLIPVisionConfig(image_size=timg.SIZE, patch_size=PATCH, num_channels=3,
+                              hidden_size=cfg.vision_hidden_size, intermediate_size=4 * cfg.vision_hidden_size,
+                              num_hidden_layers=cfg.vision_layers, num_attention_heads=4,
+                              projection_dim=cfg.vision_hidden_size)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids(lang.IMAGE_TOKEN),
+                         vision_feature_select_strategy="default", vision_feature_layer=-1,
+                         projector_hidden_act="gelu", tie_word_embeddings=True)
+    rng = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(cfg.seed)
+        model = LlavaForConditionalGeneration(config)
+    finally:
+        torch.random.set_rng_state(rng)
+    for c in (model.config.text_config, model.generation_config):
+        c.pad_token_id, c.eos_token_id, c.bos_token_id = tok.pad_token_id, tok.eos_token_id, tok.bos_token_id
+    model.generation_config.do_sample = False
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": timg.SIZE},
+                                              crop_size={"height": timg.SIZE, "width": timg.SIZE}),
+        tokenizer=tok, patch_size=PATCH, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=lang.CHAT_TEMPLATE)
+    return model, processor
+
+
+def chat_prompt(question: str, *, image: bool = True) -> list[dict]:
+    """The user turn of a question, image first (the usual chat layout)."""
+    content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": question}]
+    return [{"role": "user", "content": content}]
+
+
+# ----------------------------------------------------------------------------------------------
+# Training sequences: (text with <image> markers, index where the loss starts, images)
+
+
+class _Encoder:
+    """Token ids of marked-up text, with each ``<image>`` expanded to the image's 16 tokens."""
+
+    def __init__(self, processor):
+        self.tok = processor.tokenizer
+        self.processor = processor
+        self.image_id = self.tok.convert_tokens_to_ids(lang.IMAGE_TOKEN)
+
+    def ids(self, text: str) -> list[int]:
+        return self.tok(text.replace(lang.IMAGE_TOKEN, lang.IMAGE_TOKEN * N_IMAGE_TOKENS),
+                        add_special_tokens=False)["input_ids"]
+
+    def chat(self, question: str, answer: str, image: bool) -> tuple[list[int], int]:
+        prompt = self.processor.apply_chat_template(chat_prompt(question, image=image), tokenize=False,
+                                                    add_generation_prompt=True)
+        p = self.ids(prompt)
+        return p + self.ids(answer + " <|im_end|>"), len(p)
+
+
+def _stage1_example(enc: _Encoder, item, rng) -> tuple[list[int], int, list]:
+    img, c = item
+    r = rng.rand()
+    bos, eos = "<|im_start|> ", " <|im_end|>"
+    if r < 0.45:
+        ids = enc.ids(bos + lang.IMAGE_TOKEN + " " + lang.caption(c, rng) + eos)
+        return ids, 1, [img]
+    word, with_image = lang.interleaved(c, rng)
+    if r < 0.8:
+        return enc.ids(bos + with_image + eos), 1, [img]
+    if r < 0.9:
+        return enc.ids(bos + word + eos), 1, []
+    q = lang.text_only_question(rng)
+    return enc.ids(bos + q["question"] + " " + q["answer"] + eos), 1, []
+
+
+def _stage2_example(enc: _Encoder, item, rng, holdout: tuple[str, ...]) -> tuple[list[int], int, list]:
+    img, c = item
+    r = rng.rand()
+    if r < 0.1:
+        return _stage1_example(enc, item, rng)
+    if r < 0.18:
+        q = lang.text_only_question(rng)
+        ids, start = enc.chat(q["question"], q["answer"], image=False)
+        return ids, start, []
+    fits = [t for t in lang.QTYPES if lang._fits(t, c) and t not in holdout]
+    if not fits:
+        return _stage1_example(enc, item, rng)
+    q = lang.question(c, rng, fits[rng.randint(len(fits))])
+    ids, start = enc.chat(q["question"], q["answer"], image=True)
+    return ids, start, [img]
+
+
+def _collate(examples, pad_id: int, pixel_of) -> dict:
+    T = max(len(e[0]) for e in examples)
+    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), T), dtype=torch.long)
+    labels = torch.full((len(examples), T), -100, dtype=torch.long)
+    pix = []
+    for i, (seq, start, imgs) in enumerate(examples):
+        ids[i, :len(seq)] = torch.tensor(seq)
+        mask[i, :len(seq)] = 1
+        lab = torch.tensor(seq[start:])
+        lab[lab == pad_id] = -100
+        labels[i, start:len(seq)] = lab
+        pix.extend(pixel_of(im) for im in imgs)
+    out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if pix:
+        out["pixel_values"] = torch.stack(pix)
+    return out
+
+
+def _lm_loss(model, batch, image_id: int) -> torch.Tensor:
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                pixel_values=batch.get("pixel_values"))
+    logits = out.logits[:, :-1]
+    target = batch["labels"][:, 1:].clone()
+    target[target == image_id] = -100
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+
+
+def _schedule(opt, total: int, warmup: int):
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+
+
+def _stage0(model, pv: torch.Tensor, concepts: list, cfg: TestbedConfig, log) -> dict:
+    """Pretrain the vision tower as a multi-head classifier of what images show (heads discarded)."""
+    from tqdm.auto import tqdm
+
+    vt = model.model.vision_tower
+    H = cfg.vision_hidden_size
+    heads = torch.nn.ModuleDict({"kind": torch.nn.Linear(H, len(timg.KINDS)), "digit": torch.nn.Linear(H, 10),
+                                 "shape": torch.nn.Linear(H, 3), "colour": torch.nn.Linear(H, 4),
+                                 "count": torch.nn.Linear(H, timg.MAX_COUNT)})
+    tgt = {
+        "kind": torch.tensor([timg.KINDS.index(c.kind) for c in concepts]),
+        "digit": torch.tensor([c.digit if c.digit is not None else -100 for c in concepts]),
+        "shape": torch.tensor([timg.SHAPES.index(c.shape) if c.shape else -100 for c in concepts]),
+        "colour": torch.tensor([list(timg.COLOURS).index(c.colour) if c.colour else -100 for c in concepts]),
+        "count": torch.tensor([c.count - 1 if c.count else -100 for c in concepts]),
+    }
+    params = list(vt.parameters()) + list(heads.parameters())
+    bs = 64
+    steps = cfg.stage0_epochs * (len(concepts) // bs)
+    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.05)
+    sched = _schedule(opt, steps, 30)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    vt.train()
+    bar = tqdm(total=steps, desc="testbed stage 0: vision tower", unit="step", file=sys.stdout, mininterval=2.0)
+    losses = []
+    for _ in range(cfg.stage0_epochs):
+        order = torch.randperm(len(concepts), generator=g)
+        for b in range(len(concepts) // bs):
+            j = order[b * bs:(b + 1) * bs]
+            f = vt(pixel_values=pv[j]).last_hidden_state[:, 1:].mean(1)
+            loss = sum(torch.nn.functional.cross_entropy(h(f), tgt[k][j], ignore_index=-100)
+                       for k, h in heads.items() if bool((tgt[k][j] >= 0).any()))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+            bar.update()
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    bar.close()
+    log(f"stage 0: final loss {np.mean(losses[-20:]):.4f}")
+    return {"final_loss": float(np.mean(losses[-20:])), "steps": steps}
+
+
+def _train_lm(model, stage: str, make, steps: int, cfg: TestbedConfig, enc: _Encoder, pixel_of, log) -> dict:
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    sched = _schedule(opt, steps, 30)
+    model.train()
+    bar = tqdm(total=steps, desc=f"testbed {stage}", unit="step", file=sys.stdout, mininterval=2.0)
+    losses = []
+    for _ in range(steps):
+        batch = _collate([make() for _ in range(cfg.batch_size)], enc.tok.pad_token_id, pixel_of)
+        loss = _lm_loss(model, batch, enc.image_id)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+        bar.update()
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    bar.close()
+    model.eval()
+    final = float(np.mean(losses[-20:]))
+    log(f"{stage}: final loss {final:.4f}")
+    return {"final_loss": final, "steps": steps,
+            "loss_curve": [round(float(np.mean(losses[i:i + 20])), 4) for i in range(0, len(losses), 20)]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def answer_options(qtype: str) -> list[str]:
+    """The answer words a question type chooses among (accuracy by likelihood is over these)."""
+    if qtype in ("digit_identity",):
+        return list(lang.NUMBERS)
+    if qtype == "count":
+        return list(lang.NUMBERS[1:timg.MAX_COUNT + 1])
+    if qtype == "colour":
+        return list(timg.COLOURS)
+    if qtype == "shape":
+        return list(timg.SHAPES)
+    if qtype == "kind":
+        return list(lang.KIND_WORD.values())
+    if qtype == "text_only":
+        return list(lang.NUMBERS) + ["yes", "no"]
+    return ["yes", "no"]
+
+
+def heldout_questions(n_per_type: int = 100, *, seed: int = 0, split: str = "test") -> list[dict]:
+    """Question rows over held-out images, ``n_per_type`` of each image question type.
+
+    Each row: ``question``, ``image`` (PIL), ``answer``, ``options``, ``qtype`` and the image's
+    ``concept`` (a dict) - the shape ``recipes/evaluate.py`` reads.
+    """
+    rng = np.random.RandomState([seed, 31])
+    items = timg.sample_images(split, 40 * n_per_type, seed=seed + 1000)
+    by_kind: dict[str, list] = {}
+    for it in items:
+        by_kind.setdefault(it[1].kind, []).append(it)
+    rows = []
+    for qtype in lang.QTYPES[:-1]:
+        pool = [it for it in items if lang._fits(qtype, it[1])]
+        for i in range(n_per_type):
+            img, c = pool[(i * 7 + lang.QTYPES.index(qtype)) % len(pool)]
+            q = lang.question(c, rng, qtype)
+            rows.append({"question": q["question"], "image": img, "answer": q["answer"],
+                         "options": answer_options(qtype), "qtype": qtype, "concept": c.to_dict()})
+    return rows
+
+
+@torch.no_grad()
+def evaluate_accuracy(model, processor, rows: list[dict], *, batch_size: int = 64) -> dict:
+    """Accuracy per question type: by likelihood over the type's answer options, and greedy (argmax
+    over the whole vocabulary at the answer position; all answers are one word)."""
+    from saev_curate.vlm import prepare_batch
+
+    tok = processor.tokenizer
+    per: dict[str, list[tuple[bool, bool]]] = {}
+    for b in range(0, len(rows), batch_size):
+        chunk = rows[b:b + batch_size]
+        batch_rows = [{"messages": chat_prompt(r["question"], image=r.get("image") is not None),
+                       "images": [r["image"]] if r.get("image") is not None else []} for r in chunk]
+        pb = prepare_batch(processor, batch_rows, mode="prompt", padding_side="left")
+        logits = model(**pb.inputs).logits[:, -1]
+        for i, r in enumerate(chunk):
+            opts = tok.convert_tokens_to_ids(r["options"])
+            like = r["options"][int(logits[i, opts].argmax())] == r["answer"]
+            greedy = tok.convert_ids_to_tokens(int(logits[i].argmax())) == r["answer"]
+            per.setdefault(r["qtype"], []).append((like, greedy))
+    out = {q: {"likelihood": float(np.mean([a for a, _ in v])), "greedy": float(np.mean([g for _, g in v])),
+               "n": len(v)} for q, v in per.items()}
+    allv = [x for v in per.values() for x in v]
+    out["all"] = {"likelihood": float(np.mean([a for a, _ in allv])), "greedy": float(np.mean([g for _, g in allv])),
+                  "n": len(allv)}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+
+
+def build_testbed(config: TestbedConfig | None = None, *, cache_dir: str | os.PathLike | None = None,
+                  force: bool = False, verbose: bool = True) -> Path:
+    """Return the folder of the testbed model for ``config``, building it first when missing."""
+    cfg = config or TestbedConfig()
+    bad = set(cfg.holdout_qtypes) - set(lang.QTYPES)
+    if bad:
+        raise ValueError(f"holdout_qtypes has unknown question types {sorted(bad)}; use {', '.join(lang.QTYPES)}")
+    path = testbed_path(cfg, cache_dir)
+    log = print if verbose else (lambda *a, **k: None)
+    if not force and is_built(path, cfg):
+        return path
+    from saev_curate.vlm import load_vlm
+
+    t0 = time.perf_counter()
+    log(f"building the testbed model ({cfg.name()}) -> {path}")
+    tmp = path.with_name(path.name + ".tmp")  # finished stages are kept here: a rerun resumes after them
+    tmp.mkdir(parents=True, exist_ok=True)
+    model, processor = build_untrained(cfg)
+    enc = _Encoder(processor)
+    train = timg.sample_images("train", cfg.n_train_images, seed=cfg.seed)
+    pv = processor.image_processor([im for im, _ in train], return_tensors="pt")["pixel_values"]
+    pix_index = {id(im): i for i, (im, _) in enumerate(train)}
+    pixel_of = lambda im: pv[pix_index[id(im)]]  # noqa: E731
+    stages = [
+        ("stage0", lambda: _stage0(model, pv, [c for _, c in train], cfg, log)),
+        ("stage1", lambda: _train_lm(model, "stage 1: alignment", lambda: _stage1_example(enc, pick(), rng),
+                                     cfg.stage1_steps, cfg, enc, pixel_of, log)),
+        ("stage2", lambda: _train_lm(model, "stage 2: instruction",
+                                     lambda: _stage2_example(enc, pick(), rng, cfg.holdout_qtypes),
+                                     cfg.stage2_steps, cfg, enc, pixel_of, log)),
+    ]
+    info_stages: dict[str, dict] = {}
+    rng_state = torch.random.get_rng_state()
+    try:
+        for i, (name, run) in enumerate(stages):
+            done = tmp / f"{name}.safetensors"
+            if done.is_file():
+                from safetensors.torch import load_model
+
+                load_model(model, str(done))
+                info_stages[name] = json.loads((tmp / f"{name}.json").read_text())
+                log(f"{name}: reusing the finished stage in {tmp}")
+                continue
+            torch.manual_seed(cfg.seed * 1000 + i)  # each stage seeded alone, so a resumed build is the same
+            rng = np.random.RandomState([cfg.seed, 5, i])
+
+            def pick(rng=rng):
+                return train[rng.randint(len(train))]
+
+            t = time.perf_counter()
+            info_stages[name] = {**run(), "seconds": round(time.perf_counter() - t, 1)}
+            from safetensors.torch import save_model  # handles the tied embedding / lm_head
+
+            save_model(model, str(done))
+            (tmp / f"{name}.json").write_text(json.dumps(info_stages[name]))
+    finally:
+        torch.random.set_rng_state(rng_state)
+    model.eval()
+
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    model, processor = load_vlm(tmp, device="cpu")
+    acc = evaluate_accuracy(model, processor, heldout_questions(100, seed=0))
+    log("held-out accuracy (likelihood over options / greedy): " +
+        ", ".join(f"{q} {v['likelihood']:.2f}/{v['greedy']:.2f}" for q, v in acc.items()))
+    cfg_dict = asdict(cfg)
+    cfg_dict["holdout_qtypes"] = list(cfg_dict["holdout_qtypes"])
+    info = {"build_version": BUILD_VERSION, "config": cfg_dict, "heldout_accuracy": acc,
+            "image_tokens_per_image": N_IMAGE_TOKENS,
+            "params": {"text": sum(p.numel() for p in model.model.language_model.parameters()),
+                       "vision": sum(p.numel() for p in model.model.vision_tower.parameters()),
+                       "projector": sum(p.numel() for p in model.model.multi_modal_projector.parameters())},
+            **info_stages, "threads": torch.get_num_threads(),
+            "seconds": {"total_this_run": round(time.perf_counter() - t0, 1)}}
+    (tmp / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    for f in tmp.glob("stage*"):
+        f.unlink()
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+    log(f"testbed built in {info['seconds']['total_this_run'] / 60:.1f} min at {path}")
+    return path

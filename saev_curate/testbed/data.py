@@ -1,0 +1,95 @@
+"""Alignment data over the testbed's held-out images, with tagged defects no method reads.
+
+Rows are TRL preference rows (``prompt``, ``chosen``, ``rejected`` as conversational messages,
+``images``) or SFT rows (``messages`` + ``images``), plus label columns: ``defect`` (``"none"`` or a
+kind below), ``qtype`` and ``image_kind``.  A clean row asks a question that fits its image;
+``chosen`` is the right one-word answer, ``rejected`` a wrong one.  Defect kinds:
+
+* ``image_prompt_mismatch``: a clean row's image with another clean row's prompt (and answers) that
+  talks about what this image does not show (a digit question on shapes, a shape question on a face,
+  ...): image and prompt are each in-distribution, only their pairing is wrong;
+* ``chosen_contradicts_image``: the preference is flipped (``chosen`` is the wrong answer);
+* ``corrupted_image``: the image replaced by noise, a flat colour, or mostly occluded;
+* ``off_topic_prompt``: a question that needs no image ("what comes after three ?") beside an image.
+
+The defect rate and mix are parameters; rows are shuffled; deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from saev_curate.errors import InputError
+from saev_curate.testbed import images as timg
+from saev_curate.testbed import language as lang
+
+DEFECT_KINDS = ("image_prompt_mismatch", "chosen_contradicts_image", "corrupted_image", "off_topic_prompt")
+NEUTRAL_PROMPT = "what is shown ?"  # the image-only control's fixed text: fits every image
+
+
+def _msg(role: str, text: str, image: bool = False) -> list[dict]:
+    content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]
+    return [{"role": role, "content": content}]
+
+
+def _row(img, q: dict, defect: str, kind: str, chosen: str | None = None, rejected: str | None = None) -> dict:
+    return {"prompt": _msg("user", q["question"], image=True),
+            "chosen": _msg("assistant", chosen or q["answer"]),
+            "rejected": _msg("assistant", rejected or q["wrong"]),
+            "images": [img], "defect": defect, "qtype": q["qtype"], "image_kind": kind}
+
+
+def defect_rows(n: int = 1000, *, defect_rate: float = 0.3, mix: dict[str, float] | None = None,
+                split: str = "test", seed: int = 0, fmt: str = "preference") -> list[dict]:
+    """``n`` rows of which ``defect_rate`` (rounded) carry a defect, kinds drawn by ``mix`` (default equal).
+
+    ``split="test"`` uses held-out images (what benchmarks and the main job use); ``fmt="sft"``
+    gives ``messages`` rows (user prompt + the chosen answer) instead of preference rows.
+    """
+    if not 0 <= defect_rate <= 1:
+        raise InputError(f"defect_rate={defect_rate}: give a share between 0 and 1")
+    if fmt not in ("preference", "sft"):
+        raise InputError(f"fmt={fmt!r}; use 'preference' or 'sft'")
+    mix = mix or {k: 1.0 for k in DEFECT_KINDS}
+    unknown = set(mix) - set(DEFECT_KINDS)
+    if unknown:
+        raise InputError(f"unknown defect kinds {sorted(unknown)}; use {', '.join(DEFECT_KINDS)}")
+    rng = np.random.RandomState([seed, 11])
+    n_bad = int(round(n * defect_rate))
+    kinds = list(mix)
+    p = np.asarray([mix[k] for k in kinds], dtype=float)
+    labels = ["none"] * (n - n_bad) + [kinds[i] for i in rng.choice(len(kinds), size=n_bad, p=p / p.sum())]
+    pool = timg.sample_images(split, 2 * n + 10, seed=seed)
+    donors = [it for it in pool[n:] if it[1].kind in lang.KIND_QTYPES]  # rows whose prompt presupposes content
+    rows = []
+    for i, defect in enumerate(labels):
+        img, c = pool[i]
+        if defect == "image_prompt_mismatch":
+            d_img, dc = next(d for d in (donors[(i * 7 + j) % len(donors)] for j in range(len(donors)))
+                             if d[1].kind != c.kind)
+            q = lang.question(dc, rng, lang.KIND_QTYPES[dc.kind][rng.randint(len(lang.KIND_QTYPES[dc.kind]))])
+            rows.append(_row(img, q, defect, c.kind))
+            continue
+        q = lang.question(c, rng)
+        if defect == "none":
+            rows.append(_row(img, q, defect, c.kind))
+        elif defect == "chosen_contradicts_image":
+            rows.append(_row(img, q, defect, c.kind, chosen=q["wrong"], rejected=q["answer"]))
+        elif defect == "corrupted_image":
+            how = ("noise", "blank", "occlude")[rng.randint(3)]
+            rows.append(_row(timg.corrupt(img, how, rng), q, defect, c.kind))
+        else:
+            rows.append(_row(img, lang.text_only_question(rng), defect, c.kind))
+    order = rng.permutation(n)
+    rows = [rows[i] for i in order]
+    if fmt == "sft":
+        rows = [{"messages": r["prompt"] + r["chosen"], "images": r["images"], "defect": r["defect"],
+                 "qtype": r["qtype"], "image_kind": r["image_kind"]} for r in rows]
+    return rows
+
+
+def neutral_rows(rows: list[dict]) -> list[dict]:
+    """The image-only control: each row's image with the fixed neutral prompt (what it scores is image
+    typicality, whatever the row's text says)."""
+    return [{"prompt": _msg("user", NEUTRAL_PROMPT, image=True), "chosen": _msg("assistant", "yes"),
+             "rejected": _msg("assistant", "no"), "images": r["images"]} for r in rows]

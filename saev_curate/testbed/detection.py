@@ -1,0 +1,136 @@
+"""Defect detection on the testbed: an SAE for it, every method's scores, AUROC per defect kind.
+
+Shared by the main job (``saev-curate demo``) and ``benchmarks/defect_detection.py``.  Every method
+gives "higher = cleaner" scores, so AUROC of clean rows against the rows of one defect kind reads
+the same way for all: 1.0 = every clean row outranks every defective one, 0.5 = chance.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from saev_curate.testbed.data import DEFECT_KINDS, NEUTRAL_PROMPT, defect_rows
+
+#: method -> (scorer column, sign): the SAE-V family first, then the baselines
+SAEV_METHODS = {
+    "saev_score": ("saev_score", 1),  # the paper's code (δ = 1, co-occurring features, unnormalised sum)
+    "saev_score_mean": ("saev_score_mean", 1),  # the paper's figure: activation-weighted mean
+    "saev_score_any": ("saev_score_any", 1),  # Algorithm 1: features active on any token
+    "saev_score_chosen": ("saev_score_chosen", 1),
+    "saev_score_rejected": ("saev_score_rejected", 1),
+    "saev_score_margin": ("saev_score_margin", 1),
+    "saev_score_content": ("saev_score_content", 1),  # beyond the paper: content tokens only
+    "saev_grounding": ("saev_grounding", 1),
+    "saev_grounding_vs_control": ("saev_grounding_vs_control", 1),
+    "saev_grounding_margin": ("saev_grounding_margin", 1),
+}
+BASELINES = {
+    "cooccur_l0": ("saev_cooccur_l0", 1),
+    "l0": ("saev_l0", 1),
+    "image_only_control": ("saev_score_control", 1),  # the paper's score with fixed neutral text
+    "response_perplexity": ("saev_ppl", -1),  # the model's own perplexity of the chosen response
+    "random": (None, 1),
+}
+PROMPT_ONLY = ("saev_score", "saev_score_mean", "saev_score_any", "saev_score_content", "saev_grounding",
+               "saev_grounding_vs_control")
+RESPONSE_AWARE = ("saev_score_chosen", "saev_score_rejected", "saev_score_margin", "saev_grounding_margin")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SAEV_CACHE") or Path.home() / ".cache" / "saev-curate") / "testbed"
+
+
+def sae_training_rows(n: int = 3000, seed: int = 100) -> list[dict]:
+    """Clean rows over *train* images: the SAE's own corpus (never the rows it will score)."""
+    return defect_rows(n, defect_rate=0.0, split="train", seed=seed)
+
+
+def testbed_sae(model_path: str | os.PathLike, model, processor, *, architecture: str = "topk", seed: int = 0,
+                steps: int = 1500, expansion_factor: int = 8, k: int = 32, progress: bool = True):
+    """Train (once; cached beside the model) an SAE-V for the testbed's middle layer.
+
+    ``architecture="standard"`` is the paper preset (ReLU, decoder-norm-weighted L1 with λ = 5 warmed
+    up over 5%, no decoder constraint; lr 4e-4 for a short run), ``"topk"`` the modern alternative.
+    """
+    import datasets
+
+    from saev_curate.sae import load_sae
+    from saev_curate.sae.training import SaevTrainConfig, train_sae
+
+    model_path = Path(model_path)
+    out = model_path.parent / f"{model_path.name}-sae-{architecture}-x{expansion_factor}-s{steps}-seed{seed}"
+    if (out / "cfg.json").is_file() and (out / "sae_weights.safetensors").is_file():
+        return load_sae(str(out)), out
+    data = model_path.parent / f"{model_path.name}-sae-data"
+    if not (data / "dataset_info.json").is_file():
+        datasets.Dataset.from_list(sae_training_rows()).save_to_disk(str(data))
+    kw = (dict(architecture="topk", k=k, lr=1e-3) if architecture == "topk"
+          else dict(architecture="standard", lr=4e-4, l1_coefficient=5.0))
+    cfg = SaevTrainConfig(model=str(model_path), dataset=str(data), layer="middle", mode="full",
+                          expansion_factor=expansion_factor, total_steps=steps, batch_size=1024,
+                          checkpoint_every=None, buffer_tokens=32768, output_dir=str(out),
+                          activation_cache=str(model_path.parent / f"{model_path.name}-act-cache"), seed=seed, **kw)
+    sae = train_sae(cfg, model=model, processor=processor, dataset=datasets.load_from_disk(str(data)), progress=progress)
+    return sae, out
+
+
+def _scored(scorer, rows: list[dict], batch_size: int = 32) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for s in range(0, len(rows), batch_size):
+        for k, v in scorer(rows[s:s + batch_size]).items():
+            out.setdefault(k, []).extend(list(v))
+    return out
+
+
+def method_scores(model, processor, sae, weights, rows: list[dict], *, delta_rel: float | None = None,
+                  seed: int = 0, perplexity: dict[str, list] | None = None) -> dict[str, list]:
+    """Every method's scores of ``rows`` (higher = cleaner; None where a row could not be scored).
+
+    ``perplexity``: the response-perplexity columns when already computed (they do not depend on
+    the SAE); otherwise they are computed here.
+    """
+    from saev_curate.curation.scorers import ResponsePerplexityScorer, SaevScorer
+
+    main = _scored(SaevScorer(model, processor, sae, weights, control_prompt=NEUTRAL_PROMPT, delta_rel=delta_rel), rows)
+    anyf = _scored(SaevScorer(model, processor, sae, weights, feature_set="any", responses=False), rows)
+    main["saev_score_any"] = anyf["saev_score"]
+    main.update(perplexity if perplexity is not None else _scored(ResponsePerplexityScorer(model, processor), rows))
+    rng = np.random.RandomState(seed)
+    main["random"] = rng.rand(len(rows)).tolist()
+    out = {}
+    for name, (col, sign) in {**SAEV_METHODS, **BASELINES}.items():
+        vals = main["random"] if col is None else main[col]
+        out[name] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else sign * float(v) for v in vals]
+    out["_error"] = main.get("saev_error", [None] * len(rows))
+    return out
+
+
+def auroc(scores: list, labels: list[str], kind: str, clean: str = "none") -> float:
+    """AUROC of ``clean`` rows against rows of defect ``kind`` (higher score = cleaner; ties count half).
+
+    A row without a score counts as the lowest score: a method that cannot score a row flags it.
+    """
+    from saev_curate.report import auc
+
+    pairs = [(-math.inf if s is None else s, lab == clean) for s, lab in zip(scores, labels) if lab in (clean, kind)]
+    if not any(p for _, p in pairs) or all(p for _, p in pairs):
+        return float("nan")
+    return auc([s for s, _ in pairs], [p for _, p in pairs])
+
+
+def auroc_table(methods: dict[str, list], labels: list[str]) -> dict[str, dict[str, float]]:
+    """``{method: {defect kind: AUROC}}`` over the kinds present in ``labels``."""
+    kinds = [k for k in DEFECT_KINDS if k in labels]
+    return {m: {k: auroc(v, labels, k) for k in kinds} for m, v in methods.items() if not m.startswith("_")}
+
+
+def mean_sd(values: list[float]) -> dict[str, float]:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return {"mean": float("nan"), "sd": float("nan"), "n": 0}
+    return {"mean": statistics.fmean(vals), "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}

@@ -1,0 +1,153 @@
+"""The agreement columns beyond the paper (content-token score, grounding, response grounding margin,
+image-only control, per-feature δ) against a brute-force recomputation with loops.
+
+The brute force finds content tokens by *position*, from the tiny LLaVA's chat template as written
+("<|user|>\\n" image "\\n" text "<|end|>\\n<|assistant|>\\n" [response "<|end|>\\n"]): the user's words
+are the tokens between the newline after the last image token and the next "<|end|>", the response's those between
+"<|assistant|>\\n" and the "<|end|>" after it.  The library finds them from a set of template token
+ids; both must agree, and every sum is recomputed token by token, feature by feature.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scoring_rows import LAYER, make_rows, make_sae  # noqa: E402
+
+from saev_curate.curation.capture import capture_rows
+from saev_curate.curation.crossmodal import CrossModalWeights
+from saev_curate.curation.scorers import SaevScorer
+
+CONTROL = "describe the image"
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_vlm):
+    model, processor = tiny_vlm("llava")
+    sae = make_sae(model.config.get_text_config().hidden_size)
+    rows = make_rows(10, seed=3)
+    weights = CrossModalWeights.fit(model, processor, sae, rows, LAYER, n_reference=None)
+    assert int(weights.defined.sum()) > 3  # the test needs weighted features
+    return model, processor, sae, weights, rows
+
+
+def _positions(ids: list[int], tok, start_after: int, image_id: int) -> list[int]:
+    """Token positions of the text that starts after position ``start_after`` and ends before the next <|end|>."""
+    end = tok.convert_tokens_to_ids("<|end|>")
+    newline = tok.convert_tokens_to_ids("Ċ")
+    out = []
+    first = start_after + 1 + (ids[start_after + 1] == newline)  # the template's newline after the image / role
+    for t in range(first, len(ids)):
+        if ids[t] == end:
+            break
+        if ids[t] != image_id:
+            out.append(t)
+    return out
+
+
+def _captured(model, processor, rows, mode):
+    """The batch the scorer captures (same rows, same padding: bit-identical residuals)."""
+    acts, kept, errors = capture_rows(model, processor, rows, LAYER, mode=mode)
+    assert kept == list(range(len(rows))), errors
+    return acts
+
+
+def _brute(model, processor, sae, weights, acts, j, thresholds, *, prompt_len=None):
+    """(score_content, grounding, n tokens) of row ``j`` of a captured batch, by loops."""
+    am = acts.attention_mask[j].bool()
+    ids = acts.input_ids[j][am].tolist()
+    resid = acts.resid[j][am]
+    image_id = model.config.image_token_id
+    tok = processor.tokenizer
+    img_pos = [t for t, i in enumerate(ids) if i == image_id]
+    if prompt_len is None:
+        content = _positions(ids, tok, img_pos[-1], image_id)
+    else:  # the response: after "<|assistant|>" and its newline
+        assistant = max(t for t in range(prompt_len) if ids[t] == tok.convert_tokens_to_ids("<|assistant|>"))
+        content = [t for t in _positions(ids, tok, assistant, image_id) if t >= prompt_len]
+    with torch.no_grad():
+        z = sae.encode(resid).double()
+    omega = weights.omega.double()
+    d = z.shape[1]
+    img_max = [max(float(z[t, k]) for t in img_pos) for k in range(d)]
+    on_img = {k for k in range(d) if img_max[k] > thresholds[k] and not math.isnan(omega[k])}
+    on_txt = set()
+    mass = grounded = 0.0
+    for t in content:
+        for k in range(d):
+            if math.isnan(omega[k]) or not float(z[t, k]) > thresholds[k]:
+                continue
+            on_txt.add(k)
+            mass += float(omega[k]) * float(z[t, k])
+            if k in on_img:
+                grounded += float(omega[k]) * float(z[t, k])
+    score_content = sum(float(omega[k]) for k in on_txt & on_img)
+    return score_content, (grounded / mass if mass > 0 else 0.0), len(ids)
+
+
+@pytest.mark.parametrize("delta_rel", [None, 0.3])
+def test_agreement_columns_match_brute_force(setup, delta_rel):
+    model, processor, sae, weights, rows = setup
+    good = [r for r in rows if r["images"]]
+    scorer = SaevScorer(model, processor, sae, weights, LAYER, delta_rel=delta_rel, control_prompt=CONTROL)
+    out = scorer(good)
+    d = weights.d_sae
+    if delta_rel is None:
+        thresholds = [1.0] * d
+    else:
+        top = weights.top_activation[:, 0].tolist()
+        thresholds = [delta_rel * a if math.isfinite(a) and a > 0 else math.inf for a in top]
+    acts = {m: _captured(model, processor, good, m) for m in ("prompt", "chosen", "rejected")}
+    acts["control"] = _captured(model, processor, [{"prompt": CONTROL, "images": r["images"]} for r in good], "prompt")
+    for i in range(len(good)):
+        sc, g, n_prompt = _brute(model, processor, sae, weights, acts["prompt"], i, thresholds)
+        assert out["saev_score_content"][i] == pytest.approx(sc, rel=1e-6, abs=1e-9)
+        assert out["saev_grounding"][i] == pytest.approx(g, rel=1e-6, abs=1e-9)
+        gc = _brute(model, processor, sae, weights, acts["chosen"], i, thresholds, prompt_len=n_prompt)[1]
+        gr = _brute(model, processor, sae, weights, acts["rejected"], i, thresholds, prompt_len=n_prompt)[1]
+        assert out["saev_grounding_chosen"][i] == pytest.approx(gc, rel=1e-6, abs=1e-9)
+        assert out["saev_grounding_margin"][i] == pytest.approx(gc - gr, rel=1e-6, abs=1e-9)
+        gctl = _brute(model, processor, sae, weights, acts["control"], i, thresholds)[1]
+        assert out["saev_grounding_vs_control"][i] == pytest.approx(g - gctl, rel=1e-6, abs=1e-9)
+    # with the same δ the paper's score counts template / pre-image text tokens too: never below the content-only one
+    assert delta_rel is not None or all(a >= b - 1e-9 for a, b in zip(out["saev_score"], out["saev_score_content"]))
+
+
+def test_control_columns_only_when_asked_and_bad_options_are_clear(setup):
+    model, processor, sae, weights, rows = setup
+    plain = SaevScorer(model, processor, sae, weights, LAYER)
+    assert "saev_grounding_vs_control" not in plain(rows[:2])
+    assert "saev_grounding" in plain(rows[:2])
+    with pytest.raises(Exception, match="delta_rel"):
+        SaevScorer(model, processor, sae, weights, LAYER, delta_rel=2.0)
+    with pytest.raises(Exception, match="control_prompt"):
+        SaevScorer(model, processor, sae, weights, LAYER, control_prompt="  ")
+
+
+def test_a_row_with_no_content_tokens_gets_a_reason(setup):
+    from saev_curate.curation.agreement import agreement_scores, feature_thresholds
+
+    model, processor, sae, weights, rows = setup
+    acts = _captured(model, processor, rows[:2], "prompt")
+    content = torch.zeros_like(acts.text_mask)
+    content[1] = acts.text_mask[1]
+    out = agreement_scores(sae, weights.omega, acts.resid, acts.image_mask, content,
+                           feature_thresholds(weights.d_sae, 1.0, None, None))
+    assert out["grounding"][0] is None and "no content text tokens" in out["error"][0]
+    assert out["grounding"][1] is not None and out["error"][1] is None
+
+
+def test_content_mask_skips_the_prompt_with_any_padding_side():
+    from saev_curate.curation.agreement import content_mask
+
+    ids = torch.tensor([[0, 0, 5, 9, 9, 7, 8, 3], [5, 9, 9, 7, 8, 6, 3, 0]])  # 9 = image, 5/3 = template, 0 = pad
+    am = (ids != 0).long()
+    image = ids == 9
+    text = (am.bool()) & ~image
+    m = content_mask(ids, image, text, {5, 3, 0}, am)
+    assert m[0].tolist() == [False, False, False, False, False, True, True, False]
+    m = content_mask(ids, image, text, {5, 3, 0}, am, skip_first=torch.tensor([4, 4]))
+    assert m[0].tolist() == [False] * 6 + [True, False]  # real tokens 0..3 of row 0 are the "prompt"
+    assert m[1].tolist() == [False] * 4 + [True, True, False, False]
