@@ -186,6 +186,10 @@ def score_dataset(dataset, model, processor, saev_args, model_args, output_dir):
             return datasets.load_from_disk(str(cache)), source
         if not state.is_main_process:  # the main process failed to write it: score here too rather than hang
             log.warning("no scored dataset from the main process at %s; scoring on this process", cache)
+        import torch
+
+        if torch.cuda.is_available() and getattr(model, "hf_device_map", None) is None:
+            model.to(state.device)  # score on this process's GPU (a quantized model is already placed)
         sae = load_sae(saev_args.sae)
         if saev_args.crossmodal_weights:
             weights = CrossModalWeights.load(saev_args.crossmodal_weights)
