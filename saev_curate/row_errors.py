@@ -46,8 +46,17 @@ def reason_of(error: str) -> str:
 
 
 def count_reasons(errors: Iterable[str | None]) -> Counter:
-    """Reason -> number of rows, over the non-null errors."""
-    return Counter(reason_of(e) for e in errors if e is not None)
+    """Reason -> number of rows, over the non-null errors: rows whose errors differ only in row-specific
+    parts (quoted values, numbers) count together, under the first such message seen (an example)."""
+    counts: Counter = Counter()
+    example: dict[str, str] = {}
+    for e in errors:
+        if e is None:
+            continue
+        key = reason_of(e)
+        text = example.setdefault(key, _IMAGE_PREFIX.sub("", str(e))[:400])
+        counts[text] += 1
+    return counts
 
 
 def _top(counts: Counter, k: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Each module defines `register(subparsers)` adding its subcommands; each subcommand sets `func`.
@@ -41,11 +42,19 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
-        if getattr(args, "max_image_pixels", None) is not None:
-            from saev_curate.vlm.rows.images import set_max_image_pixels
+        if getattr(args, "max_image_pixels", None) is None:
+            return int(args.func(args) or 0)
+        from saev_curate.vlm.rows.images import _ENV_MAX_PIXELS, set_max_image_pixels
 
-            set_max_image_pixels(args.max_image_pixels)
-        return int(args.func(args) or 0)
+        before = os.environ.get(_ENV_MAX_PIXELS)
+        set_max_image_pixels(args.max_image_pixels)  # through the environment: forked/spawned workers see it too
+        try:
+            return int(args.func(args) or 0)
+        finally:  # for this command only (main() may run several commands in one process)
+            if before is None:
+                os.environ.pop(_ENV_MAX_PIXELS, None)
+            else:
+                os.environ[_ENV_MAX_PIXELS] = before
     except Exception as exc:  # user-facing errors: one clear line, no traceback unless asked
         if want_traceback:
             raise

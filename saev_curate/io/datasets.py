@@ -42,6 +42,9 @@ def load_local_dataset(path: str | Path, split: str | None = None):
     text = str(path)
     p = Path(text).expanduser()
     if p.is_dir() and any((p / m).exists() for m in _SAVED_MARKERS):
+        if _saved_without_rows(p):
+            raise InputError(f"{p}: the dataset has no rows (a save_to_disk folder without data files); check "
+                             "the filter or split that produced it")
         try:
             ds = datasets.load_from_disk(str(p))
         except Exception as exc:  # noqa: BLE001 - a damaged folder: say so, not a datasets traceback
@@ -71,6 +74,19 @@ def load_local_dataset(path: str | Path, split: str | None = None):
     elif split not in (None, "train"):
         raise InputError(f"{p}: is a single dataset with no split {split!r}")
     return ds
+
+
+def _saved_without_rows(p: Path) -> bool:
+    """A save_to_disk folder of a 0-row Dataset (``datasets`` cannot load it back: IndexError)."""
+    import json
+
+    state = p / "state.json"
+    if not state.is_file():
+        return False
+    try:
+        return json.loads(state.read_text()).get("_data_files") == []
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def require_rows(ds, path) -> None:

@@ -39,6 +39,7 @@ class StreamConfig:
     buffer_tokens: int = 65_536  # shuffle-buffer size: tokens from many rows mix before a batch is cut
     seed: int = 0
     min_usable_share: float | None = None  # the row rule (saev_curate.row_errors); None: the default share
+    max_image_pixels: int | None = None  # larger images are row errors; None: images.max_image_pixels()
 
 
 def _token_chunks(model, processor, dataset, cfg: StreamConfig, epoch: int, errors: dict[int, str]):
@@ -55,7 +56,8 @@ def _token_chunks(model, processor, dataset, cfg: StreamConfig, epoch: int, erro
         idx = order[start : start + cfg.model_batch_size]
         rows = raw_rows(dataset, idx)  # images undecoded: decoded per row, a bad one is that row's error
         prepared = prepare_batch(processor, rows, mode=cfg.mode, max_length=cfg.max_length, on_error="record",
-                                 require_images=False, max_context=context_length(model))
+                                 require_images=False, max_context=context_length(model),
+                                 max_image_pixels=cfg.max_image_pixels)
         for j, err in enumerate(prepared.row_errors):
             if err is not None:
                 errors[idx[j]] = err

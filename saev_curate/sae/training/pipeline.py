@@ -66,10 +66,6 @@ def train_sae(config: SaevTrainConfig, *, model=None, processor=None, dataset=No
     from saev_curate.vlm.load import load_vlm
 
     config = replace(config)  # the run's own copy: provenance fields are filled in below, never in the caller's
-    if config.max_image_pixels is not None:
-        from saev_curate.vlm.rows.images import set_max_image_pixels
-
-        set_max_image_pixels(config.max_image_pixels)
 
     if model is None or processor is None:
         if not config.model:

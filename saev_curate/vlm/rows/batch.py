@@ -116,7 +116,13 @@ def prepare_batch(
     images: dict[int, list] = {}
     for i, row in enumerate(rows):
         try:
-            msgs, refs, gen = row_to_conversation(row, mode)
+            try:
+                msgs, refs, gen = row_to_conversation(row, mode)
+            except RowError as e:
+                if (require_images and isinstance(row, Mapping) and "messages" not in row
+                        and not any(c in row for c in IMAGE_COLUMNS)):
+                    raise RowError(f"{e}; and {_no_image_reason(row)}") from None
+                raise
             if require_images and not refs:
                 raise RowError(_no_image_reason(row))
             loaded = []
