@@ -130,8 +130,10 @@ class CapturedBatches:
 
 
 def capture_rows(model, processor, rows: list[dict], layer: int | str, *, mode: str = "prompt",
-                 max_length: int | None = None, exclude_special_tokens: bool = False):
-    """prepare_batch + capture_activations for a list of rows.
+                 max_length: int | None = None, exclude_special_tokens: bool = False,
+                 max_image_pixels: int | None = None):
+    """prepare_batch + capture_activations for a list of rows (a row beyond the model's context, or with an
+    image over ``max_image_pixels``, is that row's error).
 
     Returns ``(activations or None, kept row indices, per-row error or None)``.
     """
@@ -140,7 +142,7 @@ def capture_rows(model, processor, rows: list[dict], layer: int | str, *, mode: 
     from saev_curate.vlm.rows import prepare_batch
 
     prep = prepare_batch(processor, rows, mode=mode, max_length=max_length, on_error="record",
-                         max_context=context_length(model))
+                         max_context=context_length(model), max_image_pixels=max_image_pixels)
     errors = list(prep.row_errors)
     if prep.inputs is None or not prep.kept:
         return None, [], errors

@@ -55,14 +55,16 @@ class ResponsePerplexityScorer(Scorer):
 
     @torch.no_grad()
     def score_rows(self, rows: list[dict], keys: list[str]) -> dict[str, list]:
+        from saev_curate.vlm.layers import context_length
         from saev_curate.vlm.rows import prepare_batch
 
         model, processor, mode = self._objs["model"], self._objs["processor"], self.settings["mode"]
         n = len(rows)
         ppl: list[float | None] = [None] * n
         errors: list[str | None] = [None] * n
-        prompt = prepare_batch(processor, rows, mode="prompt", on_error="record")
-        full = prepare_batch(processor, rows, mode=mode, on_error="record")
+        ctx = context_length(model)  # a row beyond the model's context is that row's error
+        prompt = prepare_batch(processor, rows, mode="prompt", on_error="record", max_context=ctx)
+        full = prepare_batch(processor, rows, mode=mode, on_error="record", max_context=ctx)
         for i in range(n):
             errors[i] = full.row_errors[i] or prompt.row_errors[i]
         if full.inputs is not None:
