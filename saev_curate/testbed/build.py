@@ -5,9 +5,10 @@ Offline, on a CPU, in a few minutes, deterministic for a seed; cached under
 ``saev_curate.load_vlm(path)`` loads it.  Trained like LLaVA, in three stages:
 
 0. the vision tower (a CLIP ViT from config: 32x32 images, 8x8 patches -> 16 image tokens) learns
-   to classify what images show (kind, digit, shape, colour, count), as CLIP is pretrained first;
-1. alignment: the whole model learns captions, interleaved facts (the image where a word would
-   be) and plain text of the language (:mod:`saev_curate.testbed.language`);
+   to classify what images show (kind, digit, shape, colour, count; random shifts of up to 2 pixels),
+   as CLIP is pretrained first; then it is frozen, as LLaVA freezes its CLIP tower;
+1. alignment: projector + language model learn captions, interleaved facts (the image where a word
+   would be) and plain text of the language (:mod:`saev_curate.testbed.language`);
 2. instruction: chat-formatted questions with one-word answers (loss on the answer), with some
    stage-1 text replayed.
 
@@ -35,7 +36,7 @@ import torch
 from saev_curate.testbed import images as timg
 from saev_curate.testbed import language as lang
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 PATCH = 8
 N_IMAGE_TOKENS = (timg.SIZE // PATCH) ** 2
 
@@ -51,10 +52,10 @@ class TestbedConfig:
     num_attention_heads: int = 4
     vision_hidden_size: int = 128
     vision_layers: int = 3
-    n_train_images: int = 6000
-    stage0_epochs: int = 6
-    stage1_steps: int = 500
-    stage2_steps: int = 700
+    n_train_images: int = 12000
+    stage0_epochs: int = 5
+    stage1_steps: int = 400
+    stage2_steps: int = 800
     batch_size: int = 32
     lr: float = 1e-3
     #: question types left out of the instruction stage (a base with room to improve, for studies)
@@ -233,7 +234,17 @@ def _schedule(opt, total: int, warmup: int):
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
 
 
-def _stage0(model, pv: torch.Tensor, concepts: list, cfg: TestbedConfig, log) -> dict:
+def _targets(concepts: list) -> dict[str, torch.Tensor]:
+    return {
+        "kind": torch.tensor([timg.KINDS.index(c.kind) for c in concepts]),
+        "digit": torch.tensor([c.digit if c.digit is not None else -100 for c in concepts]),
+        "shape": torch.tensor([timg.SHAPES.index(c.shape) if c.shape else -100 for c in concepts]),
+        "colour": torch.tensor([list(timg.COLOURS).index(c.colour) if c.colour else -100 for c in concepts]),
+        "count": torch.tensor([c.count - 1 if c.count else -100 for c in concepts]),
+    }
+
+
+def _stage0(model, pv: torch.Tensor, concepts: list, cfg: TestbedConfig, log, processor_of_dev) -> dict:
     """Pretrain the vision tower as a multi-head classifier of what images show (heads discarded)."""
     from tqdm.auto import tqdm
 
@@ -242,13 +253,7 @@ def _stage0(model, pv: torch.Tensor, concepts: list, cfg: TestbedConfig, log) ->
     heads = torch.nn.ModuleDict({"kind": torch.nn.Linear(H, len(timg.KINDS)), "digit": torch.nn.Linear(H, 10),
                                  "shape": torch.nn.Linear(H, 3), "colour": torch.nn.Linear(H, 4),
                                  "count": torch.nn.Linear(H, timg.MAX_COUNT)})
-    tgt = {
-        "kind": torch.tensor([timg.KINDS.index(c.kind) for c in concepts]),
-        "digit": torch.tensor([c.digit if c.digit is not None else -100 for c in concepts]),
-        "shape": torch.tensor([timg.SHAPES.index(c.shape) if c.shape else -100 for c in concepts]),
-        "colour": torch.tensor([list(timg.COLOURS).index(c.colour) if c.colour else -100 for c in concepts]),
-        "count": torch.tensor([c.count - 1 if c.count else -100 for c in concepts]),
-    }
+    tgt = _targets(concepts)
     params = list(vt.parameters()) + list(heads.parameters())
     bs = 64
     steps = cfg.stage0_epochs * (len(concepts) // bs)
@@ -256,13 +261,14 @@ def _stage0(model, pv: torch.Tensor, concepts: list, cfg: TestbedConfig, log) ->
     sched = _schedule(opt, steps, 30)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     vt.train()
+    g_shift = torch.Generator().manual_seed(cfg.seed + 2)
     bar = tqdm(total=steps, desc="testbed stage 0: vision tower", unit="step", file=sys.stdout, mininterval=2.0)
     losses = []
     for _ in range(cfg.stage0_epochs):
         order = torch.randperm(len(concepts), generator=g)
         for b in range(len(concepts) // bs):
             j = order[b * bs:(b + 1) * bs]
-            f = vt(pixel_values=pv[j]).last_hidden_state[:, 1:].mean(1)
+            f = vt(pixel_values=_shift(pv[j], 2, g_shift)).last_hidden_state[:, 1:].mean(1)
             loss = sum(torch.nn.functional.cross_entropy(h(f), tgt[k][j], ignore_index=-100)
                        for k, h in heads.items() if bool((tgt[k][j] >= 0).any()))
             opt.zero_grad(set_to_none=True)
@@ -273,14 +279,40 @@ def _stage0(model, pv: torch.Tensor, concepts: list, cfg: TestbedConfig, log) ->
             bar.update()
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     bar.close()
-    log(f"stage 0: final loss {np.mean(losses[-20:]):.4f}")
-    return {"final_loss": float(np.mean(losses[-20:])), "steps": steps}
+    vt.eval()
+    for p in vt.parameters():  # frozen from here on, as LLaVA freezes its CLIP tower
+        p.requires_grad_(False)
+    acc = _probe_accuracy(vt, heads, processor_of_dev)
+    log(f"stage 0: final loss {np.mean(losses[-20:]):.4f}; dev accuracy of the heads " +
+        ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+    return {"final_loss": float(np.mean(losses[-20:])), "steps": steps, "dev_head_accuracy": acc}
+
+
+def _shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
+    """Random translation by up to ``max_shift`` pixels (edges replicated): cheap, label-safe augmentation."""
+    B, _, H, W = x.shape
+    pad = torch.nn.functional.pad(x, (max_shift,) * 4, mode="replicate")
+    dx = torch.randint(0, 2 * max_shift + 1, (B,), generator=g).tolist()
+    dy = torch.randint(0, 2 * max_shift + 1, (B,), generator=g).tolist()
+    return torch.stack([pad[i, :, dy[i]:dy[i] + H, dx[i]:dx[i] + W] for i in range(B)])
+
+
+@torch.no_grad()
+def _probe_accuracy(vt, heads, dev) -> dict[str, float]:
+    """Accuracy of the stage-0 heads on dev images (how well the frozen tower sees each concept)."""
+    pv, tgt = dev
+    f = vt(pixel_values=pv).last_hidden_state[:, 1:].mean(1)
+    out = {}
+    for k, h in heads.items():
+        keep = tgt[k] >= 0
+        out[k] = float((h(f[keep]).argmax(-1) == tgt[k][keep]).float().mean()) if bool(keep.any()) else float("nan")
+    return out
 
 
 def _train_lm(model, stage: str, make, steps: int, cfg: TestbedConfig, enc: _Encoder, pixel_of, log) -> dict:
     from tqdm.auto import tqdm
 
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.01)
     sched = _schedule(opt, steps, 30)
     model.train()
     bar = tqdm(total=steps, desc=f"testbed {stage}", unit="step", file=sys.stdout, mininterval=2.0)
@@ -401,8 +433,14 @@ def build_testbed(config: TestbedConfig | None = None, *, cache_dir: str | os.Pa
     pv = processor.image_processor([im for im, _ in train], return_tensors="pt")["pixel_values"]
     pix_index = {id(im): i for i, (im, _) in enumerate(train)}
     pixel_of = lambda im: pv[pix_index[id(im)]]  # noqa: E731
+
+    def dev_probe():
+        dev = timg.sample_images("dev", 1000, seed=cfg.seed)
+        return (processor.image_processor([im for im, _ in dev], return_tensors="pt")["pixel_values"],
+                _targets([c for _, c in dev]))
+
     stages = [
-        ("stage0", lambda: _stage0(model, pv, [c for _, c in train], cfg, log)),
+        ("stage0", lambda: _stage0(model, pv, [c for _, c in train], cfg, log, dev_probe())),
         ("stage1", lambda: _train_lm(model, "stage 1: alignment", lambda: _stage1_example(enc, pick(), rng),
                                      cfg.stage1_steps, cfg, enc, pixel_of, log)),
         ("stage2", lambda: _train_lm(model, "stage 2: instruction",
@@ -418,6 +456,9 @@ def build_testbed(config: TestbedConfig | None = None, *, cache_dir: str | os.Pa
                 from safetensors.torch import load_model
 
                 load_model(model, str(done))
+                if name == "stage0":
+                    for p in model.model.vision_tower.parameters():
+                        p.requires_grad_(False)
                 info_stages[name] = json.loads((tmp / f"{name}.json").read_text())
                 log(f"{name}: reusing the finished stage in {tmp}")
                 continue

