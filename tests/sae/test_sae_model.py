@@ -102,7 +102,7 @@ def test_topk_decode_of_an_edited_code_with_more_than_k_features_is_exact():
 @pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
 def test_low_precision_runs_and_stays_close(arch, dtype):
     sae = _random_sae(arch)
-    x = torch.randn(32, 16)
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(0))  # fixed: topk in bf16 may flip a selection
     with torch.no_grad():
         ref = sae(x)
         low = sae.copy().to(dtype)
