@@ -85,8 +85,8 @@ def test_deepspeed_zero2_accelerate_config():
 
 def test_recipe_docstrings_and_arguments():
     from recipes import dpo, evaluate, sft
-    from recipes.common import SaevArguments
-    from recipes.evaluate import EvalArguments
+    from saev_curate.recipes.common import SaevArguments
+    from saev_curate.recipes.evaluate import EvalArguments
 
     for mod in (dpo, sft):
         doc = mod.__doc__
@@ -98,3 +98,15 @@ def test_recipe_docstrings_and_arguments():
     for cls in (SaevArguments, EvalArguments):
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
+
+
+def test_entry_files_run_the_package_core():
+    """One implementation: recipes/*.py (what users run) import the core installed with the package."""
+    import saev_curate.recipes.dpo
+    import saev_curate.recipes.evaluate
+    import saev_curate.recipes.sft
+    from recipes import dpo, evaluate, sft
+
+    assert dpo.main is saev_curate.recipes.dpo.main and sft.main is saev_curate.recipes.sft.main
+    assert evaluate.evaluate is saev_curate.recipes.evaluate.evaluate
+    assert not (ROOT / "recipes" / "common.py").exists()

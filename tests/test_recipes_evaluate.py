@@ -29,7 +29,7 @@ def _image(seed: int):
 
 
 def brute_prompt(processor, row):
-    from recipes.evaluate import prompt_text
+    from saev_curate.recipes.evaluate import prompt_text
 
     text = prompt_text(processor, row["question"], True)
     return processor(text=[text], images=[[row["image"]]], return_tensors="pt", add_special_tokens=False)
@@ -99,7 +99,7 @@ def case(tiny):
 
 
 def normalize_eq(a: str, b: str) -> bool:
-    from recipes.evaluate import normalize
+    from saev_curate.recipes.evaluate import normalize
 
     return normalize(a) == normalize(b)
 
@@ -107,7 +107,7 @@ def normalize_eq(a: str, b: str) -> bool:
 def test_accuracy_and_exact_match_match_brute_force(tiny, case, tmp_path):
     import datasets
 
-    from recipes.evaluate import evaluate, mean_stderr
+    from saev_curate.recipes.evaluate import evaluate, mean_stderr
 
     model, processor = tiny
     rows, expect_acc, expect_em = case
@@ -130,7 +130,7 @@ def test_accuracy_and_exact_match_match_brute_force(tiny, case, tmp_path):
 
 
 def test_answer_forms():
-    from recipes.evaluate import gold_index
+    from saev_curate.recipes.evaluate import gold_index
 
     row = {"options": ["cat", "dog", "bus"]}
     assert [gold_index({**row, "answer": a}) for a in (2, "dog", "c", " cat ")] == [2, 1, 2, 0]
@@ -142,7 +142,7 @@ def test_answer_forms():
 def test_saev_score_of_the_policy(tiny, case):
     import datasets
 
-    from recipes.evaluate import evaluate, scoring_rows
+    from saev_curate.recipes.evaluate import evaluate, scoring_rows
     from saev_curate import SAE, CrossModalWeights, SAEConfig
 
     model, processor = tiny
@@ -162,7 +162,7 @@ def test_cli_main_with_an_adapter(tmp_path, case):
     import datasets
     from peft import LoraConfig, get_peft_model
 
-    from recipes.evaluate import main, make_parser
+    from saev_curate.recipes.evaluate import main, make_parser
 
     _, save = _tiny()
     base = save("llava", tmp_path / "base", seed=0)

@@ -81,7 +81,7 @@ def work(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dpo_run(work):
     """One DPO + LoRA run through the CPU config: score with SAE-V, keep the top half, 2 steps."""
-    from recipes.dpo import main
+    from saev_curate.recipes.dpo import main
 
     root, model = work
     out = root / "dpo"
@@ -114,7 +114,7 @@ def test_dpo_lora_scores_selects_and_saves_adapter(dpo_run):
 
 
 def test_sft_lora_selects_on_an_already_scored_folder(work, dpo_run):
-    from recipes.sft import main
+    from saev_curate.recipes.sft import main
 
     root, model = work
     out = root / "sft"
@@ -131,7 +131,7 @@ def test_sft_lora_selects_on_an_already_scored_folder(work, dpo_run):
 
 
 def test_selection_needs_scores_or_sae(work, tmp_path):
-    from recipes.dpo import main
+    from saev_curate.recipes.dpo import main
 
     root, model = work
     args = parse("dpo", CONFIGS / "dpo_testbed_cpu.yaml", cpu_overrides(model, root / "data", tmp_path / "o"))
@@ -142,10 +142,10 @@ def test_selection_needs_scores_or_sae(work, tmp_path):
 def test_dpo_with_rescoring_during_training(work, dpo_run):
     """--rescore_every_n_steps: all rows go to the trainer, the callback starts from the recipe's selection."""
     import saev_curate
-    from recipes.dpo import main
+    from saev_curate.recipes.dpo import main
 
     if not hasattr(saev_curate, "SaevRescoreCallback"):
-        from recipes.common import SaevArguments, attach_rescore_callback
+        from saev_curate.recipes.common import SaevArguments, attach_rescore_callback
 
         with pytest.raises(ImportError, match="SaevRescoreCallback"):
             attach_rescore_callback(None, None, SaevArguments(sae="x", rescore_every_n_steps=2), "o")
@@ -169,7 +169,7 @@ def test_dpo_qlora_4bit_on_cpu(tmp_path):
     """QLoRA: bitsandbytes 4-bit base (layers >= 64 wide for its CPU kernel), LoRA adapters trained in fp32."""
     import datasets
 
-    from recipes.dpo import main
+    from saev_curate.recipes.dpo import main
 
     model = tiny_builders()("llava", tmp_path / "model", seed=0, hidden_size=128, intermediate_size=256,
                             vision_hidden_size=64)
@@ -190,7 +190,7 @@ def test_dpo_qlora_4bit_on_cpu(tmp_path):
 def test_row_shapes_become_trl_rows():
     import datasets
 
-    from recipes.common import to_preference_rows, to_sft_rows
+    from saev_curate.recipes.common import to_preference_rows, to_sft_rows
 
     img = _image(0)
     aa = datasets.Dataset.from_list([{"question": "q?", "image": img, "response_1": "r1", "response_2": "r2",
