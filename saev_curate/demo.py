@@ -41,8 +41,12 @@ DEFAULT_BY = "saev_grounding_vs_control"
 def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae: str | None = None,
              rows: int = 600, defect_rate: float = 0.3, sae_steps: int = 1500, architecture: str = "topk",
              n_reference: int = 1000, fraction: float = 0.5, by: str = DEFAULT_BY, seed: int = 0,
-             progress: bool = True) -> DemoResult:
-    """Build/take the model and an SAE, fit ω, score every row with every method, select, report."""
+             progress: bool = True, split: str = "test", report: bool = True) -> DemoResult:
+    """Build/take the model and an SAE, fit ω, score every row with every method, select, report.
+
+    ``split``: the testbed images the rows are drawn from (``saev-curate pipeline`` trains on ``"dev"`` rows and
+    evaluates on ``"test"`` questions); ``report=False`` skips the HTML page (the pipeline writes its own).
+    """
     import datasets
 
     from saev_curate.curation.crossmodal import CrossModalWeights
@@ -70,9 +74,9 @@ def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae
                                          seed=seed, progress=progress)
     else:
         sae_model, sae_dir = load_sae(sae), Path(sae)
-    data = defect_rows(rows, defect_rate=defect_rate, split="test", seed=seed)
+    data = defect_rows(rows, defect_rate=defect_rate, split=split, seed=seed)
     labels = [r["defect"] for r in data]
-    print(f"{len(data)} preference rows over held-out images, {sum(lab != 'none' for lab in labels)} with a defect")
+    print(f"{len(data)} preference rows over {split}-split images, {sum(lab != 'none' for lab in labels)} with a defect")
     ds = datasets.Dataset.from_list(data)
     weights = CrossModalWeights.fit(vlm, processor, sae_model, ds, None, n_reference=min(n_reference, len(ds)),
                                     progress=progress)
@@ -93,12 +97,13 @@ def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae
     all_bad = sum(d != "none" for d in labels) / len(labels)
     seconds = time.perf_counter() - start
     result = DemoResult(out, out / "report.html", table, by, len(scored), n_scored, len(kept), kept_bad, all_bad, seconds)
-    write_score_report(
-        scored, result.report, by=col, label="defect", auroc=table, highlight=by,
-        title="SAE-V on the testbed: which rows are defective?",
-        extra={"model": str(model_path), "SAE": str(sae_dir), "weights": weights.summary(),
-               f"kept (top {fraction:.0%} by {by})": f"{len(kept)} rows, {kept_bad:.0%} defective "
-               f"(all rows: {all_bad:.0%})", "seconds": round(seconds)})
+    if report:
+        write_score_report(
+            scored, result.report, by=col, label="defect", auroc=table, highlight=by,
+            title="SAE-V on the testbed: which rows are defective?",
+            extra={"model": str(model_path), "SAE": str(sae_dir), "weights": weights.summary(),
+                   f"kept (top {fraction:.0%} by {by})": f"{len(kept)} rows, {kept_bad:.0%} defective "
+                   f"(all rows: {all_bad:.0%})", "seconds": round(seconds)})
     (out / "summary.json").write_text(json.dumps(
         {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()}, indent=2, default=str))
     return result

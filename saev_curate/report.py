@@ -34,7 +34,8 @@ def auc(scores: Sequence[float], positive: Sequence[bool]) -> float:
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
-def _histogram_svg(groups: dict[str, list[float]], bins: int = 30, width: int = 640, height: int = 220) -> str:
+def _histogram_svg(groups: dict[str, list[float]], bins: int = 30, width: int = 640, height: int = 220,
+                   cut: float | None = None, cut_label: str = "cut") -> str:
     values = [v for vs in groups.values() for v in vs]
     if not values:
         return "<p>No scored rows.</p>"
@@ -67,6 +68,10 @@ def _histogram_svg(groups: dict[str, list[float]], bins: int = 30, width: int = 
     for i in range(0, bins + 1, max(1, bins // 6)):
         x = pad + i * bar_w
         parts.append(f'<text x="{x:.1f}" y="{height + 22}" text-anchor="middle">{edges[i]:.3g}</text>')
+    if cut is not None and lo <= cut <= hi:  # a selection's threshold: rows at or right of it are kept
+        x = pad + (cut - lo) / (hi - lo) * bins * bar_w
+        parts.append(f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height + 5}" stroke="#000" stroke-width="2" '
+                     f'stroke-dasharray="5,3"/><text x="{x + 4:.1f}" y="12">{html.escape(cut_label)}</text>')
     parts.append(f'<text x="{pad}" y="{height + 38}">max bar = {top} rows</text></svg>')
     return "".join(parts)
 
@@ -115,10 +120,13 @@ def _auroc_html(auroc: dict[str, dict[str, float]], highlight: str | None) -> st
 def write_score_report(rows: Sequence[dict[str, Any]], path: str | Path, *, by: str = "saev_score",
                        label: str | None = None, title: str = "SAE-V scores", n_examples: int = 8,
                        extra: dict[str, Any] | None = None, auroc: dict[str, dict[str, float]] | None = None,
-                       highlight: str | None = None) -> Path:
+                       highlight: str | None = None, cut: float | None = None, cut_label: str = "cut",
+                       sections: Sequence[str] = ()) -> Path:
     """Write an HTML page about column `by` of scored `rows` (a list of dicts or a `datasets.Dataset`).
 
     ``auroc``: an optional ``{method: {defect kind: AUROC}}`` table shown first (``highlight`` shades one row).
+    ``cut``: a selection threshold marked on the histogram (labelled ``cut_label``). ``sections``: HTML blocks
+    placed after the summary (the pipeline's accuracy table).
     """
     rows = [dict(r) for r in rows]
     scored = [r for r in rows if r.get(by) is not None and not (isinstance(r[by], float) and math.isnan(r[by]))]
@@ -153,10 +161,10 @@ def write_score_report(rows: Sequence[dict[str, Any]], path: str | Path, *, by: 
         return "".join(out) + "</table>"
 
     ranked = sorted(scored, key=lambda r: float(r[by]), reverse=True)
-    body = [f"<h1>{html.escape(title)}</h1><ul>{''.join(summary)}</ul>",
+    body = [f"<h1>{html.escape(title)}</h1><ul>{''.join(summary)}</ul>", *sections,
             _auroc_html(auroc, highlight) if auroc else "",
             f"<h2>Distribution of {html.escape(by)}" + (f" by {html.escape(label)}" if label else "") + "</h2>",
-            _histogram_svg(groups),
+            _histogram_svg(groups, cut=cut, cut_label=cut_label),
             table(ranked[:n_examples], f"Highest {html.escape(by)}"),
             table(ranked[-n_examples:][::-1], f"Lowest {html.escape(by)}")]
     if errors:

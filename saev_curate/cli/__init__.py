@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "saev_curate.cli.sae_commands",
     "saev_curate.cli.train_commands",
     "saev_curate.cli.demo_commands",
+    "saev_curate.cli.pipeline_commands",
     "saev_curate.cli.score_commands",
 ]
 

@@ -206,18 +206,24 @@ def saev_scores(model, processor, rows: list[dict], sae, weights, layer=None, de
 
 def evaluate(model, processor, dataset, *, task: str = "saev_heldout", sae=None, weights=None, layer=None,
              delta: float = 1.0, max_new_tokens: int = 16, limit: int | None = None, output_dir=None,
-             log_samples: bool = False, config: dict | None = None) -> dict:
+             log_samples: bool = False, config: dict | None = None, progress: bool = False) -> dict:
     """Evaluate ``model`` (base or with its adapter) on ``dataset`` rows; returns the results.json dict.
 
     ``sae`` and ``weights`` (objects or folders), both given, add ``saev_score``. With ``output_dir`` the dict is
-    written to ``results.json`` there (and ``samples_<task>.jsonl`` with ``log_samples``).
+    written to ``results.json`` there (and ``samples_<task>.jsonl`` with ``log_samples``). ``progress``: a bar.
     """
     t0 = time.time()
     rows = [dataset[i] for i in range(len(dataset) if limit is None else min(limit, len(dataset)))]
     was_training = model.training
     model.eval()
     samples = []
-    for i, row in enumerate(rows):
+    if progress:
+        from tqdm.auto import tqdm
+
+        rows_iter = tqdm(rows, desc=f"evaluate {task}", unit="q")
+    else:
+        rows_iter = rows
+    for i, row in enumerate(rows_iter):
         gold = gold_index(row)
         lls = option_loglikelihoods(model, processor, row)
         sums = [ll for ll, _ in lls]
