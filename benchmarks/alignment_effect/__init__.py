@@ -1,0 +1,1 @@
+"""The alignment-effect study (issue 13): ``python -m benchmarks.alignment_effect``; see ``study.py``."""
