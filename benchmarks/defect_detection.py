@@ -30,7 +30,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS = Path(__file__).resolve().parent / "defect_detection" / "results"
 DELTA_CHOICES = (None, 0.3, 0.1)  # one δ = 1 (the paper's), or a share of each feature's top activation
-BEYOND_PAPER = ("saev_score_content", "saev_grounding", "saev_grounding_vs_control", "saev_grounding_margin")
+BEYOND_PAPER = ("saev_score_content", "saev_grounding", "saev_grounding_vs_control", "saev_grounding_margin",
+                "saev_pair_agreement", "saev_pair_agreement_margin")
 
 
 def _load(path: Path):

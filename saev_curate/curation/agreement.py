@@ -15,7 +15,10 @@ reference set: a δ on each feature's own scale):
 * ``grounding = Σ_{t∈C} Σ_k ω_k z_tk [z_tk > δ_k] [max_I z_k > δ_k] / Σ_{t∈C} Σ_k ω_k z_tk [z_tk > δ_k]``:
   the share of the content tokens' cross-modal feature mass that the image also carries (in [0, 1]);
   a sum over features would grow with the image's feature count, a share does not;
-* ``content_l0``: the number of content tokens (rows with none get ``None`` and a reason).
+* ``pair_agreement``: the mean npmi of the row's (content-token feature, image feature) pairs, from the
+  weights' :class:`~saev_curate.curation.pairs.FeaturePairs` (ω generalised from one feature on both
+  modalities to pairs of features);
+* a row without content tokens gets ``None`` and a reason.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import Tensor
 
 from saev_curate.devices import module_device
 
-AGREEMENT_COLUMNS = ("score_content", "grounding")
+AGREEMENT_COLUMNS = ("score_content", "grounding", "pair_agreement")
 
 
 def template_token_ids(processor) -> set[int]:
@@ -77,19 +80,21 @@ def feature_thresholds(d_sae: int, delta: float, delta_rel: float | None, top_ac
 
 @torch.no_grad()
 def agreement_scores(sae, omega: Tensor, resid: Tensor, image_mask: Tensor, content: Tensor,
-                     thresholds: Tensor) -> dict[str, list]:
-    """``score_content``, ``grounding`` and ``error`` per row of a captured batch (see module doc)."""
+                     thresholds: Tensor, pairs=None) -> dict[str, list]:
+    """``score_content``, ``grounding``, ``pair_agreement`` and ``error`` per row of a captured batch (see
+    module doc; ``pair_agreement`` needs ``pairs``, a :class:`~saev_curate.curation.pairs.FeaturePairs`,
+    and is None without)."""
     dev = module_device(sae)
     w = omega.to(dev, torch.float64)
     defined = ~torch.isnan(w)
     w = torch.where(defined, w, torch.zeros_like(w))
     thr = thresholds.to(dev, torch.float32)
-    out: dict[str, list] = {"score_content": [], "grounding": [], "error": []}
+    out: dict[str, list] = {"score_content": [], "grounding": [], "pair_agreement": [], "error": []}
     for b in range(resid.shape[0]):
         img, txt = resid[b][image_mask[b]], resid[b][content[b]]
         if img.shape[0] == 0 or txt.shape[0] == 0:
-            out["score_content"].append(None)
-            out["grounding"].append(None)
+            for k in ("score_content", "grounding", "pair_agreement"):
+                out[k].append(None)
             out["error"].append("no image tokens in the sequence" if img.shape[0] == 0 else
                                 "no content text tokens after the image (only template or special tokens)")
             continue
@@ -103,5 +108,6 @@ def agreement_scores(sae, omega: Tensor, resid: Tensor, image_mask: Tensor, cont
         grounded = (z_txt.double() * (act_txt & on_img)) @ w
         den = float(mass.sum())
         out["grounding"].append(float(grounded.sum()) / den if den > 0 else 0.0)
+        out["pair_agreement"].append(None if pairs is None else pairs.agreement(z_txt.amax(0), z_img.amax(0)))
         out["error"].append(None)
     return out

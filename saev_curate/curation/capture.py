@@ -126,7 +126,7 @@ class CapturedBatches:
         if acts is None:
             return
         yield {"resid": acts.resid, "image_mask": acts.image_mask, "text_mask": acts.text_mask,
-               "attention_mask": acts.attention_mask, "row_ids": [ids[k] for k in kept]}
+               "attention_mask": acts.attention_mask, "input_ids": acts.input_ids, "row_ids": [ids[k] for k in kept]}
 
 
 def capture_rows(model, processor, rows: list[dict], layer: int | str, *, mode: str = "prompt",

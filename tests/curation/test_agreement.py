@@ -151,3 +151,83 @@ def test_content_mask_skips_the_prompt_with_any_padding_side():
     m = content_mask(ids, image, text, {5, 3, 0}, am, skip_first=torch.tensor([4, 4]))
     assert m[0].tolist() == [False] * 6 + [True, False]  # real tokens 0..3 of row 0 are the "prompt"
     assert m[1].tolist() == [False] * 4 + [True, True, False, False]
+
+
+def test_feature_pairs_and_pair_agreement_match_brute_force(setup):
+    """npmi of every (content-token feature, image feature) pair counted by hand over the reference rows
+    (the fitter's batches of 8), then each row's pair agreement as the mean over its known pairs."""
+    model, processor, sae, weights, rows = setup
+    pairs = weights.pairs
+    assert pairs is not None and pairs.delta == 0.0 and pairs.min_count == 5
+    tok, image_id = processor.tokenizer, model.config.image_token_id
+    n_text, n_image, together, n_rows = {}, {}, {}, 0
+
+    def row_sets(acts, j, prompt_len=None):
+        am = acts.attention_mask[j].bool()
+        ids = acts.input_ids[j][am].tolist()
+        img_pos = [t for t, i in enumerate(ids) if i == image_id]
+        if prompt_len is None:
+            content = _positions(ids, tok, img_pos[-1], image_id)
+        else:
+            assistant = max(t for t in range(prompt_len) if ids[t] == tok.convert_tokens_to_ids("<|assistant|>"))
+            content = [t for t in _positions(ids, tok, assistant, image_id) if t >= prompt_len]
+        with torch.no_grad():
+            z = sae.encode(acts.resid[j][am])
+        a = {k for t in content for k in range(z.shape[1]) if float(z[t, k]) > 0.0}
+        b = {k for t in img_pos for k in range(z.shape[1]) if float(z[t, k]) > 0.0}
+        return a, b, len(ids)
+
+    for s in range(0, len(rows), 8):  # CrossModalWeights.fit's default batch size
+        acts, kept, _ = capture_rows(model, processor, rows[s:s + 8], LAYER, mode="prompt")
+        for j in range(len(kept)):
+            a, b, _ = row_sets(acts, j)
+            n_rows += 1
+            for k in a:
+                n_text[k] = n_text.get(k, 0) + 1
+            for k in b:
+                n_image[k] = n_image.get(k, 0) + 1
+            for ka in a:
+                for kb in b:
+                    together[(ka, kb)] = together.get((ka, kb), 0) + 1
+    assert pairs.n_rows == n_rows == sum(1 for r in rows if r["images"])
+    assert len(pairs.keys) == len(together)
+
+    def npmi(ka, kb):
+        c = together.get((ka, kb), 0)
+        if c == 0:
+            return -1.0
+        p_ab, p_a, p_b = c / n_rows, n_text[ka] / n_rows, n_image[kb] / n_rows
+        return 1.0 if p_ab == 1 else math.log(p_ab / (p_a * p_b)) / -math.log(p_ab)
+
+    sample = sorted(together)[:: max(1, len(together) // 200)]
+    got = pairs.matrix(torch.tensor([a for a, _ in sample]), torch.tensor([b for _, b in sample])).diagonal()
+    assert got.tolist() == pytest.approx([npmi(a, b) for a, b in sample], abs=1e-5)
+
+    good = [r for r in rows if r["images"]]
+    out = SaevScorer(model, processor, sae, weights, LAYER)(good)
+    assert sum(v is not None for v in out["saev_pair_agreement"]) >= len(good) // 2
+    prompt = _captured(model, processor, good, "prompt")
+    chosen = _captured(model, processor, good, "chosen")
+    rejected = _captured(model, processor, good, "rejected")
+    for i in range(len(good)):
+        def agreement(acts, prompt_len=None):
+            a, b, n = row_sets(acts, i, prompt_len)
+            a = [k for k in a if n_text.get(k, 0) >= 5]
+            b = [k for k in b if n_image.get(k, 0) >= 5]
+            return (None if not a or not b else sum(npmi(x, y) for x in a for y in b) / (len(a) * len(b))), n
+
+        p, n_prompt = agreement(prompt)
+        assert out["saev_pair_agreement"][i] == pytest.approx(p, abs=1e-5)
+        c, r = agreement(chosen, n_prompt)[0], agreement(rejected, n_prompt)[0]
+        assert out["saev_pair_agreement_margin"][i] == (None if c is None or r is None else pytest.approx(c - r, abs=1e-5))
+
+
+def test_weights_with_pairs_round_trip_and_refuse_damaged_pair_files(setup, tmp_path):
+    _, _, _, weights, _ = setup
+    weights.save(tmp_path / "w")
+    back = CrossModalWeights.load(tmp_path / "w")
+    assert back.fingerprint() == weights.fingerprint()
+    assert torch.equal(back.pairs.keys, weights.pairs.keys) and torch.equal(back.pairs.npmi, weights.pairs.npmi)
+    (tmp_path / "w" / "crossmodal_pairs.safetensors").write_bytes(b"garbage")
+    with pytest.raises(Exception, match="crossmodal_pairs.safetensors"):
+        CrossModalWeights.load(tmp_path / "w")

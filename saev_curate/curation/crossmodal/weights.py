@@ -12,6 +12,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import Tensor
 
+from saev_curate.curation.agreement import content_mask, template_token_ids
 from saev_curate.curation.capture import CapturedBatches, reference_indices
 from saev_curate.curation.crossmodal.fitter import (
     CLASS_NAMES,
@@ -20,6 +21,7 @@ from saev_curate.curation.crossmodal.fitter import (
     flatten_tokens,
     token_keys,
 )
+from saev_curate.curation.pairs import FeaturePairs, PairCounter
 from saev_curate.devices import module_device
 from saev_curate.errors import InputError
 from saev_curate.io.fingerprint import model_identity, sae_fingerprint
@@ -40,6 +42,8 @@ class CrossModalWeights:
     top_position: Tensor | None = None  # [d_sae, K] long: position in the row's unpadded sequence
     top_is_image: Tensor | None = None  # [d_sae, K] bool
     meta: dict[str, Any] = field(default_factory=dict)
+    #: beyond the paper: npmi of (text feature, image feature) pairs (:mod:`saev_curate.curation.pairs`)
+    pairs: FeaturePairs | None = None
 
     # -------------------------------------------------------------- views
     @property
@@ -74,6 +78,8 @@ class CrossModalWeights:
         out: dict[str, Any] = {"d_sae": self.d_sae, "classes": self.class_counts(), "n_defined": int(w.numel())}
         if w.numel():
             out.update(omega_min=float(w.min()), omega_mean=float(w.mean()), omega_max=float(w.max()))
+        if self.pairs is not None:
+            out["pairs"] = self.pairs.summary()
         return out
 
     def fingerprint(self) -> str:
@@ -82,6 +88,10 @@ class CrossModalWeights:
         h.update(self.omega.float().contiguous().numpy().tobytes())
         h.update(self.classes.to(torch.int8).contiguous().numpy().tobytes())
         h.update(json.dumps(self.meta, sort_keys=True, default=str).encode())
+        if self.pairs is not None:
+            for t in (self.pairs.keys, self.pairs.npmi, self.pairs.n_text, self.pairs.n_image):
+                h.update(t.contiguous().numpy().tobytes())
+            h.update(json.dumps(self.pairs.summary(), sort_keys=True).encode())
         return h.hexdigest()[:32]
 
     def __repr__(self) -> str:
@@ -102,8 +112,17 @@ class CrossModalWeights:
         if "top_is_image" in tensors:
             tensors["top_is_image"] = tensors["top_is_image"].to(torch.uint8)
         save_file(tensors, str(path / "crossmodal_weights.safetensors"))
+        pairs_file = path / "crossmodal_pairs.safetensors"
+        if self.pairs is not None:
+            p = self.pairs
+            save_file({"keys": p.keys.contiguous(), "npmi": p.npmi.contiguous(), "n_text": p.n_text.contiguous(),
+                       "n_image": p.n_image.contiguous()}, str(pairs_file))
+        elif pairs_file.exists():
+            pairs_file.unlink()
         doc = {"format": "saev-curate/crossmodal-weights", "version": 1, "class_names": list(CLASS_NAMES),
-               "summary": self.summary(), "meta": self.meta}
+               "summary": self.summary(), "meta": self.meta,
+               "pairs": None if self.pairs is None else {"n_rows": self.pairs.n_rows, "delta": self.pairs.delta,
+                                                         "min_count": self.pairs.min_count}}
         (path / "crossmodal_weights.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
         return path
 
@@ -134,9 +153,22 @@ class CrossModalWeights:
         if bool(torch.isinf(t["omega"]).any()):
             raise InputError(f"{st}: tensor 'omega' holds infinite values (NaN marks an undefined feature); {redo}")
         top_img = t.get("top_is_image")
+        pairs = None
+        if isinstance(doc.get("pairs"), dict):
+            pf = path / "crossmodal_pairs.safetensors"
+            pt = read_safetensors(pf, fix=redo)
+            check_tensors(pf, pt, required={"keys": 1, "npmi": 1, "n_text": 1, "n_image": 1}, optional={},
+                          same_first_dim=False, finite=("npmi", "n_text", "n_image"), fix=redo)
+            d = int(t["omega"].shape[0])
+            if pt["keys"].shape != pt["npmi"].shape or pt["n_text"].shape[0] != d or pt["n_image"].shape[0] != d:
+                raise InputError(f"{pf}: pair tensors do not match each other or the {d} features of omega; {redo}")
+            pd = doc["pairs"]
+            pairs = FeaturePairs(keys=pt["keys"].long(), npmi=pt["npmi"].float(), n_text=pt["n_text"].float(),
+                                 n_image=pt["n_image"].float(), n_rows=int(pd.get("n_rows", 0)),
+                                 delta=float(pd.get("delta", 0.0)), min_count=int(pd.get("min_count", 1)))
         return cls(omega=t["omega"], classes=t["classes"], top_activation=t.get("top_activation"),
                    top_row=t.get("top_row"), top_position=t.get("top_position"),
-                   top_is_image=None if top_img is None else top_img.bool(), meta=doc.get("meta", {}))
+                   top_is_image=None if top_img is None else top_img.bool(), meta=doc.get("meta", {}), pairs=pairs)
 
     # -------------------------------------------------------------- checks
     def check_sae(self, sae) -> None:
@@ -160,13 +192,17 @@ class CrossModalWeights:
     @classmethod
     def fit_activations(cls, batches: Iterable[dict[str, Any]], sae, *, top_features_per_token: int = 50,
                         top_tokens_per_feature: int = 30, tokens_per_modality: int = 5,
-                        min_activation: float = 0.0, meta: dict | None = None) -> "CrossModalWeights":
+                        min_activation: float = 0.0, meta: dict | None = None,
+                        pairs: PairCounter | None = None, template_ids: set[int] | None = None
+                        ) -> "CrossModalWeights":
         """Fit from a re-iterable of captured batches (pure; used by the tests and by :meth:`fit`).
 
         Each batch is a dict with ``resid [B,T,d]``, ``image_mask``, ``text_mask``, ``attention_mask``
         and ``row_ids`` (list of B dataset row ids, strictly increasing over the stream: tokens are
         ordered by (row id, position) for ties).  ``batches`` is iterated twice; when it has
         ``iter_rows_subset(rows)``, pass 2 uses that to run only batches holding a selected token.
+        With ``pairs`` (a :class:`PairCounter`) and ``template_ids``, pass 1 also counts feature pairs
+        (batches then need ``input_ids``) and the result carries them.
         """
         fitter = CrossModalFitter(int(sae.cfg.d_sae), top_features_per_token=top_features_per_token,
                                   top_tokens_per_feature=top_tokens_per_feature,
@@ -180,18 +216,23 @@ class CrossModalWeights:
                                  "(they order tokens for the deterministic tie rule)")
             last_row = max(ids, default=last_row)
             _observe_batch(fitter, sae, b)
+            if pairs is not None:
+                _count_pairs(pairs, sae, b, template_ids or set())
         needed = fitter.needed_rows
         second = batches.iter_rows_subset(needed) if hasattr(batches, "iter_rows_subset") else batches
         for b in second:
             _accumulate_batch(fitter, b)
-        return cls(**fitter.result({"sae_fingerprint": sae_fingerprint(sae), **(meta or {})}))
+        out = cls(**fitter.result({"sae_fingerprint": sae_fingerprint(sae), **(meta or {})}))
+        out.pairs = None if pairs is None else pairs.result()
+        return out
 
     @classmethod
     def fit(cls, model, processor, sae, dataset, layer: int | str | None = None, *, n_reference: int | None = 1000,
             seed: int = 42, batch_size: int = 8, top_features_per_token: int = 50,
             top_tokens_per_feature: int = 30, tokens_per_modality: int = 5, min_activation: float = 0.0,
             max_length: int | None = None, exclude_special_tokens: bool = False, progress: bool = False,
-            min_usable_share: float | None = None) -> "CrossModalWeights":
+            min_usable_share: float | None = None, pairs: bool = True, pair_delta: float = 0.0,
+            pair_min_count: int = 5) -> "CrossModalWeights":
         """Fit ω on ``n_reference`` rows of ``dataset`` sampled with ``seed`` (all rows if None or more).
 
         Rows are fed as image + prompt only (``prepare_batch(mode="prompt")``).  Rows the processor
@@ -199,7 +240,9 @@ class CrossModalWeights:
         ``meta["row_errors"]``); when no row, or fewer than ``min_usable_share`` (default
         :data:`~saev_curate.row_errors.DEFAULT_MIN_USABLE_SHARE`) of them, could be used the fit fails with
         :class:`~saev_curate.row_errors.TooFewUsableRows` naming the most common row errors.  Two passes
-        over the sampled rows (the second only over rows holding a selected token).
+        over the sampled rows (the second only over rows holding a selected token).  ``pairs=True`` also
+        counts (text feature, image feature) pairs in pass 1 (:mod:`saev_curate.curation.pairs`; a
+        feature "fires" above ``pair_delta``, counts from ``pair_min_count`` rows on are trusted).
         """
         from saev_curate.row_errors import check_usable
 
@@ -221,10 +264,11 @@ class CrossModalWeights:
             raise InputError("the reference dataset has no rows; fit the weights on at least a few hundred rows "
                              "with images and text")
         try:
-            out = cls.fit_activations(source, sae, top_features_per_token=top_features_per_token,
-                                      top_tokens_per_feature=top_tokens_per_feature,
-                                      tokens_per_modality=tokens_per_modality, min_activation=min_activation,
-                                      meta=meta)
+            out = cls.fit_activations(
+                source, sae, top_features_per_token=top_features_per_token, top_tokens_per_feature=top_tokens_per_feature,
+                tokens_per_modality=tokens_per_modality, min_activation=min_activation, meta=meta,
+                pairs=PairCounter(int(sae.cfg.d_sae), delta=pair_delta, min_count=pair_min_count) if pairs else None,
+                template_ids=template_token_ids(processor) if pairs else None)
         except Exception:
             if source.errors:  # the row errors explain the failure better, when they are the cause
                 check_usable(len(indices), source.errors, min_usable_share=min_usable_share, what="reference rows",
@@ -260,6 +304,18 @@ def _observe_batch(fitter: CrossModalFitter, sae, b: dict[str, Any]) -> None:
     for s, z in _encode_chunks(sae, tb.resid):
         n = z.shape[0]
         fitter.observe(z, tb.is_image[s:s + n], keys[s:s + n], row_ids[s:s + n])
+
+
+@torch.no_grad()
+def _count_pairs(counter: PairCounter, sae, b: dict[str, Any], template_ids: set[int]) -> None:
+    if "input_ids" not in b:
+        raise InputError("counting feature pairs needs input_ids in every captured batch")
+    content = content_mask(b["input_ids"], b["image_mask"], b["text_mask"], template_ids, b.get("attention_mask"))
+    dev = module_device(sae)
+    for j in range(b["resid"].shape[0]):
+        img, txt = b["resid"][j][b["image_mask"][j]], b["resid"][j][content[j]]
+        if img.shape[0] and txt.shape[0]:
+            counter.observe(sae.encode(txt.to(dev)).amax(0), sae.encode(img.to(dev)).amax(0))
 
 
 def _accumulate_batch(fitter: CrossModalFitter, b: dict[str, Any]) -> None:

@@ -24,6 +24,9 @@ Beyond the paper (:mod:`saev_curate.curation.agreement` has the definitions and 
 * ``control_prompt="..."``: ``saev_score_control`` / ``saev_grounding_control``, the row's image
   with that fixed text instead of its own (what the image alone scores: typicality, not agreement),
   and ``saev_grounding_vs_control`` = grounding minus its control;
+* ``saev_pair_agreement`` (+ ``_chosen`` / ``_rejected`` / ``_margin`` on the response's tokens): the
+  mean npmi of the row's (content-token feature, image feature) pairs, fitted with the weights
+  (:mod:`saev_curate.curation.pairs`; null when the weights carry no pairs);
 * ``delta_rel``: thresholds for the agreement columns on each feature's own scale (``delta_rel`` x
   its top activation on the reference set) instead of one δ.
 
@@ -53,9 +56,10 @@ from saev_curate.vlm.layers import resolve_sae_layer
 __all__ = ["SaevScorer", "score_activations"]
 
 FEATURE_SETS = ("cooccur", "any")
-BASE_COLUMNS = ("score", "score_mean", "cooccur_l0", "l0", "l0_image", "l0_text", "score_content", "grounding")
+BASE_COLUMNS = ("score", "score_mean", "cooccur_l0", "l0", "l0_image", "l0_text", "score_content", "grounding",
+                "pair_agreement")
 RESPONSE_COLUMNS = ("score_chosen", "score_rejected", "score_margin", "grounding_chosen", "grounding_rejected",
-                    "grounding_margin")
+                    "grounding_margin", "pair_agreement_chosen", "pair_agreement_rejected", "pair_agreement_margin")
 CONTROL_COLUMNS = ("score_control", "grounding_control", "grounding_vs_control")
 
 
@@ -139,7 +143,10 @@ class SaevScorer(Scorer):
     ``score_rejected``, ``score_margin`` (= chosen - rejected): the same score computed with the
     chosen / rejected response shown after the prompt.  A row that cannot be scored keeps its place:
     its score columns are null and ``saev_error`` says why (a response-aware part that fails nulls
-    only its own columns and is named in ``saev_error``).
+    only its own columns and is named in ``saev_error``).  ``max_image_pixels`` caps an image's size
+    (default: the process-wide limit of :mod:`saev_curate.vlm.rows.images`); a larger one is a row error.
+    The agreement columns beyond the paper and their options (``delta_rel``, ``control_prompt``) are
+    described in the module docstring.
 
     ``datasets`` citizenship: pickling drops the model; a worker reloads it lazily from the paths
     (or, for in-memory objects, finds them in the forked parent's registry).  The pickled state,
@@ -154,12 +161,15 @@ class SaevScorer(Scorer):
                "l0_image": "float64", "l0_text": "float64", "score_content": "float64", "grounding": "float64",
                "score_chosen": "float64", "score_rejected": "float64", "score_margin": "float64",
                "grounding_chosen": "float64", "grounding_rejected": "float64", "grounding_margin": "float64",
+               "pair_agreement": "float64", "pair_agreement_chosen": "float64", "pair_agreement_rejected": "float64",
+               "pair_agreement_margin": "float64",
                "score_control": "float64", "grounding_control": "float64", "grounding_vs_control": "float64",
                "error": "string"}
     SELECT = {"saev": ("score", True), "saev_mean": ("score_mean", True), "saev_margin": ("score_margin", True),
               "cooccur_l0": ("cooccur_l0", True), "l0": ("l0", True), "saev_content": ("score_content", True),
               "grounding": ("grounding", True), "grounding_margin": ("grounding_margin", True),
-              "grounding_vs_control": ("grounding_vs_control", True)}
+              "grounding_vs_control": ("grounding_vs_control", True), "pair_agreement": ("pair_agreement", True),
+              "pair_agreement_margin": ("pair_agreement_margin", True)}
     FINGERPRINTS = {"model": module_fingerprint, "processor": processor_fingerprint, "sae": sae_fingerprint,
                     "weights": lambda w: w.fingerprint()}
     ROLES = ("model", "sae", "weights", "processor")
@@ -167,7 +177,8 @@ class SaevScorer(Scorer):
     def __init__(self, model, processor, sae, weights, layer: int | str | None = None, *, delta: float = 1.0,
                  feature_set: str = "cooccur", responses: bool | str = "auto", max_length: int | None = None,
                  exclude_special_tokens: bool = False, prefix: str = "saev_", device: str | None = None,
-                 dtype: str | None = None, delta_rel: float | None = None, control_prompt: str | None = None):
+                 dtype: str | None = None, delta_rel: float | None = None, control_prompt: str | None = None,
+                 max_image_pixels: int | None = None):
         if feature_set not in FEATURE_SETS:
             raise InputError(f"feature_set={feature_set!r}; use one of {', '.join(FEATURE_SETS)}")
         if responses not in (True, False, "auto"):
@@ -183,7 +194,8 @@ class SaevScorer(Scorer):
         super().__init__(prefix=prefix, device=device, delta=float(delta), feature_set=feature_set,
                          responses=responses, max_length=max_length,
                          exclude_special_tokens=bool(exclude_special_tokens), dtype=dtype,
-                         delta_rel=None if delta_rel is None else float(delta_rel), control_prompt=control_prompt)
+                         delta_rel=None if delta_rel is None else float(delta_rel), control_prompt=control_prompt,
+                         max_image_pixels=max_image_pixels)
         for role, obj in (("model", model), ("processor", processor), ("sae", sae), ("weights", weights)):
             self.add_role(role, obj, optional=role == "processor")
         self._layer_arg = layer
@@ -282,7 +294,8 @@ class SaevScorer(Scorer):
         n = len(rows)
         acts, kept, errors = capture_rows(model, processor, rows, self.layer, mode=mode,
                                           max_length=self.settings["max_length"],
-                                          exclude_special_tokens=self.settings["exclude_special_tokens"])
+                                          exclude_special_tokens=self.settings["exclude_special_tokens"],
+                                          max_image_pixels=self.settings["max_image_pixels"])
         out: dict[str, list] = {k: [None] * n for k in (*BASE_COLUMNS, "n_tokens")}
         out["error"] = list(errors)
         if acts is None:
@@ -296,8 +309,9 @@ class SaevScorer(Scorer):
             skip = torch.tensor([prompt_lens[i] if prompt_lens[i] is not None else 1 << 30 for i in kept])
         content = content_mask(acts.input_ids, acts.image_mask, acts.text_mask, template_ids,
                                acts.attention_mask, skip)
-        agree = agreement_scores(sae, weights.omega, acts.resid, acts.image_mask, content, thresholds)
-        cols.update(score_content=agree["score_content"], grounding=agree["grounding"])
+        agree = agreement_scores(sae, weights.omega, acts.resid, acts.image_mask, content, thresholds, weights.pairs)
+        cols.update(score_content=agree["score_content"], grounding=agree["grounding"],
+                    pair_agreement=agree["pair_agreement"])
         cols["n_tokens"] = acts.attention_mask.sum(1).tolist()
         for j, i in enumerate(kept):
             for k in (*BASE_COLUMNS, "n_tokens"):
@@ -318,7 +332,7 @@ class SaevScorer(Scorer):
 
         if self._responses_for(keys):
             parts = {m: self._score_mode(rows, m, res["n_tokens"]) for m in ("chosen", "rejected")}
-            for col in ("score", "grounding"):
+            for col in ("score", "grounding", "pair_agreement"):
                 c, r = parts["chosen"][col], parts["rejected"][col]
                 out[f"{col}_chosen"], out[f"{col}_rejected"] = c, r
                 out[f"{col}_margin"] = [None if a is None or b is None else a - b for a, b in zip(c, r)]
