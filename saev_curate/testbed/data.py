@@ -2,7 +2,7 @@
 
 Rows are TRL preference rows (``prompt``, ``chosen``, ``rejected`` as conversational messages,
 ``images``) or SFT rows (``messages`` + ``images``), plus label columns: ``defect`` (``"none"`` or a
-kind below), ``qtype`` and ``image_kind``.  A clean row asks a question that fits its image;
+kind below), ``qtype``, ``image_kind`` and ``image_source`` (which real image it is).  A clean row asks a question that fits its image;
 ``chosen`` is the right one-word answer, ``rejected`` a wrong one.  Defect kinds:
 
 * ``image_prompt_mismatch``: a clean row's image with another clean row's prompt (and answers) that
@@ -32,11 +32,11 @@ def _msg(role: str, text: str, image: bool = False) -> list[dict]:
     return [{"role": role, "content": content}]
 
 
-def _row(img, q: dict, defect: str, kind: str, chosen: str | None = None, rejected: str | None = None) -> dict:
+def _row(img, q: dict, defect: str, c, chosen: str | None = None, rejected: str | None = None) -> dict:
     return {"prompt": _msg("user", q["question"], image=True),
             "chosen": _msg("assistant", chosen or q["answer"]),
             "rejected": _msg("assistant", rejected or q["wrong"]),
-            "images": [img], "defect": defect, "qtype": q["qtype"], "image_kind": kind}
+            "images": [img], "defect": defect, "qtype": q["qtype"], "image_kind": c.kind, "image_source": c.source}
 
 
 def defect_rows(n: int = 1000, *, defect_rate: float = 0.3, mix: dict[str, float] | None = None,
@@ -68,23 +68,24 @@ def defect_rows(n: int = 1000, *, defect_rate: float = 0.3, mix: dict[str, float
             d_img, dc = next(d for d in (donors[(i * 7 + j) % len(donors)] for j in range(len(donors)))
                              if d[1].kind != c.kind)
             q = lang.question(dc, rng, lang.KIND_QTYPES[dc.kind][rng.randint(len(lang.KIND_QTYPES[dc.kind]))])
-            rows.append(_row(img, q, defect, c.kind))
+            rows.append(_row(img, q, defect, c))
             continue
         q = lang.question(c, rng)
         if defect == "none":
-            rows.append(_row(img, q, defect, c.kind))
+            rows.append(_row(img, q, defect, c))
         elif defect == "chosen_contradicts_image":
-            rows.append(_row(img, q, defect, c.kind, chosen=q["wrong"], rejected=q["answer"]))
+            rows.append(_row(img, q, defect, c, chosen=q["wrong"], rejected=q["answer"]))
         elif defect == "corrupted_image":
             how = ("noise", "blank", "occlude")[rng.randint(3)]
-            rows.append(_row(timg.corrupt(img, how, rng), q, defect, c.kind))
+            rows.append(_row(timg.corrupt(img, how, rng), q, defect, c))
         else:
-            rows.append(_row(img, lang.text_only_question(rng), defect, c.kind))
+            rows.append(_row(img, lang.text_only_question(rng), defect, c))
     order = rng.permutation(n)
     rows = [rows[i] for i in order]
     if fmt == "sft":
-        rows = [{"messages": r["prompt"] + r["chosen"], "images": r["images"], "defect": r["defect"],
-                 "qtype": r["qtype"], "image_kind": r["image_kind"]} for r in rows]
+        rows = [{"messages": r["prompt"] + r["chosen"], **{k: v for k, v in r.items() if k not in ("prompt", "chosen",
+                                                                                                   "rejected")}}
+                for r in rows]
     return rows
 
 

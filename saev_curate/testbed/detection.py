@@ -44,10 +44,6 @@ RESPONSE_AWARE = ("saev_score_chosen", "saev_score_rejected", "saev_score_margin
                   "saev_pair_agreement_margin")
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("SAEV_CACHE") or Path.home() / ".cache" / "saev-curate") / "testbed"
-
-
 def sae_training_rows(n: int = 3000, seed: int = 100) -> list[dict]:
     """Clean rows over *train* images: the SAE's own corpus (never the rows it will score)."""
     return defect_rows(n, defect_rate=0.0, split="train", seed=seed)
