@@ -35,7 +35,7 @@ class DemoResult:
 
 
 #: the default ranking column: the best variant on the dev split of the detection benchmark
-DEFAULT_BY = "saev_grounding_vs_control"
+DEFAULT_BY = "saev_pair_agreement"
 
 
 def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae: str | None = None,

@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--n-reference", type=_positive_int, default=1000,
                       help="reference rows for the cross-modal weights (default 1000, the paper's)")
     demo.add_argument("--fraction", type=_share, default=0.5, help="share of rows kept (default 0.5)")
-    demo.add_argument("--by", default=None, help="method to rank by (default: saev_grounding_vs_control)")
+    demo.add_argument("--by", default=None, help="method to rank by (default: saev_pair_agreement, the best SAE-V "
+                                                 "variant on the dev split of benchmarks/defect_detection)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the rows and the SAE (default 0)")
     traceback_arg(demo)
     demo.set_defaults(func=_demo)
