@@ -18,9 +18,9 @@ defect rate, absolute and relative to full-data DPO; the share of defective rows
   | DPO budget | all clean rows | all rows, 30% defective | all rows defective |
   |---|---|---|---|
   | 40 steps, lr 5e-4 (20 q/type) | 0.68 | 0.69 | - |
-  | 48 steps, lr 1e-3 | 0.69 | 0.73 | see ``item2`` in results |
+  | 48 steps, lr 1e-3 | 0.69 | 0.73 | 0.64 |
   | 150 steps, lr 1e-3 | 0.69 | - | 0.43 |
-  DPO on defective rows hurts (0.70 -> 0.43 when every row is defective), but DPO on clean rows does not
+  DPO on defective rows hurts (0.70 -> 0.64 at 48 steps, -> 0.43 at 150 when every row is defective), but DPO on clean rows does not
   raise held-out accuracy at any budget tried (40-150 steps; also on the default testbed: 0.71 -> 0.70 at 50
   steps): one-word preference pairs teach answer priors more than image reading. At the budget that fits the
   hour, 30% defects do not measurably hurt either, so the study measures whether a selection avoids harm
