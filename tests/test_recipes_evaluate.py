@@ -142,8 +142,8 @@ def test_answer_forms():
 def test_saev_score_of_the_policy(tiny, case):
     import datasets
 
-    from saev_curate.recipes.evaluate import evaluate, scoring_rows
     from saev_curate import SAE, CrossModalWeights, SAEConfig
+    from saev_curate.recipes.evaluate import evaluate, scoring_rows
 
     model, processor = tiny
     rows = [r for r, _ in case[0]]
