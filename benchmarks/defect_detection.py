@@ -1,7 +1,7 @@
 """Does the score find bad rows?  AUROC of every method, clean rows vs each defect kind, on the testbed.
 
     python -m benchmarks.defect_detection [--seeds 0 1 2] [--rows 1200] [--dev-rows 1000]
-                                          [--architectures topk standard] [--sae-steps 1500] [--quick]
+                                          [--architectures topk standard] [--sae-steps 1000] [--quick]
 
 The testbed model (:mod:`saev_curate.testbed`, built once and cached) is fixed; what varies with
 the seed is what SAE-V itself depends on: the SAE's training seed and the reference sample ω is
@@ -70,7 +70,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--rows", type=int, default=1200, help="test rows (30%% defective, kinds mixed)")
     ap.add_argument("--dev-rows", type=int, default=1000, help="dev rows used to choose settings")
     ap.add_argument("--architectures", nargs="+", default=["topk", "standard"], choices=["topk", "standard"])
-    ap.add_argument("--sae-steps", type=int, default=1500, help="SAE training steps (1024 tokens each)")
+    ap.add_argument("--sae-steps", type=int, default=1000, help="SAE training steps (1024 tokens each)")
     ap.add_argument("--out", default=str(RESULTS), help="results folder")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, 200 rows, topk only, short SAE")
     args = ap.parse_args(argv)

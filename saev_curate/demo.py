@@ -39,7 +39,7 @@ DEFAULT_BY = "saev_pair_agreement"
 
 
 def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae: str | None = None,
-             rows: int = 600, defect_rate: float = 0.3, sae_steps: int = 1500, architecture: str = "topk",
+             rows: int = 600, defect_rate: float = 0.3, sae_steps: int = 1000, architecture: str = "topk",
              n_reference: int = 1000, fraction: float = 0.5, by: str = DEFAULT_BY, seed: int = 0,
              progress: bool = True, split: str = "test", report: bool = True) -> DemoResult:
     """Build/take the model and an SAE, fit ω, score every row with every method, select, report.

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--rows", type=_positive_int, default=600,
                       help="preference rows over held-out images (default 600)")
     demo.add_argument("--defect-rate", type=float, default=0.3, help="share of rows with a defect (default 0.3)")
-    demo.add_argument("--sae-steps", type=_positive_int, default=1500, help="training steps of the SAE (default 1500)")
+    demo.add_argument("--sae-steps", type=_positive_int, default=1000, help="training steps of the SAE, 1024 tokens each (default 1000)")
     demo.add_argument("--architecture", choices=("topk", "standard"), default="topk",
                       help="SAE architecture when one is trained (default topk; standard = the paper preset)")
     demo.add_argument("--n-reference", type=_positive_int, default=1000,

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--learning-rate", type=float, default=5e-4, help="DPO learning rate (default 5e-4)")
     p.add_argument("--eval-per-type", type=_positive_int, default=50,
                    help="held-out questions per question type (9 types; default 50)")
-    p.add_argument("--sae-steps", type=_positive_int, default=1500, help="training steps of the SAE (default 1500)")
+    p.add_argument("--sae-steps", type=_positive_int, default=1000, help="training steps of the SAE, 1024 tokens each (default 1000)")
     p.add_argument("--architecture", choices=("topk", "standard"), default="topk",
                    help="SAE architecture when one is trained (default topk; standard = the paper preset)")
     p.add_argument("--n-reference", type=_positive_int, default=1000,

@@ -50,7 +50,7 @@ def sae_training_rows(n: int = 3000, seed: int = 100) -> list[dict]:
 
 
 def testbed_sae(model_path: str | os.PathLike, model, processor, *, architecture: str = "topk", seed: int = 0,
-                steps: int = 1500, expansion_factor: int = 8, k: int = 32, progress: bool = True):
+                steps: int = 1000, expansion_factor: int = 8, k: int = 32, progress: bool = True):
     """Train (once; cached beside the model) an SAE-V for the testbed's middle layer.
 
     ``architecture="standard"`` is the paper preset (ReLU, decoder-norm-weighted L1 with λ = 5 warmed
