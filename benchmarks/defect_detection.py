@@ -230,18 +230,20 @@ def _plots(out: Path, cell: dict, auroc: dict, kinds, arch: str) -> None:
     fig.savefig(out / "auroc.png", dpi=110)
     plt.close(fig)
 
-    show = [m for m in ("saev_score", "image_only_control", "saev_grounding_vs_control", "saev_grounding_margin",
+    show = [m for m in ("saev_score", "image_only_control", "saev_pair_agreement", "saev_pair_agreement_margin",
                         "response_perplexity") if m in cell["scores"]]
     labels = cell["labels"]
     fig, axes = plt.subplots(1, len(show), figsize=(4 * len(show), 3.2))
     for ax, m in zip(axes, show):
         vals = cell["scores"][m]
+        if m == "response_perplexity":  # -perplexity has a long tail: show -log(perplexity)
+            vals = [None if v is None else -float(np.log(-v)) for v in vals]
         finite = [v for v in vals if v is not None]
         bins = np.linspace(min(finite), max(finite) + 1e-9, 30)
         for kind in ("none", *kinds):
             ax.hist([v for v, lab in zip(vals, labels) if lab == kind and v is not None], bins=bins, histtype="step",
                     density=True, lw=1.4, label=kind.replace("_", " "))
-        ax.set_title(m, fontsize=10)
+        ax.set_title(m if m != "response_perplexity" else "-log response perplexity", fontsize=10)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"Score distributions by defect kind (test rows, SAE {arch}, first seed; higher = cleaner)")
     fig.tight_layout()
