@@ -34,7 +34,7 @@ def auc(scores: Sequence[float], positive: Sequence[bool]) -> float:
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
-def _histogram_svg(groups: dict[str, list[float]], bins: int = 30, width: int = 640, height: int = 220,
+def _histogram_svg(groups: dict[str, list[float]], bins: int = 30, width: int = 760, height: int = 220,
                    cut: float | None = None, cut_label: str = "cut") -> str:
     values = [v for vs in groups.values() for v in vs]
     if not values:
@@ -62,8 +62,8 @@ def _histogram_svg(groups: dict[str, list[float]], bins: int = 30, width: int = 
             parts.append(f'<rect x="{x:.1f}" y="{height - h + 5:.1f}" width="{bar_w / n_groups:.1f}" '
                          f'height="{h:.1f}" fill="{color}" opacity="0.85"><title>{html.escape(name)}: {n} rows in '
                          f'[{edges[i]:.3g}, {edges[i + 1]:.3g})</title></rect>')
-        parts.append(f'<rect x="{width - 150}" y="{10 + 16 * g}" width="10" height="10" fill="{color}"/>'
-                     f'<text x="{width - 135}" y="{19 + 16 * g}">{html.escape(name)} ({len(groups[name])})</text>')
+        parts.append(f'<rect x="{width - 220}" y="{10 + 16 * g}" width="10" height="10" fill="{color}"/>'
+                     f'<text x="{width - 205}" y="{19 + 16 * g}">{html.escape(name)} ({len(groups[name])})</text>')
     parts.append(f'<line x1="{pad}" y1="{height + 5}" x2="{width - 10}" y2="{height + 5}" stroke="#444"/>')
     for i in range(0, bins + 1, max(1, bins // 6)):
         x = pad + i * bar_w
@@ -92,14 +92,25 @@ def _thumbnail(image: Any, size: int = 64) -> str:
         return f"<em>image unreadable: {html.escape(str(exc))[:80]}</em>"
 
 
+def _plain(value: Any) -> str:
+    """The words of a string, a list of strings, or conversational messages (image parts dropped)."""
+    if isinstance(value, dict):
+        if "content" in value:
+            return _plain(value["content"])
+        return str(value.get("text") or "") if value.get("type", "text") == "text" else ""
+    if isinstance(value, (list, tuple)):
+        return " ".join(t for t in (_plain(v) for v in value) if t)
+    return "" if value is None else str(value)
+
+
 def _row_text(row: dict[str, Any]) -> str:
-    for key in ("prompt", "question", "messages", "texts", "completion", "chosen"):
-        if key in row and row[key] is not None:
-            value = row[key]
-            if isinstance(value, list):
-                value = " ".join(str(part.get("content", part) if isinstance(part, dict) else part) for part in value)
-            return str(value)[:300]
-    return ""
+    """The row's prompt, then its chosen / rejected responses when it has them."""
+    text = next((_plain(row[k]) for k in ("prompt", "question", "messages", "texts", "completion")
+                 if row.get(k) is not None), "")
+    for key in ("chosen", "rejected"):
+        if row.get(key) is not None:
+            text += f" | {key}: {_plain(row[key])}"
+    return text[:300]
 
 
 def _auroc_html(auroc: dict[str, dict[str, float]], highlight: str | None) -> str:
