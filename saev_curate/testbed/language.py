@@ -216,3 +216,9 @@ def build_tokenizer():
         tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", unk_token="<unk>",
         pad_token="<pad>", extra_special_tokens={"image_token": IMAGE_TOKEN}, padding_side="right",
     )
+
+
+def chat_prompt(question: str, *, image: bool = True) -> list[dict]:
+    """The user turn of a question, image first (the usual chat layout)."""
+    content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": question}]
+    return [{"role": "user", "content": content}]

@@ -12,8 +12,8 @@ from float_tolerance import assert_columns_close
 
 from saev_curate import SAE, SAEConfig
 from saev_curate.cli import main
-from saev_curate.testing.rows import digit_preference_rows
 from saev_curate.testing import save_tiny_vlm
+from saev_curate.testing.rows import digit_preference_rows
 
 
 def test_two_processes_give_the_single_process_result_in_row_order(tmp_path):
