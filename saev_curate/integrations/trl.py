@@ -56,7 +56,8 @@ __all__ = ["SaevRescoreCallback", "STATE_FILE"]
 
 STATE_FILE = "saev_rescore_state"  # .json (metadata) + .npz (arrays), in each checkpoint folder
 _STATE_VERSION = 1
-_SCORE_KEYS = ("score", "score_mean", "cooccur_l0", "l0", "l0_image", "l0_text")
+_SCORE_KEYS = ("score", "score_mean", "cooccur_l0", "l0", "l0_image", "l0_text", "score_content", "grounding",
+               "pair_agreement")
 _ALIASES = {"saev": "score", "saev_mean": "score_mean", "cooccur_l0": "cooccur_l0", "l0": "l0"}
 
 
@@ -102,7 +103,8 @@ class SaevRescoreCallback(TrainerCallback):
             the earlier row, null scores never kept).  ``weighting="softmax"`` (with ``fraction=None``):
             instead draw every scored row with probability ∝ exp(score / ``temperature``).  Neither
             (``fraction=None``): monitor only, the scores are logged and the selection never changes.
-        by: a score column (``saev_score``, ``saev_score_mean``, ``saev_cooccur_l0``, ``saev_l0``) or
+        by: a score column (``saev_score``, ``saev_score_mean``, ``saev_cooccur_l0``, ``saev_l0``, or beyond
+            the paper ``saev_pair_agreement`` / ``saev_grounding`` / ``saev_score_content``) or
             method name (``saev``, ``saev_mean``, ``cooccur_l0``, ``l0``); higher is better.
         sample_size: score a seeded sample of N rows per re-score (others keep their last score).
         refit_reference: re-fit ω on this many seeded rows with the policy before each re-score.
@@ -307,6 +309,13 @@ class SaevRescoreCallback(TrainerCallback):
     def _score_rows(self, model, indices: list[int], weights) -> tuple[np.ndarray, dict[str, float]]:
         """``by`` values of ``indices`` (NaN where a row has no score) and the scoring metrics."""
         from saev_curate import capture_activations, prepare_batch, score_activations
+        from saev_curate.curation.agreement import (
+            AGREEMENT_COLUMNS,
+            agreement_scores,
+            content_mask,
+            feature_thresholds,
+            template_token_ids,
+        )
 
         sae, s = self.sae, self.settings
         values = np.full(len(indices), np.nan)
@@ -328,6 +337,14 @@ class SaevRescoreCallback(TrainerCallback):
             resid = acts.resid.float()
             cols = score_activations(sae, weights.omega, resid, acts.image_mask, acts.text_mask,
                                      acts.attention_mask, delta=s["delta"], feature_set=s["feature_set"])
+            if self.by_key in AGREEMENT_COLUMNS:  # beyond the paper: content tokens only (and feature pairs)
+                if getattr(self, "_template_ids", None) is None:
+                    self._template_ids = template_token_ids(self.processor)
+                content = content_mask(acts.input_ids, acts.image_mask, acts.text_mask, self._template_ids,
+                                       acts.attention_mask)
+                thresholds = feature_thresholds(weights.d_sae, s["delta"], None, None)
+                cols.update({k: v for k, v in agreement_scores(sae, weights.omega, resid, acts.image_mask, content,
+                                                               thresholds, weights.pairs).items() if k != "error"})
             for j, row in enumerate(prep.kept):
                 v = cols[self.by_key][j]
                 if v is None:

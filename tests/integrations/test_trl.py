@@ -233,3 +233,24 @@ def test_exported_from_the_package():
     import saev_curate
 
     assert saev_curate.SaevRescoreCallback is SaevRescoreCallback and "SaevRescoreCallback" in saev_curate.__all__
+
+
+def test_rescore_by_pair_agreement_is_the_scorers_column(tmp_path):
+    """by="saev_pair_agreement" (beyond the paper: content tokens x image feature pairs) re-scores the
+    same values SaevScorer gives, here with the adapters off (= the base model)."""
+    from saev_curate import CrossModalWeights
+
+    ds = datasets.Dataset.from_list(rows(10, seed=5))
+    base_model, processor = base_vlm("llava")
+    sae, _ = sae_and_weights()
+    weights = CrossModalWeights.fit(base_model, processor, sae, ds, 2, n_reference=None, pair_min_count=2)
+    assert weights.pairs is not None and len(weights.pairs.keys) > 0
+    cb = SaevRescoreCallback(sae=sae, weights=weights, by="saev_pair_agreement", fraction=0.5, every_n_steps=1000)
+    tr = trainer("dpo", "llava", ds, tmp_path, max_steps=1)
+    cb.attach(tr)
+    tr.train()
+    with tr.model.disable_adapter():
+        cb.rescore()
+    expected = SaevScorer(base_model, processor, sae, weights, 2)(ds[:])["saev_pair_agreement"]
+    assert sum(v is not None for v in expected) >= 5
+    np.testing.assert_allclose(cb.scores, [np.nan if v is None else v for v in expected], rtol=1e-4, atol=1e-6)
