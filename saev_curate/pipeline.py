@@ -135,8 +135,8 @@ def accuracy_of(results: dict) -> dict[str, Any]:
 
 def run_pipeline(out_dir: str | Path = "saev-pipeline", *, model: str | None = None, sae: str | None = None,
                  rows: int = 600, defect_rate: float = 0.3, fraction: float = 0.5, by: str | None = None,
-                 sae_steps: int = 1000, architecture: str = "topk", n_reference: int = 1000, dpo_steps: int = 100,
-                 batch_size: int = 8, learning_rate: float = 5e-4, eval_per_type: int = 50, max_new_tokens: int = 3,
+                 sae_steps: int = 1000, architecture: str = "topk", n_reference: int = 1000, dpo_steps: int = 60,
+                 batch_size: int = 8, learning_rate: float = 5e-4, eval_per_type: int = 30, max_new_tokens: int = 3,
                  seed: int = 0, progress: bool = True) -> PipelineResult:
     """Score, select, DPO on selected / all / random rows, evaluate all, write ``OUT/report.html``."""
     from tqdm.auto import tqdm

@@ -27,12 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--defect-rate", type=float, default=0.3, help="share of rows with a defect (default 0.3)")
     p.add_argument("--fraction", type=_inner_share, default=0.5, help="share of rows kept (default 0.5)")
     p.add_argument("--by", default=None, help="method to rank by (default: saev_grounding_vs_control)")
-    p.add_argument("--dpo-steps", type=_positive_int, default=100,
-                   help="LoRA DPO optimizer steps, the same for every subset (default 100)")
+    p.add_argument("--dpo-steps", type=_positive_int, default=60,
+                   help="LoRA DPO optimizer steps, the same for every subset (default 60)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="DPO batch size (default 8)")
     p.add_argument("--learning-rate", type=float, default=5e-4, help="DPO learning rate (default 5e-4)")
-    p.add_argument("--eval-per-type", type=_positive_int, default=50,
-                   help="held-out questions per question type (9 types; default 50)")
+    p.add_argument("--eval-per-type", type=_positive_int, default=30,
+                   help="held-out questions per question type (9 types; default 30)")
     p.add_argument("--sae-steps", type=_positive_int, default=1000, help="training steps of the SAE, 1024 tokens each (default 1000)")
     p.add_argument("--architecture", choices=("topk", "standard"), default="topk",
                    help="SAE architecture when one is trained (default topk; standard = the paper preset)")
