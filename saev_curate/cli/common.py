@@ -78,3 +78,19 @@ def positive(name: str, value, *, allow_zero: bool = False) -> None:
 
     if value is not None and (value < 0 or (value == 0 and not allow_zero)):
         raise InputError(f"{name} {value} must be {'at least 0' if allow_zero else 'positive'}")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
+def share(text: str) -> float:
+    """argparse type: a share in (0, 1]."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a share in (0, 1]")
+    return value

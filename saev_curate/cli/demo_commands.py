@@ -4,21 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from saev_curate.cli.common import model_arg, out_arg, traceback_arg
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
-    return value
-
-
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a share in (0, 1]")
-    return value
+from saev_curate.cli.common import model_arg, out_arg, positive_int, share, traceback_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,15 +13,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     out_arg(demo, required=False, default="saev-demo", help="output folder (default ./saev-demo)")
     model_arg(demo, required=False, help="local VLM folder (default: the testbed model, built and cached on first use)")
     demo.add_argument("--sae", help="SAE folder for that model (default: train one for the testbed, cached)")
-    demo.add_argument("--rows", type=_positive_int, default=600,
+    demo.add_argument("--rows", type=positive_int, default=600,
                       help="preference rows over held-out images (default 600)")
     demo.add_argument("--defect-rate", type=float, default=0.3, help="share of rows with a defect (default 0.3)")
-    demo.add_argument("--sae-steps", type=_positive_int, default=1000, help="training steps of the SAE, 1024 tokens each (default 1000)")
+    demo.add_argument("--sae-steps", type=positive_int, default=1000, help="training steps of the SAE, 1024 tokens each (default 1000)")
     demo.add_argument("--architecture", choices=("topk", "standard"), default="topk",
                       help="SAE architecture when one is trained (default topk; standard = the paper preset)")
-    demo.add_argument("--n-reference", type=_positive_int, default=1000,
+    demo.add_argument("--n-reference", type=positive_int, default=1000,
                       help="reference rows for the cross-modal weights (default 1000, the paper's)")
-    demo.add_argument("--fraction", type=_share, default=0.5, help="share of rows kept (default 0.5)")
+    demo.add_argument("--fraction", type=share, default=0.5, help="share of rows kept (default 0.5)")
     demo.add_argument("--by", default=None, help="method to rank by (default: saev_pair_agreement, the best SAE-V "
                                                  "variant on the dev split of benchmarks/defect_detection)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the rows and the SAE (default 0)")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from saev_curate.cli.common import model_arg, out_arg, traceback_arg
-from saev_curate.cli.demo_commands import _positive_int
+from saev_curate.cli.common import model_arg, out_arg, positive_int, traceback_arg
 
 
 def _inner_share(text: str) -> float:
@@ -22,21 +21,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     out_arg(p, required=False, default="saev-pipeline", help="output folder (default ./saev-pipeline)")
     model_arg(p, required=False, help="local VLM folder (default: the testbed model, built and cached on first use)")
     p.add_argument("--sae", help="SAE folder for that model (default: train one for the testbed, cached)")
-    p.add_argument("--rows", type=_positive_int, default=600,
+    p.add_argument("--rows", type=positive_int, default=600,
                    help="preference rows over dev-split images to score and train on (default 600)")
     p.add_argument("--defect-rate", type=float, default=0.3, help="share of rows with a defect (default 0.3)")
     p.add_argument("--fraction", type=_inner_share, default=0.5, help="share of rows kept (default 0.5)")
     p.add_argument("--by", default=None, help="method to rank by (default: saev_grounding_vs_control)")
-    p.add_argument("--dpo-steps", type=_positive_int, default=60,
+    p.add_argument("--dpo-steps", type=positive_int, default=60,
                    help="LoRA DPO optimizer steps, the same for every subset (default 60)")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="DPO batch size (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="DPO batch size (default 8)")
     p.add_argument("--learning-rate", type=float, default=5e-4, help="DPO learning rate (default 5e-4)")
-    p.add_argument("--eval-per-type", type=_positive_int, default=30,
+    p.add_argument("--eval-per-type", type=positive_int, default=30,
                    help="held-out questions per question type (9 types; default 30)")
-    p.add_argument("--sae-steps", type=_positive_int, default=1000, help="training steps of the SAE, 1024 tokens each (default 1000)")
+    p.add_argument("--sae-steps", type=positive_int, default=1000, help="training steps of the SAE, 1024 tokens each (default 1000)")
     p.add_argument("--architecture", choices=("topk", "standard"), default="topk",
                    help="SAE architecture when one is trained (default topk; standard = the paper preset)")
-    p.add_argument("--n-reference", type=_positive_int, default=1000,
+    p.add_argument("--n-reference", type=positive_int, default=1000,
                    help="reference rows for the cross-modal weights (default 1000, the paper's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the rows, the SAE, DPO and the questions (default 0)")
     traceback_arg(p)
