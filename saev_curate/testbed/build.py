@@ -229,6 +229,19 @@ def _schedule(opt, total: int, warmup: int):
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
 
 
+def _step(loss: torch.Tensor, opt, sched, losses: list[float], bar, clip=None) -> None:
+    """One optimizer step (gradient norm clipped to 1 when ``clip`` names the parameters) + progress."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(clip, 1.0)
+    opt.step()
+    sched.step()
+    losses.append(loss.item())
+    bar.update()
+    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+
+
 def _targets(concepts: list) -> dict[str, torch.Tensor]:
     return {
         "kind": torch.tensor([timg.KINDS.index(c.kind) for c in concepts]),
@@ -266,13 +279,7 @@ def _stage0(model, pv: torch.Tensor, concepts: list, cfg: TestbedConfig, log, pr
             f = vt(pixel_values=_shift(pv[j], 2, g_shift)).last_hidden_state[:, 1:].mean(1)
             loss = sum(torch.nn.functional.cross_entropy(h(f), tgt[k][j], ignore_index=-100)
                        for k, h in heads.items() if bool((tgt[k][j] >= 0).any()))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            bar.update()
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            _step(loss, opt, sched, losses, bar)
     bar.close()
     vt.eval()
     for p in vt.parameters():  # frozen from here on, as LLaVA freezes its CLIP tower
@@ -315,14 +322,7 @@ def _train_lm(model, stage: str, make, steps: int, cfg: TestbedConfig, enc: _Enc
     for _ in range(steps):
         batch = _collate([make() for _ in range(cfg.batch_size)], enc.tok.pad_token_id, pixel_of)
         loss = _lm_loss(model, batch, enc.image_id)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        bar.update()
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        _step(loss, opt, sched, losses, bar, clip=model.parameters())
     bar.close()
     model.eval()
     final = float(np.mean(losses[-20:]))
