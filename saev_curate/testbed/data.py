@@ -40,16 +40,23 @@ def _row(img, q: dict, defect: str, c, chosen: str | None = None, rejected: str 
 
 
 def defect_rows(n: int = 1000, *, defect_rate: float = 0.3, mix: dict[str, float] | None = None,
-                split: str = "test", seed: int = 0, fmt: str = "preference") -> list[dict]:
+                split: str = "test", seed: int = 0, fmt: str = "preference",
+                qtypes: tuple[str, ...] | None = None) -> list[dict]:
     """``n`` rows of which ``defect_rate`` (rounded) carry a defect, kinds drawn by ``mix`` (default equal).
 
     ``split="test"`` uses held-out images (what benchmarks and the main job use); ``fmt="sft"``
     gives ``messages`` rows (user prompt + the chosen answer) instead of preference rows.
+    ``qtypes`` limits the questions to these image question types (alignment data aimed at what a
+    model lacks); images that none of them fits are skipped, and mismatched prompts are drawn from them too.
     """
     if not 0 <= defect_rate <= 1:
         raise InputError(f"defect_rate={defect_rate}: give a share between 0 and 1")
     if fmt not in ("preference", "sft"):
         raise InputError(f"fmt={fmt!r}; use 'preference' or 'sft'")
+    if qtypes is not None:
+        bad = set(qtypes) - set(lang.QTYPES[:-1])
+        if bad or not qtypes:
+            raise InputError(f"qtypes={qtypes!r}: give image question types among {', '.join(lang.QTYPES[:-1])}")
     mix = mix or {k: 1.0 for k in DEFECT_KINDS}
     unknown = set(mix) - set(DEFECT_KINDS)
     if unknown:
@@ -59,18 +66,26 @@ def defect_rows(n: int = 1000, *, defect_rate: float = 0.3, mix: dict[str, float
     kinds = list(mix)
     p = np.asarray([mix[k] for k in kinds], dtype=float)
     labels = ["none"] * (n - n_bad) + [kinds[i] for i in rng.choice(len(kinds), size=n_bad, p=p / p.sum())]
-    pool = timg.sample_images(split, 2 * n + 10, seed=seed)
-    donors = [it for it in pool[n:] if it[1].kind in lang.KIND_QTYPES]  # rows whose prompt presupposes content
+    pool = timg.sample_images(split, 4 * n + 10 if qtypes else 2 * n + 10, seed=seed)
+    if qtypes:
+        pool = [it for it in pool if any(lang.fits(t, it[1]) for t in qtypes)]
+    donor_types = {k: [t for t in v if qtypes is None or t in qtypes] for k, v in lang.KIND_QTYPES.items()}
+    # rows whose prompt presupposes content
+    donors = [it for it in pool[n:] if donor_types.get(it[1].kind)]
     rows = []
     for i, defect in enumerate(labels):
         img, c = pool[i]
         if defect == "image_prompt_mismatch":
+            if not any(d[1].kind != c.kind for d in donors):
+                raise InputError(f"qtypes={qtypes!r} fit one image kind only: an image/prompt mismatch needs a "
+                                 "question about another kind; add such a question type or drop this defect kind")
             d_img, dc = next(d for d in (donors[(i * 7 + j) % len(donors)] for j in range(len(donors)))
                              if d[1].kind != c.kind)
-            q = lang.question(dc, rng, lang.KIND_QTYPES[dc.kind][rng.randint(len(lang.KIND_QTYPES[dc.kind]))])
+            q = lang.question(dc, rng, donor_types[dc.kind][rng.randint(len(donor_types[dc.kind]))])
             rows.append(_row(img, q, defect, c))
             continue
-        q = lang.question(c, rng)
+        q = lang.question(c, rng, None if qtypes is None else
+                          str(rng.choice([t for t in qtypes if lang.fits(t, c)])))
         if defect == "none":
             rows.append(_row(img, q, defect, c))
         elif defect == "chosen_contradicts_image":

@@ -40,7 +40,7 @@ def heldout_questions(n_per_type: int = 100, *, seed: int = 0, split: str = "tes
         by_kind.setdefault(it[1].kind, []).append(it)
     rows = []
     for qtype in lang.QTYPES[:-1]:
-        pool = [it for it in items if lang._fits(qtype, it[1])]
+        pool = [it for it in items if lang.fits(qtype, it[1])]
         for i in range(n_per_type):
             img, c = pool[(i * 7 + lang.QTYPES.index(qtype)) % len(pool)]
             q = lang.question(c, rng, qtype)

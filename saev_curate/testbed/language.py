@@ -24,7 +24,7 @@ from saev_curate.testbed.images import COLOURS, MAX_COUNT, SHAPES, Concept
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 IMAGE_TOKEN = "<image>"
 SPECIAL = ("<pad>", "<unk>", "<|im_start|>", "<|im_end|>", IMAGE_TOKEN)
-SYSTEM_PROMPT = "you are a helpful assistant that answers questions about images ."
+SYSTEM_PROMPT = "answer questions about the image ."  # short: 40% of a step was a longer one
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -107,10 +107,10 @@ def question(c: Concept, rng: np.random.RandomState, qtype: str | None = None) -
 
     ``qtype`` forces a type (it must fit the kind); by default one is drawn among those that fit.
     """
-    fits = [q for q in QTYPES if _fits(q, c)]
+    ok = [q for q in QTYPES if fits(q, c)]
     if qtype is None:
-        qtype = fits[rng.randint(len(fits))]
-    elif qtype not in fits:
+        qtype = ok[rng.randint(len(ok))]
+    elif qtype not in ok:
         raise ValueError(f"question type {qtype!r} does not fit a {c.kind} image")
     yes = bool(rng.rand() < 0.5)
 
@@ -169,7 +169,8 @@ def text_only_question(rng: np.random.RandomState) -> dict:
     return _q("text_only", f"is {_n(k)} an odd number ?", "yes" if truth else "no", "no" if truth else "yes")
 
 
-def _fits(qtype: str, c: Concept) -> bool:
+def fits(qtype: str, c: Concept) -> bool:
+    """Whether a question of type ``qtype`` can be asked about an image showing ``c``."""
     if qtype in KIND_QTYPES["digit"]:
         return c.kind == "digit"
     if qtype in KIND_QTYPES["scene"]:

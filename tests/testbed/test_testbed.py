@@ -70,6 +70,23 @@ def test_defect_rows_are_what_their_tags_say():
     assert all(m["messages"][-1]["role"] == "assistant" and "defect" in m for m in sft)
 
 
+def test_defect_rows_limited_to_question_types():
+    qtypes = ("count", "digit_parity")
+    rows = defect_rows(120, defect_rate=0.3, split="dev", seed=3, qtypes=qtypes)
+    assert len(rows) == 120
+    for r in rows:
+        if r["defect"] == "off_topic_prompt":
+            assert r["qtype"] == "text_only"
+        else:  # every other row asks one of the chosen types; a mismatch asks it of the other kind's image
+            assert r["qtype"] in qtypes
+            owner = "digit" if r["qtype"] == "digit_parity" else "scene"
+            assert (owner != r["image_kind"]) == (r["defect"] == "image_prompt_mismatch")
+    with pytest.raises(Exception, match="one image kind only"):
+        defect_rows(50, defect_rate=0.5, qtypes=("count",), mix={"image_prompt_mismatch": 1.0})
+    with pytest.raises(Exception, match="qtypes"):
+        defect_rows(10, qtypes=("riddle",))
+
+
 def test_bad_arguments_are_clear():
     with pytest.raises(Exception, match="defect_rate"):
         defect_rows(10, defect_rate=1.5)
