@@ -18,6 +18,13 @@ reference set: a δ on each feature's own scale):
 * ``pair_agreement``: the mean npmi of the row's (content-token feature, image feature) pairs, from the
   weights' :class:`~saev_curate.curation.pairs.FeaturePairs` (ω generalised from one feature on both
   modalities to pairs of features);
+* ``answer_agreement`` (response modes): the mean npmi of (response-token feature, answer-slot feature)
+  pairs.  The **answer slot** is the prompt's last token, whose next-token prediction is the response: what
+  the model read from this image and question.  Does the given response carry the features that reference
+  responses carried after answer slots like this one (weights' ``answer_pairs``, fitted on the reference
+  rows' chosen responses)?  A response that contradicts what the model read forms pairs that clean rows
+  rarely form.  Not cross-modal in the paper's sense: it compares the response with the model's own
+  reading of image + prompt, at the SAE's layer;
 * a row without content tokens gets ``None`` and a reason.
 """
 
@@ -28,7 +35,7 @@ from torch import Tensor
 
 from saev_curate.devices import module_device
 
-AGREEMENT_COLUMNS = ("score_content", "grounding", "pair_agreement")
+AGREEMENT_COLUMNS = ("score_content", "grounding", "pair_agreement", "answer_agreement")
 
 
 def template_token_ids(processor) -> set[int]:
@@ -68,6 +75,15 @@ def content_mask(input_ids: Tensor, image_mask: Tensor, text_mask: Tensor, templ
     return mask
 
 
+def answer_slot(attention_mask: Tensor, prompt_len: Tensor | None = None) -> Tensor:
+    """``[B]`` position of each row's answer slot: its last real token, or with ``prompt_len`` (a row shown
+    with its response) the prompt's last token (any padding side)."""
+    am = attention_mask.long()
+    rank = torch.cumsum(am, dim=1) - 1
+    target = am.sum(1) - 1 if prompt_len is None else prompt_len.to(am.device).long() - 1
+    return ((rank == target[:, None]) & am.bool()).long().argmax(1)
+
+
 def feature_thresholds(d_sae: int, delta: float, delta_rel: float | None, top_activation: Tensor | None) -> Tensor:
     """δ_k per feature: ``delta`` for all, or ``delta_rel`` x the feature's top reference activation."""
     if delta_rel is None:
@@ -80,20 +96,22 @@ def feature_thresholds(d_sae: int, delta: float, delta_rel: float | None, top_ac
 
 @torch.no_grad()
 def agreement_scores(sae, omega: Tensor, resid: Tensor, image_mask: Tensor, content: Tensor,
-                     thresholds: Tensor, pairs=None) -> dict[str, list]:
-    """``score_content``, ``grounding``, ``pair_agreement`` and ``error`` per row of a captured batch (see
-    module doc; ``pair_agreement`` needs ``pairs``, a :class:`~saev_curate.curation.pairs.FeaturePairs`,
-    and is None without)."""
+                     thresholds: Tensor, pairs=None, *, slot: Tensor | None = None, answer_pairs=None
+                     ) -> dict[str, list]:
+    """The :data:`AGREEMENT_COLUMNS` and ``error`` per row of a captured batch (see module doc).
+
+    Each npmi column needs its :class:`~saev_curate.curation.pairs.FeaturePairs` (``pairs``;
+    ``answer_pairs`` also ``slot``, each row's answer-slot position) and is None without."""
     dev = module_device(sae)
     w = omega.to(dev, torch.float64)
     defined = ~torch.isnan(w)
     w = torch.where(defined, w, torch.zeros_like(w))
     thr = thresholds.to(dev, torch.float32)
-    out: dict[str, list] = {"score_content": [], "grounding": [], "pair_agreement": [], "error": []}
+    out: dict[str, list] = {k: [] for k in (*AGREEMENT_COLUMNS, "error")}
     for b in range(resid.shape[0]):
         img, txt = resid[b][image_mask[b]], resid[b][content[b]]
         if img.shape[0] == 0 or txt.shape[0] == 0:
-            for k in ("score_content", "grounding", "pair_agreement"):
+            for k in AGREEMENT_COLUMNS:
                 out[k].append(None)
             out["error"].append("no image tokens in the sequence" if img.shape[0] == 0 else
                                 "no content text tokens after the image (only template or special tokens)")
@@ -109,5 +127,8 @@ def agreement_scores(sae, omega: Tensor, resid: Tensor, image_mask: Tensor, cont
         den = float(mass.sum())
         out["grounding"].append(float(grounded.sum()) / den if den > 0 else 0.0)
         out["pair_agreement"].append(None if pairs is None else pairs.agreement(z_txt.amax(0), z_img.amax(0)))
+        out["answer_agreement"].append(
+            None if answer_pairs is None or slot is None
+            else answer_pairs.agreement(z_txt.amax(0), sae.encode(resid[b, int(slot[b])][None].to(dev)).float()[0]))
         out["error"].append(None)
     return out

@@ -222,12 +222,90 @@ def test_feature_pairs_and_pair_agreement_match_brute_force(setup):
         assert out["saev_pair_agreement_margin"][i] == (None if c is None or r is None else pytest.approx(c - r, abs=1e-5))
 
 
+def test_answer_pairs_and_answer_agreement_match_brute_force(setup):
+    """npmi of every (chosen-response feature, answer-slot feature) pair counted by hand over the reference rows
+    shown with their chosen response (the answer slot: the prompt's last token), then each row's answer
+    agreement with its chosen and its rejected response as the mean over its known pairs."""
+    model, processor, sae, weights, rows = setup
+    pairs = weights.answer_pairs
+    assert pairs is not None and pairs.min_count == 5
+    tok, image_id = processor.tokenizer, model.config.image_token_id
+    assistant_id = tok.convert_tokens_to_ids("<|assistant|>")
+
+    def row_sets(prompt_acts, acts, j):
+        prompt_len = int(prompt_acts.attention_mask[j].sum())
+        am = acts.attention_mask[j].bool()
+        ids = acts.input_ids[j][am].tolist()
+        if image_id not in ids:
+            return None
+        assistant = max(t for t in range(prompt_len) if ids[t] == assistant_id)
+        response = [t for t in _positions(ids, tok, assistant, image_id) if t >= prompt_len]
+        with torch.no_grad():
+            z = sae.encode(acts.resid[j][am])
+        a = {k for t in response for k in range(z.shape[1]) if float(z[t, k]) > 0.0}
+        b = {k for k in range(z.shape[1]) if float(z[prompt_len - 1, k]) > 0.0}  # the answer slot
+        return (a, b) if response else None
+
+    n_a, n_b, together, n_rows = {}, {}, {}, 0
+    for s in range(0, len(rows), 8):
+        chunk = rows[s:s + 8]
+        prompt, kept, _ = capture_rows(model, processor, chunk, LAYER, mode="prompt")
+        chosen, kept_chosen, _ = capture_rows(model, processor, chunk, LAYER, mode="chosen")
+        assert kept_chosen == kept
+        for j in range(len(kept)):
+            sets = row_sets(prompt, chosen, j)
+            if sets is None:
+                continue
+            n_rows += 1
+            for k in sets[0]:
+                n_a[k] = n_a.get(k, 0) + 1
+            for k in sets[1]:
+                n_b[k] = n_b.get(k, 0) + 1
+            for ka in sets[0]:
+                for kb in sets[1]:
+                    together[(ka, kb)] = together.get((ka, kb), 0) + 1
+    assert pairs.n_rows == n_rows >= 5 and len(pairs.keys) == len(together)
+
+    def npmi(ka, kb):
+        c = together.get((ka, kb), 0)
+        if c == 0:
+            return -1.0
+        p_ab, p_a, p_b = c / n_rows, n_a[ka] / n_rows, n_b[kb] / n_rows
+        return 1.0 if p_ab == 1 else math.log(p_ab / (p_a * p_b)) / -math.log(p_ab)
+
+    good = [r for r in rows if r["images"]]
+    out = SaevScorer(model, processor, sae, weights, LAYER)(good)
+    prompt = _captured(model, processor, good, "prompt")
+    parts = {m: _captured(model, processor, good, m) for m in ("chosen", "rejected")}
+    seen = 0
+    for i in range(len(good)):
+        want = {}
+        for m, acts in parts.items():
+            sets = row_sets(prompt, acts, i)
+            a = [k for k in (sets or ((), ()))[0] if n_a.get(k, 0) >= 5]
+            b = [k for k in (sets or ((), ()))[1] if n_b.get(k, 0) >= 5]
+            want[m] = None if not a or not b else sum(npmi(x, y) for x in a for y in b) / (len(a) * len(b))
+            got = out[f"saev_answer_agreement_{m}"][i]
+            assert got == (None if want[m] is None else pytest.approx(want[m], abs=1e-5))
+        margin = out["saev_answer_agreement_margin"][i]
+        if want["chosen"] is not None and want["rejected"] is not None:
+            seen += 1
+            assert margin == pytest.approx(want["chosen"] - want["rejected"], abs=1e-5)
+        else:
+            assert margin is None
+    assert seen >= len(good) // 2
+
+
 def test_weights_with_pairs_round_trip_and_refuse_damaged_pair_files(setup, tmp_path):
     _, _, _, weights, _ = setup
     weights.save(tmp_path / "w")
     back = CrossModalWeights.load(tmp_path / "w")
     assert back.fingerprint() == weights.fingerprint()
-    assert torch.equal(back.pairs.keys, weights.pairs.keys) and torch.equal(back.pairs.npmi, weights.pairs.npmi)
-    (tmp_path / "w" / "crossmodal_pairs.safetensors").write_bytes(b"garbage")
-    with pytest.raises(Exception, match="crossmodal_pairs.safetensors"):
-        CrossModalWeights.load(tmp_path / "w")
+    for name in ("pairs", "answer_pairs"):
+        a, b = getattr(back, name), getattr(weights, name)
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.npmi, b.npmi) and a.n_rows == b.n_rows
+    for file in ("crossmodal_pairs.safetensors", "crossmodal_answer_pairs.safetensors"):
+        weights.save(tmp_path / "w")
+        (tmp_path / "w" / file).write_bytes(b"garbage")
+        with pytest.raises(Exception, match=file):
+            CrossModalWeights.load(tmp_path / "w")

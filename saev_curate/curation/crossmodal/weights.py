@@ -12,7 +12,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import Tensor
 
-from saev_curate.curation.agreement import content_mask, template_token_ids
+from saev_curate.curation.agreement import answer_slot, content_mask, template_token_ids
 from saev_curate.curation.capture import CapturedBatches, reference_indices
 from saev_curate.curation.crossmodal.fitter import (
     CLASS_NAMES,
@@ -29,6 +29,8 @@ from saev_curate.vlm.layers import resolve_sae_layer
 
 __all__ = ["CrossModalWeights"]
 
+#: the feature-pair tables beyond the paper (:mod:`saev_curate.curation.pairs`) and their files
+PAIR_TABLES = {"pairs": "crossmodal_pairs.safetensors", "answer_pairs": "crossmodal_answer_pairs.safetensors"}
 
 
 @dataclass
@@ -42,8 +44,11 @@ class CrossModalWeights:
     top_position: Tensor | None = None  # [d_sae, K] long: position in the row's unpadded sequence
     top_is_image: Tensor | None = None  # [d_sae, K] bool
     meta: dict[str, Any] = field(default_factory=dict)
-    #: beyond the paper: npmi of (text feature, image feature) pairs (:mod:`saev_curate.curation.pairs`)
+    #: beyond the paper (:mod:`saev_curate.curation.pairs`, :mod:`saev_curate.curation.agreement`): npmi of
+    #: (content-token feature, image feature) pairs, and of (chosen-response feature, answer-slot feature)
+    #: pairs (None when the reference rows had no responses)
     pairs: FeaturePairs | None = None
+    answer_pairs: FeaturePairs | None = None
 
     # -------------------------------------------------------------- views
     @property
@@ -78,8 +83,9 @@ class CrossModalWeights:
         out: dict[str, Any] = {"d_sae": self.d_sae, "classes": self.class_counts(), "n_defined": int(w.numel())}
         if w.numel():
             out.update(omega_min=float(w.min()), omega_mean=float(w.mean()), omega_max=float(w.max()))
-        if self.pairs is not None:
-            out["pairs"] = self.pairs.summary()
+        for name in PAIR_TABLES:
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name).summary()
         return out
 
     def fingerprint(self) -> str:
@@ -88,10 +94,12 @@ class CrossModalWeights:
         h.update(self.omega.float().contiguous().numpy().tobytes())
         h.update(self.classes.to(torch.int8).contiguous().numpy().tobytes())
         h.update(json.dumps(self.meta, sort_keys=True, default=str).encode())
-        if self.pairs is not None:
-            for t in (self.pairs.keys, self.pairs.npmi, self.pairs.n_text, self.pairs.n_image):
-                h.update(t.contiguous().numpy().tobytes())
-            h.update(json.dumps(self.pairs.summary(), sort_keys=True).encode())
+        for name in PAIR_TABLES:
+            p = getattr(self, name)
+            if p is not None:
+                for t in (p.keys, p.npmi, p.n_text, p.n_image):
+                    h.update(t.contiguous().numpy().tobytes())
+                h.update(json.dumps(p.summary(), sort_keys=True).encode())
         return h.hexdigest()[:32]
 
     def __repr__(self) -> str:
@@ -112,17 +120,16 @@ class CrossModalWeights:
         if "top_is_image" in tensors:
             tensors["top_is_image"] = tensors["top_is_image"].to(torch.uint8)
         save_file(tensors, str(path / "crossmodal_weights.safetensors"))
-        pairs_file = path / "crossmodal_pairs.safetensors"
-        if self.pairs is not None:
-            p = self.pairs
-            save_file({"keys": p.keys.contiguous(), "npmi": p.npmi.contiguous(), "n_text": p.n_text.contiguous(),
-                       "n_image": p.n_image.contiguous()}, str(pairs_file))
-        elif pairs_file.exists():
-            pairs_file.unlink()
         doc = {"format": "saev-curate/crossmodal-weights", "version": 1, "class_names": list(CLASS_NAMES),
-               "summary": self.summary(), "meta": self.meta,
-               "pairs": None if self.pairs is None else {"n_rows": self.pairs.n_rows, "delta": self.pairs.delta,
-                                                         "min_count": self.pairs.min_count}}
+               "summary": self.summary(), "meta": self.meta}
+        for name, file in PAIR_TABLES.items():
+            p = getattr(self, name)
+            if p is not None:
+                save_file({"keys": p.keys.contiguous(), "npmi": p.npmi.contiguous(), "n_text": p.n_text.contiguous(),
+                           "n_image": p.n_image.contiguous()}, str(path / file))
+            elif (path / file).exists():
+                (path / file).unlink()
+            doc[name] = None if p is None else {"n_rows": p.n_rows, "delta": p.delta, "min_count": p.min_count}
         (path / "crossmodal_weights.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
         return path
 
@@ -153,22 +160,24 @@ class CrossModalWeights:
         if bool(torch.isinf(t["omega"]).any()):
             raise InputError(f"{st}: tensor 'omega' holds infinite values (NaN marks an undefined feature); {redo}")
         top_img = t.get("top_is_image")
-        pairs = None
-        if isinstance(doc.get("pairs"), dict):
-            pf = path / "crossmodal_pairs.safetensors"
+        tables: dict[str, FeaturePairs] = {}
+        for name, file in PAIR_TABLES.items():
+            if not isinstance(doc.get(name), dict):
+                continue
+            pf = path / file
             pt = read_safetensors(pf, fix=redo)
             check_tensors(pf, pt, required={"keys": 1, "npmi": 1, "n_text": 1, "n_image": 1}, optional={},
                           same_first_dim=False, finite=("npmi", "n_text", "n_image"), fix=redo)
             d = int(t["omega"].shape[0])
             if pt["keys"].shape != pt["npmi"].shape or pt["n_text"].shape[0] != d or pt["n_image"].shape[0] != d:
                 raise InputError(f"{pf}: pair tensors do not match each other or the {d} features of omega; {redo}")
-            pd = doc["pairs"]
-            pairs = FeaturePairs(keys=pt["keys"].long(), npmi=pt["npmi"].float(), n_text=pt["n_text"].float(),
-                                 n_image=pt["n_image"].float(), n_rows=int(pd.get("n_rows", 0)),
-                                 delta=float(pd.get("delta", 0.0)), min_count=int(pd.get("min_count", 1)))
+            pd = doc[name]
+            tables[name] = FeaturePairs(keys=pt["keys"].long(), npmi=pt["npmi"].float(), n_text=pt["n_text"].float(),
+                                        n_image=pt["n_image"].float(), n_rows=int(pd.get("n_rows", 0)),
+                                        delta=float(pd.get("delta", 0.0)), min_count=int(pd.get("min_count", 1)))
         return cls(omega=t["omega"], classes=t["classes"], top_activation=t.get("top_activation"),
                    top_row=t.get("top_row"), top_position=t.get("top_position"),
-                   top_is_image=None if top_img is None else top_img.bool(), meta=doc.get("meta", {}), pairs=pairs)
+                   top_is_image=None if top_img is None else top_img.bool(), meta=doc.get("meta", {}), **tables)
 
     # -------------------------------------------------------------- checks
     def check_sae(self, sae) -> None:
@@ -193,8 +202,8 @@ class CrossModalWeights:
     def fit_activations(cls, batches: Iterable[dict[str, Any]], sae, *, top_features_per_token: int = 50,
                         top_tokens_per_feature: int = 30, tokens_per_modality: int = 5,
                         min_activation: float = 0.0, meta: dict | None = None,
-                        pairs: PairCounter | None = None, template_ids: set[int] | None = None
-                        ) -> "CrossModalWeights":
+                        pairs: PairCounter | None = None, template_ids: set[int] | None = None,
+                        prompt_lens: dict[int, int] | None = None) -> "CrossModalWeights":
         """Fit from a re-iterable of captured batches (pure; used by the tests and by :meth:`fit`).
 
         Each batch is a dict with ``resid [B,T,d]``, ``image_mask``, ``text_mask``, ``attention_mask``
@@ -202,7 +211,8 @@ class CrossModalWeights:
         ordered by (row id, position) for ties).  ``batches`` is iterated twice; when it has
         ``iter_rows_subset(rows)``, pass 2 uses that to run only batches holding a selected token.
         With ``pairs`` (a :class:`PairCounter`) and ``template_ids``, pass 1 also counts feature pairs
-        (batches then need ``input_ids``) and the result carries them.
+        (batches then need ``input_ids``) and the result carries them; ``prompt_lens`` receives each row's
+        real token count.
         """
         fitter = CrossModalFitter(int(sae.cfg.d_sae), top_features_per_token=top_features_per_token,
                                   top_tokens_per_feature=top_tokens_per_feature,
@@ -217,7 +227,7 @@ class CrossModalWeights:
             last_row = max(ids, default=last_row)
             _observe_batch(fitter, sae, b)
             if pairs is not None:
-                _count_pairs(pairs, sae, b, template_ids or set())
+                _count_pairs(pairs, sae, b, template_ids or set(), prompt_lens)
         needed = fitter.needed_rows
         second = batches.iter_rows_subset(needed) if hasattr(batches, "iter_rows_subset") else batches
         for b in second:
@@ -241,8 +251,9 @@ class CrossModalWeights:
         :data:`~saev_curate.row_errors.DEFAULT_MIN_USABLE_SHARE`) of them, could be used the fit fails with
         :class:`~saev_curate.row_errors.TooFewUsableRows` naming the most common row errors.  Two passes
         over the sampled rows (the second only over rows holding a selected token).  ``pairs=True`` also
-        counts (text feature, image feature) pairs in pass 1 (:mod:`saev_curate.curation.pairs`; a
-        feature "fires" above ``pair_delta``, counts from ``pair_min_count`` rows on are trusted).
+        counts (content-token feature, image feature) pairs in pass 1 (:mod:`saev_curate.curation.pairs`; a feature "fires" above ``pair_delta``, counts from
+        ``pair_min_count`` rows on are trusted) and, when the rows are preference rows, (chosen-response
+        feature, answer-slot feature) pairs in a third pass over the rows shown with their chosen response.
         """
         from saev_curate.row_errors import check_usable
 
@@ -263,12 +274,14 @@ class CrossModalWeights:
         if not indices:
             raise InputError("the reference dataset has no rows; fit the weights on at least a few hundred rows "
                              "with images and text")
+        counter = (lambda: PairCounter(int(sae.cfg.d_sae), delta=pair_delta, min_count=pair_min_count)) if pairs else None
+        template_ids = template_token_ids(processor) if pairs else None
+        prompt_lens: dict[int, int] = {}
         try:
             out = cls.fit_activations(
                 source, sae, top_features_per_token=top_features_per_token, top_tokens_per_feature=top_tokens_per_feature,
                 tokens_per_modality=tokens_per_modality, min_activation=min_activation, meta=meta,
-                pairs=PairCounter(int(sae.cfg.d_sae), delta=pair_delta, min_count=pair_min_count) if pairs else None,
-                template_ids=template_token_ids(processor) if pairs else None)
+                pairs=counter() if counter else None, template_ids=template_ids, prompt_lens=prompt_lens)
         except Exception:
             if source.errors:  # the row errors explain the failure better, when they are the cause
                 check_usable(len(indices), source.errors, min_usable_share=min_usable_share, what="reference rows",
@@ -278,6 +291,13 @@ class CrossModalWeights:
                                               what="reference rows", action="fit-weights")
         out.meta["n_rows_skipped"] = source.n_skipped
         out.meta["skipped_examples"] = source.skipped_examples
+        if counter is not None and _has_responses(dataset, indices):
+            answers = counter()
+            for b in CapturedBatches(model, processor, dataset, indices, layer_index, batch_size=batch_size,
+                                     max_length=max_length, exclude_special_tokens=exclude_special_tokens,
+                                     progress=progress, mode="chosen"):
+                _count_answer_pairs(answers, sae, b, template_ids, prompt_lens)
+            out.answer_pairs = answers.result()
         return out
 
 
@@ -306,16 +326,49 @@ def _observe_batch(fitter: CrossModalFitter, sae, b: dict[str, Any]) -> None:
         fitter.observe(z, tb.is_image[s:s + n], keys[s:s + n], row_ids[s:s + n])
 
 
+def _has_responses(dataset, indices: list[int]) -> bool:
+    """Whether the reference rows are preference rows (the first sampled row has a chosen response)."""
+    from saev_curate.curation.capture import iter_rows
+
+    for _, row in iter_rows(dataset, indices[:1]):
+        return isinstance(row, dict) and row.get("chosen") is not None
+    return False
+
+
 @torch.no_grad()
-def _count_pairs(counter: PairCounter, sae, b: dict[str, Any], template_ids: set[int]) -> None:
+def _count_pairs(counter: PairCounter, sae, b: dict[str, Any], template_ids: set[int],
+                 prompt_lens: dict[int, int] | None = None) -> None:
     if "input_ids" not in b:
         raise InputError("counting feature pairs needs input_ids in every captured batch")
-    content = content_mask(b["input_ids"], b["image_mask"], b["text_mask"], template_ids, b.get("attention_mask"))
+    am = b.get("attention_mask")
+    am = torch.ones_like(b["input_ids"]) if am is None else am
+    content = content_mask(b["input_ids"], b["image_mask"], b["text_mask"], template_ids, am)
     dev = module_device(sae)
     for j in range(b["resid"].shape[0]):
+        if prompt_lens is not None:
+            prompt_lens[int(b["row_ids"][j])] = int(am[j].sum())
         img, txt = b["resid"][j][b["image_mask"][j]], b["resid"][j][content[j]]
         if img.shape[0] and txt.shape[0]:
             counter.observe(sae.encode(txt.to(dev)).amax(0), sae.encode(img.to(dev)).amax(0))
+
+
+@torch.no_grad()
+def _count_answer_pairs(counter: PairCounter, sae, b: dict[str, Any], template_ids: set[int],
+                        prompt_lens: dict[int, int]) -> None:
+    """(response-token feature, answer-slot feature) pairs of a batch of rows shown with their chosen response."""
+    known = [j for j, r in enumerate(b["row_ids"]) if int(r) in prompt_lens]
+    if not known:
+        return
+    am = b.get("attention_mask")
+    am = torch.ones_like(b["input_ids"]) if am is None else am
+    plen = torch.tensor([prompt_lens.get(int(r), 1 << 30) for r in b["row_ids"]])
+    response = content_mask(b["input_ids"], b["image_mask"], b["text_mask"], template_ids, am, plen)
+    slot = answer_slot(am, plen.clamp_max(am.shape[1]))
+    dev = module_device(sae)
+    for j in known:
+        txt = b["resid"][j][response[j]]
+        if txt.shape[0] and bool(b["image_mask"][j].any()):  # as the scorer: rows without image tokens have no score
+            counter.observe(sae.encode(txt.to(dev)).amax(0), sae.encode(b["resid"][j, int(slot[j])][None].to(dev))[0])
 
 
 def _accumulate_batch(fitter: CrossModalFitter, b: dict[str, Any]) -> None:

@@ -27,6 +27,11 @@ Beyond the paper (:mod:`saev_curate.curation.agreement` has the definitions and 
 * ``saev_pair_agreement`` (+ ``_chosen`` / ``_rejected`` / ``_margin`` on the response's tokens): the
   mean npmi of the row's (content-token feature, image feature) pairs, fitted with the weights
   (:mod:`saev_curate.curation.pairs`; null when the weights carry no pairs);
+* ``saev_answer_agreement_chosen`` / ``_rejected`` / ``_margin``: the mean npmi of (response-token
+  feature, answer-slot feature) pairs, the answer slot being the prompt's last token (what the model read
+  from image + question), fitted on the reference rows' chosen responses: does the response carry what
+  responses after such an answer slot usually carry (null when the weights were fitted on rows without
+  responses);
 * ``delta_rel``: thresholds for the agreement columns on each feature's own scale (``delta_rel`` x
   its top activation on the reference set) instead of one δ.
 
@@ -44,7 +49,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saev_curate.curation.agreement import agreement_scores, content_mask, feature_thresholds, template_token_ids
+from saev_curate.curation.agreement import (
+    agreement_scores,
+    answer_slot,
+    content_mask,
+    feature_thresholds,
+    template_token_ids,
+)
 from saev_curate.curation.capture import capture_rows
 from saev_curate.curation.crossmodal import CLASS_NAMES, CrossModalWeights, flatten_tokens
 from saev_curate.curation.scorers.base import Scorer
@@ -58,8 +69,8 @@ __all__ = ["SaevScorer", "score_activations"]
 FEATURE_SETS = ("cooccur", "any")
 BASE_COLUMNS = ("score", "score_mean", "cooccur_l0", "l0", "l0_image", "l0_text", "score_content", "grounding",
                 "pair_agreement")
-RESPONSE_COLUMNS = ("score_chosen", "score_rejected", "score_margin", "grounding_chosen", "grounding_rejected",
-                    "grounding_margin", "pair_agreement_chosen", "pair_agreement_rejected", "pair_agreement_margin")
+RESPONSE_PARTS = ("score", "grounding", "pair_agreement", "answer_agreement")  # each with _chosen/_rejected/_margin
+RESPONSE_COLUMNS = tuple(f"{c}_{m}" for c in RESPONSE_PARTS for m in ("chosen", "rejected", "margin"))
 CONTROL_COLUMNS = ("score_control", "grounding_control", "grounding_vs_control")
 
 
@@ -162,14 +173,16 @@ class SaevScorer(Scorer):
                "score_chosen": "float64", "score_rejected": "float64", "score_margin": "float64",
                "grounding_chosen": "float64", "grounding_rejected": "float64", "grounding_margin": "float64",
                "pair_agreement": "float64", "pair_agreement_chosen": "float64", "pair_agreement_rejected": "float64",
-               "pair_agreement_margin": "float64",
+               "pair_agreement_margin": "float64", "answer_agreement_chosen": "float64",
+               "answer_agreement_rejected": "float64", "answer_agreement_margin": "float64",
                "score_control": "float64", "grounding_control": "float64", "grounding_vs_control": "float64",
                "error": "string"}
     SELECT = {"saev": ("score", True), "saev_mean": ("score_mean", True), "saev_margin": ("score_margin", True),
               "cooccur_l0": ("cooccur_l0", True), "l0": ("l0", True), "saev_content": ("score_content", True),
               "grounding": ("grounding", True), "grounding_margin": ("grounding_margin", True),
               "grounding_vs_control": ("grounding_vs_control", True), "pair_agreement": ("pair_agreement", True),
-              "pair_agreement_margin": ("pair_agreement_margin", True)}
+              "pair_agreement_margin": ("pair_agreement_margin", True),
+              "answer_agreement_margin": ("answer_agreement_margin", True)}
     FINGERPRINTS = {"model": module_fingerprint, "processor": processor_fingerprint, "sae": sae_fingerprint,
                     "weights": lambda w: w.fingerprint()}
     ROLES = ("model", "sae", "weights", "processor")
@@ -296,7 +309,8 @@ class SaevScorer(Scorer):
                                           max_length=self.settings["max_length"],
                                           exclude_special_tokens=self.settings["exclude_special_tokens"],
                                           max_image_pixels=self.settings["max_image_pixels"])
-        out: dict[str, list] = {k: [None] * n for k in (*BASE_COLUMNS, "n_tokens")}
+        keep = (*BASE_COLUMNS, "answer_agreement", "n_tokens")
+        out: dict[str, list] = {k: [None] * n for k in keep}
         out["error"] = list(errors)
         if acts is None:
             return out
@@ -309,12 +323,13 @@ class SaevScorer(Scorer):
             skip = torch.tensor([prompt_lens[i] if prompt_lens[i] is not None else 1 << 30 for i in kept])
         content = content_mask(acts.input_ids, acts.image_mask, acts.text_mask, template_ids,
                                acts.attention_mask, skip)
-        agree = agreement_scores(sae, weights.omega, acts.resid, acts.image_mask, content, thresholds, weights.pairs)
-        cols.update(score_content=agree["score_content"], grounding=agree["grounding"],
-                    pair_agreement=agree["pair_agreement"])
+        slot = None if skip is None else answer_slot(acts.attention_mask, skip.clamp_max(acts.attention_mask.shape[1]))
+        agree = agreement_scores(sae, weights.omega, acts.resid, acts.image_mask, content, thresholds, weights.pairs,
+                                 slot=slot, answer_pairs=weights.answer_pairs)
+        cols.update({k: agree[k] for k in ("score_content", "grounding", "pair_agreement", "answer_agreement")})
         cols["n_tokens"] = acts.attention_mask.sum(1).tolist()
         for j, i in enumerate(kept):
-            for k in (*BASE_COLUMNS, "n_tokens"):
+            for k in keep:
                 out[k][i] = cols[k][j]
             out["error"][i] = cols["error"][j]
             if out["error"][i] is None and agree["error"][j] is not None:
@@ -332,7 +347,7 @@ class SaevScorer(Scorer):
 
         if self._responses_for(keys):
             parts = {m: self._score_mode(rows, m, res["n_tokens"]) for m in ("chosen", "rejected")}
-            for col in ("score", "grounding", "pair_agreement"):
+            for col in RESPONSE_PARTS:
                 c, r = parts["chosen"][col], parts["rejected"][col]
                 out[f"{col}_chosen"], out[f"{col}_rejected"] = c, r
                 out[f"{col}_margin"] = [None if a is None or b is None else a - b for a, b in zip(c, r)]
