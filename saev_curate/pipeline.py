@@ -116,14 +116,16 @@ def train_dpo(model_path, dataset, output_dir, saev_args, *, steps: int, batch_s
     return policy, processor, selection
 
 
-def eval_rows(n_per_type: int, seed: int = 0):
-    """Held-out questions over test-split images (``question``, ``image``, ``options``, ``answer``, ``qtype``)."""
+def eval_rows(n_per_type: int, seed: int = 0, qtypes: tuple[str, ...] | None = None):
+    """Held-out questions over test-split images (``question``, ``image``, ``options``, ``answer``, ``qtype``),
+    ``n_per_type`` of each image question type (of ``qtypes`` only, when given)."""
     import datasets
 
     from saev_curate.testbed import heldout_questions
 
     return datasets.Dataset.from_list([{k: v for k, v in r.items() if k != "concept"}
-                                       for r in heldout_questions(n_per_type, seed=seed)])
+                                       for r in heldout_questions(n_per_type, seed=seed)
+                                       if qtypes is None or r["qtype"] in qtypes])
 
 
 def accuracy_of(results: dict) -> dict[str, Any]:

@@ -82,9 +82,11 @@ DETECTION_RESULTS = HERE.parent / "defect_detection" / "results" / "results.json
 FALLBACK_BEST = "saev_grounding_vs_control"
 PAPER_FAMILY = ("saev_score", "saev_score_mean", "saev_score_any")  # the paper's score and the variants it states
 BASELINES = ("cooccur_l0", "l0", "random", "response_perplexity")
+#: the response-aware margins: the paper's score with chosen vs rejected shown, and the answer agreement
+RESPONSE_MARGINS = ("saev_score_margin", "saev_answer_agreement_margin")
 FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
 BASE_HOLDOUT = ("count", "colour", "digit_parity")
-BASE_STAGE2_STEPS = 400
+BASE_STAGE2_STEPS = 600
 #: per-cell costs measured on this CPU (see the module docstring), used for the printed estimate
 STEP_S, CELL_OVERHEAD_S, EVAL_Q_S = 0.5, 3.0, 0.036
 
@@ -123,7 +125,7 @@ def best_detection_variant(path: Path = DETECTION_RESULTS) -> tuple[str, str]:
 
 
 def default_methods(best: str) -> list[str]:
-    saev = list(PAPER_FAMILY) + ([best] if best not in PAPER_FAMILY else []) + ["saev_score_margin"]
+    saev = list(PAPER_FAMILY) + ([best] if best not in PAPER_FAMILY else []) + list(RESPONSE_MARGINS)
     return list(dict.fromkeys(saev + list(BASELINES)))
 
 
@@ -142,10 +144,10 @@ def mean_sd(values: list[float]) -> dict:
 # Data, scores, selections
 
 
-def data_rows(n: int, rate: float, seed: int) -> list[dict]:
+def data_rows(n: int, rate: float, seed: int, qtypes: tuple[str, ...] | None) -> list[dict]:
     from saev_curate.testbed.data import defect_rows
 
-    return defect_rows(n, defect_rate=rate, split="dev", seed=seed)
+    return defect_rows(n, defect_rate=rate, split="dev", seed=seed, qtypes=qtypes)
 
 
 def score_dataset(ctx: dict, rate: float, seed: int) -> dict:
@@ -160,7 +162,7 @@ def score_dataset(ctx: dict, rate: float, seed: int) -> dict:
     from saev_curate.testbed import detection as D
 
     t = time.perf_counter()
-    rows = data_rows(ctx["rows"], rate, seed)
+    rows = data_rows(ctx["rows"], rate, seed, ctx["qtypes"])
     model, processor, sae = ctx["model"], ctx["processor"], ctx["sae"]
     weights = CrossModalWeights.fit(model, processor, sae, datasets.Dataset.from_list(rows), None,
                                     n_reference=min(ctx["n_reference"], len(rows)), seed=42, progress=ctx["progress"])
@@ -190,6 +192,8 @@ def kept_indices(scores: list, fraction: float) -> list[int]:
 
 def run_id(spec: dict) -> str:
     doc = {k: spec[k] for k in ("rate", "seed", "kept", "steps", "batch_size", "lr", "eval_per_type", "model")}
+    if spec.get("qtypes"):
+        doc["qtypes"] = list(spec["qtypes"])
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -214,7 +218,7 @@ def run_cell(spec: dict) -> dict:
     if (doc := _load(path)) is not None:
         return doc
     t = time.perf_counter()
-    rows = data_rows(spec["n_rows"], spec["rate"], spec["seed"])
+    rows = data_rows(spec["n_rows"], spec["rate"], spec["seed"], spec.get("qtypes"))
     keep = ("prompt", "chosen", "rejected", "images")
     ds = datasets.Dataset.from_list([{k: rows[i][k] for k in keep} for i in spec["kept"]])
     tmp = Path(tempfile.mkdtemp(prefix="alignment-effect-"))
@@ -224,7 +228,8 @@ def run_cell(spec: dict) -> dict:
                                          progress=False, dataset_name=f"defect_rows(rate={spec['rate']}, "
                                                                      f"seed={spec['seed']}, split=dev)")
         train_s = time.perf_counter() - t
-        res = evaluate(policy, processor, eval_rows(spec["eval_per_type"], seed=0), task="testbed_heldout",
+        res = evaluate(policy, processor, eval_rows(spec["eval_per_type"], seed=0, qtypes=spec.get("qtypes")),
+                       task="testbed_heldout",
                        max_new_tokens=0)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -245,7 +250,8 @@ def run_base(ctx: dict) -> dict:
     from saev_curate.recipes.evaluate import evaluate
 
     t = time.perf_counter()
-    res = evaluate(ctx["model"], ctx["processor"], eval_rows(ctx["eval_per_type"], seed=0), task="testbed_heldout",
+    res = evaluate(ctx["model"], ctx["processor"], eval_rows(ctx["eval_per_type"], seed=0, qtypes=ctx["qtypes"]),
+                   task="testbed_heldout",
                    max_new_tokens=0)
     doc = {**accuracy_of(res), "seconds": round(time.perf_counter() - t, 1)}
     _save(path, doc)
@@ -263,6 +269,7 @@ def settings_from(args) -> dict:
          "extra_seed": args.seeds[0], "fractions": args.fractions, "methods": methods, "best_variant": best,
          "best_variant_from": best_from, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
          "eval_per_type": args.eval_per_type, "sae_steps": args.sae_steps, "n_reference": args.n_reference,
+         "qtypes": list(args.qtypes) if args.qtypes else None,
          "budget_policy": "same number of optimizer steps for every cell (any kept fraction)",
          "base": {"holdout_qtypes": list(BASE_HOLDOUT), "stage2_steps": BASE_STAGE2_STEPS}}
     return s
@@ -280,7 +287,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=40, help="DPO optimizer steps per cell (the same for all)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--eval-per-type", type=int, default=20, help="held-out questions per question type (9 types)")
+    ap.add_argument("--eval-per-type", type=int, default=60, help="held-out questions per question type")
+    ap.add_argument("--qtypes", nargs="*", default=list(BASE_HOLDOUT),
+                    help="question types of the alignment data and of the held-out evaluation (default: those the "
+                         "base never saw in its instruction stage); none = every type")
     ap.add_argument("--sae-steps", type=int, default=1500)
     ap.add_argument("--n-reference", type=int, default=1000)
     ap.add_argument("--model", help="a local VLM folder instead of the study's testbed base (with --sae)")
@@ -334,6 +344,7 @@ def main(argv=None) -> dict:
                                progress=True)
     ctx = {"cells": cells, "rows": args.rows, "model": model, "processor": processor, "sae": sae,
            "methods": settings["methods"], "n_reference": args.n_reference, "eval_per_type": args.eval_per_type,
+           "qtypes": tuple(args.qtypes) if args.qtypes else None,
            "progress": True}
     timing = {"setup_seconds": round(time.perf_counter() - t0, 1)}
 
@@ -349,7 +360,8 @@ def main(argv=None) -> dict:
 
     # the cells: (rate, seed, method, fraction) -> a training run (deduplicated by kept rows)
     common = {"n_rows": args.rows, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-              "eval_per_type": args.eval_per_type, "model": str(model_path)}
+              "eval_per_type": args.eval_per_type, "model": str(model_path),
+              "qtypes": tuple(args.qtypes) if args.qtypes else None}
     cells_index: list[dict] = []
     runs: dict[str, dict] = {}
 
@@ -371,7 +383,8 @@ def main(argv=None) -> dict:
     for seed in args.seeds:  # item 2: all clean rows
         add(0.0, seed, "all (clean data)", 1.0, list(range(args.rows)))
     todo = [s for s in runs.values() if _load(Path(s["cell_file"])) is None]
-    est = len(todo) * (CELL_OVERHEAD_S + args.steps * STEP_S + 9 * args.eval_per_type * EVAL_Q_S) / max(1, args.workers)
+    n_q = (len(args.qtypes) if args.qtypes else 9) * args.eval_per_type
+    est = len(todo) * (CELL_OVERHEAD_S + args.steps * STEP_S + n_q * EVAL_Q_S) / max(1, args.workers)
     print(f"{len(cells_index)} cells, {len(runs)} distinct training runs, {len(todo)} to run; "
           f"estimated {est / 60:.0f} min with {args.workers} worker(s)")
 
@@ -494,8 +507,9 @@ def markdown(doc: dict) -> str:
     lines = ["# Alignment effect of SAE-V selection (testbed, LoRA DPO)", "",
              f"Base: {json.dumps(s['base'])}; {s['rows']} preference rows per data set (dev-split images); "
              f"{s['steps']} DPO steps at batch {s['batch_size']} for every cell (same optimizer steps whatever the "
-             f"kept fraction); accuracy by likelihood on {9 * s['eval_per_type']} held-out questions "
-             "(test-split images), in %. Mean ± sd over seeds where there are several.", "",
+             f"kept fraction); accuracy by likelihood on {len(s['qtypes'] or range(9)) * s['eval_per_type']} held-out "
+             f"questions (test-split images) of the question types {s['qtypes'] or 'all'}, in %. "
+             "Mean ± sd over seeds where there are several.", "",
              "## Start: is there room to improve? (issue item 2)", "",
              "| model | held-out accuracy |", "|---|---|",
              f"| base (no DPO) | {100 * doc['item2']['base']:.1f} |",

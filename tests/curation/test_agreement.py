@@ -87,6 +87,15 @@ def _brute(model, processor, sae, weights, acts, j, thresholds, *, prompt_len=No
     return score_content, (grounded / mass if mass > 0 else 0.0), len(ids)
 
 
+def _npmi(together: dict, n_a: dict, n_b: dict, n_rows: int, ka: int, kb: int) -> float:
+    """npmi of a pair from hand counts (-1 for a pair never seen together)."""
+    c = together.get((ka, kb), 0)
+    if c == 0:
+        return -1.0
+    p_ab, p_a, p_b = c / n_rows, n_a[ka] / n_rows, n_b[kb] / n_rows
+    return 1.0 if p_ab == 1 else math.log(p_ab / (p_a * p_b)) / -math.log(p_ab)
+
+
 @pytest.mark.parametrize("delta_rel", [None, 0.3])
 def test_agreement_columns_match_brute_force(setup, delta_rel):
     model, processor, sae, weights, rows = setup
@@ -193,11 +202,7 @@ def test_feature_pairs_and_pair_agreement_match_brute_force(setup):
     assert len(pairs.keys) == len(together)
 
     def npmi(ka, kb):
-        c = together.get((ka, kb), 0)
-        if c == 0:
-            return -1.0
-        p_ab, p_a, p_b = c / n_rows, n_text[ka] / n_rows, n_image[kb] / n_rows
-        return 1.0 if p_ab == 1 else math.log(p_ab / (p_a * p_b)) / -math.log(p_ab)
+        return _npmi(together, n_text, n_image, n_rows, ka, kb)
 
     sample = sorted(together)[:: max(1, len(together) // 200)]
     got = pairs.matrix(torch.tensor([a for a, _ in sample]), torch.tensor([b for _, b in sample])).diagonal()
@@ -267,11 +272,7 @@ def test_answer_pairs_and_answer_agreement_match_brute_force(setup):
     assert pairs.n_rows == n_rows >= 5 and len(pairs.keys) == len(together)
 
     def npmi(ka, kb):
-        c = together.get((ka, kb), 0)
-        if c == 0:
-            return -1.0
-        p_ab, p_a, p_b = c / n_rows, n_a[ka] / n_rows, n_b[kb] / n_rows
-        return 1.0 if p_ab == 1 else math.log(p_ab / (p_a * p_b)) / -math.log(p_ab)
+        return _npmi(together, n_a, n_b, n_rows, ka, kb)
 
     good = [r for r in rows if r["images"]]
     out = SaevScorer(model, processor, sae, weights, LAYER)(good)
