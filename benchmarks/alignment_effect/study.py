@@ -11,20 +11,16 @@ defect rate, absolute and relative to full-data DPO; the share of defective rows
 
 **Design.**
 - Base model: the testbed builder with ``count``, ``colour`` and ``digit_parity`` questions held out of its
-  instruction stage and that stage stopped early (400 of 700 steps): clearly below ceiling on the held-out
-  questions (likelihood accuracy 0.70 over the 9 types at 50 per type; count 0.40, colour 0.46, parity 0.64, the
-  two yes/no claim types about 0.5), while the concepts are in its captions and interleaved facts.
-  **Issue item 2, measured on that base** (400 dev rows, LoRA DPO, 50 questions per type; one seed each):
-  | DPO budget | all clean rows | all rows, 30% defective | all rows defective |
-  |---|---|---|---|
-  | 40 steps, lr 5e-4 (20 q/type) | 0.68 | 0.69 | - |
-  | 48 steps, lr 1e-3 | 0.69 | 0.73 | 0.64 |
-  | 150 steps, lr 1e-3 | 0.69 | - | 0.43 |
-  DPO on defective rows hurts (0.70 -> 0.64 at 48 steps, -> 0.43 at 150 when every row is defective), but DPO on clean rows does not
-  raise held-out accuracy at any budget tried (40-150 steps; also on the default testbed: 0.71 -> 0.70 at 50
-  steps): one-word preference pairs teach answer priors more than image reading. At the budget that fits the
-  hour, 30% defects do not measurably hurt either, so the study measures whether a selection avoids harm
-  within noise; ``--steps 150`` (about 3.5x the time) is the run that would show the harm of defects.
+  instruction stage and that stage stopped early (600 of 1,400 steps): clearly below ceiling on those three
+  types (likelihood accuracy 0.40 / 0.50 / 0.46 at 100 questions per type; greedy 0.00 on count and colour:
+  it never says the answer word), while the concepts are in its captions and interleaved facts.
+- Data and evaluation aim at what the base lacks: every preference row asks one of those three types
+  (``--qtypes``; off-topic rows ask an image-free question), and accuracy is measured on held-out questions of
+  the same three types.  **Issue item 2, checked before the study** (400 dev rows, 40 LoRA DPO steps at lr 1e-3,
+  180 questions, seed 0): base 45.6%; DPO on all clean rows 58.3%; on all rows with 30% defects 51.1%; on all
+  rows defective 42.8%.  Clean DPO helps, defective DPO hurts; the study repeats the first two over its seeds.
+  (The previous study, on every question type, found clean DPO did not help: one-word pairs about types the
+  base already answers teach answer priors, not image reading.)
 - Data: TRL preference rows over **dev-split** images (``saev_curate.testbed.data.defect_rows``), defect kinds
   mixed equally (image/prompt mismatch, chosen contradicting the image, corrupted image, off-topic prompt).
   Seed ``s`` draws the rows (``seed=s``) and seeds DPO (LoRA init, data order) and the random baseline.
@@ -33,14 +29,15 @@ defect rate, absolute and relative to full-data DPO; the share of defective rows
   at most, seed 42, as the paper). Methods: the paper's ``saev_score`` and its variants ``saev_score_mean`` and
   ``saev_score_any``; the best variant of the detection benchmark (``benchmarks/defect_detection/results/
   results.json`` "best", the variant chosen most often over defect kinds; else ``saev_grounding_vs_control``);
-  the response-aware ``saev_score_margin``; ``cooccur_l0``, ``l0``, ``random``, ``response_perplexity``.
+  the response-aware margins ``saev_score_margin`` and ``saev_answer_agreement_margin``; ``cooccur_l0``, ``l0``,
+  ``random``, ``response_perplexity``.
 - Training: LoRA DPO through the recipe (``saev_curate.recipes.dpo.main``; r 16 on every linear layer of the
   text tower, beta 0.1, lr 1e-3 cosine, batch 8, fp32 CPU). **Budget policy: the same number of optimizer
   steps for every cell** (``steps``), whatever the kept fraction: a 10% subset is seen for more epochs, no cell
   gets more updates. Same-epoch budgets would give the 10% cells a tenth of the updates and confound data
   quality with training length.
 - Evaluation: ``saev_curate.recipes.evaluate.evaluate`` on the same held-out questions for every cell
-  (``heldout_questions``: test-split images, which no training row uses, every image question type equally):
+  (``heldout_questions``: test-split images, which no training row uses, the ``--qtypes`` types equally):
   accuracy by likelihood over the answer options (``acc``).
 - Cells: kept fractions {10, 25, 50, 75, 100}% (100% is one shared full-data cell per data set), 3 seeds at the
   default 30% defect rate, 1 seed at 10% and 50%. Two cells whose kept rows are identical (same data set and
@@ -49,12 +46,13 @@ defect rate, absolute and relative to full-data DPO; the share of defective rows
 **Sizing (measured on this 2-core CPU, one torch thread per process).** A cell (load the model, build the
 trainer, 40 LoRA DPO steps at batch 8, evaluate 180 questions) took 19-22 s of training and 5-8 s of
 evaluation with other jobs on the machine (0.45-0.5 s per step, about 3 s of setup, 32-40 ms per question
-without generation); 80 steps took 40 s. Cells: 3 seeds x (9 methods x 4 fractions + 1 full + 1 all-clean) at
-30% defects + 2 rates x (9 x 4 + 1) = 188, fewer after deduplication. At 40 steps, 188 x ~30 s on two worker
-processes (``--workers 2``, one per core) is about 47 min; the SAE for the base (1,500 steps, ~3-5 min),
-scoring five data sets of 400 rows with every method (~1 min each) and the base evaluation add ~10 min on a
-cold cache: about an hour. The printed estimate before the first cell uses these per-cell costs. The default
-study therefore keeps 400 rows per data set, 40 DPO steps at lr 1e-3, 20 questions per type and 9 methods;
+without generation); 80 steps took 40 s. Cells: 3 seeds x (10 methods x 4 fractions + 1 full + 1 all-clean) at
+30% defects + 2 rates x (10 x 4 + 1) = 208, fewer after deduplication. At 40 steps, 208 x ~30 s on two worker
+processes (``--workers 2``, one per core) is about 52 min; the SAE for the base (1,500 steps, ~2 min),
+scoring five data sets of 400 rows with every method (~1.5 min each) and the base evaluation add ~10 min on a
+cold cache (the base model's build, ~10-14 min, comes on top when it is not cached). The printed estimate
+before the first cell uses these per-cell costs. The default study therefore keeps 400 rows per data set, 40
+DPO steps at lr 1e-3, 60 questions per type of 3 types and 10 methods;
 ``--steps``, ``--rows``, ``--eval-per-type``, ``--methods`` change that.
 
 ``--quick`` is the CI smoke test (one seed, fractions 50% and 100%, 3 methods, 2 steps, 40 rows, 1 question

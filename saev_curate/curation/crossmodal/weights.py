@@ -251,9 +251,10 @@ class CrossModalWeights:
         :data:`~saev_curate.row_errors.DEFAULT_MIN_USABLE_SHARE`) of them, could be used the fit fails with
         :class:`~saev_curate.row_errors.TooFewUsableRows` naming the most common row errors.  Two passes
         over the sampled rows (the second only over rows holding a selected token).  ``pairs=True`` also
-        counts (content-token feature, image feature) pairs in pass 1 (:mod:`saev_curate.curation.pairs`; a feature "fires" above ``pair_delta``, counts from
-        ``pair_min_count`` rows on are trusted) and, when the rows are preference rows, (chosen-response
-        feature, answer-slot feature) pairs in a third pass over the rows shown with their chosen response.
+        counts (content-token feature, image feature) pairs in pass 1 (:mod:`saev_curate.curation.pairs`; a
+        feature "fires" above ``pair_delta``, counts from ``pair_min_count`` rows on are trusted) and, when
+        the rows are preference rows, (chosen-response feature, answer-slot feature) pairs in a third pass
+        over the rows shown with their chosen response.
         """
         from saev_curate.row_errors import check_usable
 
