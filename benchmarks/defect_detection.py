@@ -230,7 +230,7 @@ def _plots(out: Path, cell: dict, auroc: dict, kinds, arch: str) -> None:
     fig.savefig(out / "auroc.png", dpi=110)
     plt.close(fig)
 
-    show = [m for m in ("saev_score", "image_only_control", "saev_pair_agreement", "saev_pair_agreement_margin",
+    show = [m for m in ("saev_score", "image_only_control", "saev_pair_agreement", "saev_answer_agreement_margin",
                         "response_perplexity") if m in cell["scores"]]
     labels = cell["labels"]
     fig, axes = plt.subplots(1, len(show), figsize=(4 * len(show), 3.2))
