@@ -30,7 +30,8 @@ defect rate, absolute and relative to full-data DPO; the share of defective rows
   ``saev_score_any``; the best variant of the detection benchmark (``benchmarks/defect_detection/results/
   results.json`` "best", the variant chosen most often over defect kinds; else ``saev_grounding_vs_control``);
   the response-aware margins ``saev_score_margin`` and ``saev_answer_agreement_margin``; ``cooccur_l0``, ``l0``,
-  ``random``, ``response_perplexity``.
+  ``random``, ``response_perplexity``; and, as a reference rather than a method, an **oracle** that keeps clean
+  rows first by reading the ``defect`` label: what perfect filtering gives at each fraction.
 - Training: LoRA DPO through the recipe (``saev_curate.recipes.dpo.main``; r 16 on every linear layer of the
   text tower, beta 0.1, lr 1e-3 cosine, batch 8, fp32 CPU). **Budget policy: the same number of optimizer
   steps for every cell** (``steps``), whatever the kept fraction: a 10% subset is seen for more epochs, no cell
@@ -82,6 +83,8 @@ PAPER_FAMILY = ("saev_score", "saev_score_mean", "saev_score_any")  # the paper'
 BASELINES = ("cooccur_l0", "l0", "random", "response_perplexity")
 #: the response-aware margins: the paper's score with chosen vs rejected shown, and the answer agreement
 RESPONSE_MARGINS = ("saev_score_margin", "saev_answer_agreement_margin")
+#: not a method: keeps clean rows first by reading the ``defect`` label (what perfect filtering would give)
+ORACLE = "oracle (reads the labels)"
 FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
 BASE_HOLDOUT = ("count", "colour", "digit_parity")
 BASE_STAGE2_STEPS = 600
@@ -124,7 +127,7 @@ def best_detection_variant(path: Path = DETECTION_RESULTS) -> tuple[str, str]:
 
 def default_methods(best: str) -> list[str]:
     saev = list(PAPER_FAMILY) + ([best] if best not in PAPER_FAMILY else []) + list(RESPONSE_MARGINS)
-    return list(dict.fromkeys(saev + list(BASELINES)))
+    return list(dict.fromkeys(saev + list(BASELINES) + [ORACLE]))
 
 
 def saev_methods(methods: list[str]) -> list[str]:
@@ -166,11 +169,22 @@ def score_dataset(ctx: dict, rate: float, seed: int) -> dict:
                                     n_reference=min(ctx["n_reference"], len(rows)), seed=42, progress=ctx["progress"])
     scores = D.method_scores(model, processor, sae, weights, rows, seed=seed)
     labels = [r["defect"] for r in rows]
-    doc = {"rate": rate, "seed": seed, "labels": labels, "scores": {m: scores[m] for m in ctx["methods"]},
-           "auroc": D.auroc_table({m: scores[m] for m in ctx["methods"]}, labels),
+    mine = {m: scores[m] for m in ctx["methods"] if m in scores}  # the oracle reads the labels instead
+    doc = {"rate": rate, "seed": seed, "labels": labels, "scores": mine, "auroc": D.auroc_table(mine, labels),
            "seconds": round(time.perf_counter() - t, 1)}
     _save(path, doc)
     return doc
+
+
+def method_scores_of(doc: dict, method: str, seed: int) -> list:
+    """A scored data set's values for ``method``; the oracle's are 1 for clean rows, 0 for defective ones,
+    plus a seeded jitter below 1e-3 that breaks ties at random."""
+    if method != ORACLE:
+        return doc["scores"][method]
+    import random
+
+    rng = random.Random(seed)
+    return [float(lab == "none") + 1e-3 * rng.random() for lab in doc["labels"]]
 
 
 def kept_indices(scores: list, fraction: float) -> list[int]:
@@ -377,7 +391,7 @@ def main(argv=None) -> dict:
                 add(rate, seed, "all", 1.0, list(range(args.rows)))
                 continue
             for m in settings["methods"]:
-                add(rate, seed, m, fraction, kept_indices(doc["scores"][m], fraction))
+                add(rate, seed, m, fraction, kept_indices(method_scores_of(doc, m, seed), fraction))
     for seed in args.seeds:  # item 2: all clean rows
         add(0.0, seed, "all (clean data)", 1.0, list(range(args.rows)))
     todo = [s for s in runs.values() if _load(Path(s["cell_file"])) is None]
@@ -449,7 +463,7 @@ def summarize(settings: dict, base: dict, scores: dict, cells_index: list[dict],
         bad = [lab != "none" for lab in doc["labels"]]
         for m in methods:
             for f in fractions:
-                idx = kept_indices(doc["scores"][m], f)
+                idx = kept_indices(method_scores_of(doc, m, seed), f)
                 kept_share.setdefault(f"{rate:g}", {}).setdefault(m, {}).setdefault(f"{f:g}", []).append(
                     sum(bad[i] for i in idx) / max(1, len(idx)))
     kept_share = {r: {m: {f: mean_sd(v) for f, v in fs.items()} for m, fs in ms.items()} for r, ms in kept_share.items()}
@@ -540,6 +554,13 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def _style(method: str) -> dict:
+    """SAE-V variants solid, baselines dashed, the oracle black and dotted (11 lines outrun the colour cycle)."""
+    if method == ORACLE:
+        return {"linestyle": ":", "color": "black"}
+    return {"linestyle": "-" if method.startswith("saev_") else "--"}
+
+
 def plots(out: Path, doc: dict) -> None:
     import matplotlib
 
@@ -553,8 +574,7 @@ def plots(out: Path, doc: dict) -> None:
         for m, row in t["methods"].items():
             fs = [float(f) for f in row]
             ax.errorbar([100 * f for f in fs], [100 * row[f]["mean"] for f in row],
-                        yerr=[100 * row[f]["sd"] for f in row], marker="o", capsize=3, label=m,
-                        linestyle="--" if not m.startswith("saev_") else "-")
+                        yerr=[100 * row[f]["sd"] for f in row], marker="o", capsize=3, label=m, **_style(m))
         ax.axhline(100 * doc["base"]["acc"], color="grey", linewidth=1, linestyle=":", label="base (no DPO)")
         ax.set_title(f"{float(rate):.0%} defective rows")
         ax.set_xlabel("kept fraction (%)")
@@ -568,8 +588,7 @@ def plots(out: Path, doc: dict) -> None:
     for ax, (rate, ms) in zip(axes[0], doc["defect_share_kept"].items()):
         for m, row in ms.items():
             ax.errorbar([100 * float(f) for f in row], [100 * row[f]["mean"] for f in row],
-                        yerr=[100 * row[f]["sd"] for f in row], marker="o", capsize=3, label=m,
-                        linestyle="--" if not m.startswith("saev_") else "-")
+                        yerr=[100 * row[f]["sd"] for f in row], marker="o", capsize=3, label=m, **_style(m))
         ax.set_title(f"defective rows kept, {float(rate):.0%} defect rate")
         ax.set_xlabel("kept fraction (%)")
         ax.set_ylabel("defective share of kept rows (%)")
