@@ -420,6 +420,9 @@ def main(argv=None) -> dict:
     timing["training_seconds"] = round(time.perf_counter() - t, 1)
     timing["total_seconds_this_run"] = round(time.perf_counter() - t0, 1)
     timing["cells_run_this_time"] = len(todo)
+    stored = [_load(Path(spec["cell_file"])) for spec in runs.values()]
+    # what every training run took when it ran (this run or an earlier one), one worker each
+    timing["sum_of_cell_seconds_all_runs"] = round(sum(d.get("seconds", 0.0) for d in stored if d), 1)
 
     doc = summarize(settings, base, scores, cells_index, {rid: _load(Path(s["cell_file"])) for rid, s in runs.items()},
                     timing)
