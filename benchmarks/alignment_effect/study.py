@@ -18,7 +18,8 @@ defect rate, absolute and relative to full-data DPO; the share of defective rows
   (``--qtypes``; off-topic rows ask an image-free question), and accuracy is measured on held-out questions of
   the same three types.  **Issue item 2, checked before the study** with this module's ``run_cell`` from a
   one-off script (400 dev rows, 40 LoRA DPO steps at lr 1e-3, 180 questions, seed 0): base 45.6%; DPO on all
-  clean rows 58.3%; on all rows with 30% defects 51.1%; on all rows defective 42.8%.  Clean DPO helps, defective DPO hurts; the study repeats the first two over its seeds.
+  clean rows 58.3%; on all rows with 30% defects 51.1%; on all rows defective 42.8%.
+  Clean DPO helps, defective DPO hurts; the study repeats the first two over its seeds.
   (The previous study, on every question type, found clean DPO did not help: one-word pairs about types the
   base already answers teach answer priors, not image reading.)
 - Data: TRL preference rows over **dev-split** images (``saev_curate.testbed.data.defect_rows``), defect kinds
