@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks.alignment_effect.study import main
 
 
@@ -35,3 +37,18 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     again = main(argv)  # resumable: every finished cell is reused, nothing retrained
     assert again["timing"]["cells_run_this_time"] == 0
     assert json.loads((out / "results.json").read_text())["cells"] == again["cells"]
+
+
+def test_within_type_ranking_and_oracle_by_hand():
+    from benchmarks.alignment_effect.study import ORACLE, WITHIN_TYPE, kept_indices, method_scores_of
+
+    doc = {"scores": {"m": [0.9, 0.1, 0.5, None, 0.03, 0.02]}, "qtypes": ["a", "a", "a", "b", "b", "b"],
+           "labels": ["none", "x", "none", "none", "x", "none"]}
+    within = method_scores_of(doc, WITHIN_TYPE + "m", seed=0)
+    # type a: 0.9 > 0.5 > 0.1 -> 1, 2/3, 1/3; type b: 0.03 > 0.02 -> 1, 1/2; the null stays null
+    assert within[3] is None
+    assert [v for i, v in enumerate(within) if i != 3] == pytest.approx([1.0, 1 / 3, 2 / 3, 1.0, 0.5])
+    assert kept_indices(within, 0.5) == [0, 2, 4]  # the best of each type first, whatever the raw scale
+    assert kept_indices(method_scores_of(doc, "m", seed=0), 0.5) == [0, 1, 2]  # raw: type a only
+    oracle = method_scores_of(doc, ORACLE, seed=3)
+    assert sorted(kept_indices(oracle, 4 / 6)) == [0, 2, 3, 5]  # the four clean rows
