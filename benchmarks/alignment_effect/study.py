@@ -50,13 +50,14 @@ defect rate, absolute and relative to full-data DPO; the share of defective rows
 **Sizing (measured on this 2-core CPU, one torch thread per process).** A cell (load the model, build the
 trainer, 40 LoRA DPO steps at batch 8, evaluate 180 questions) took 19-22 s of training and 5-8 s of
 evaluation with other jobs on the machine (0.45-0.5 s per step, about 3 s of setup, 32-40 ms per question
-without generation); 80 steps took 40 s. Cells: 3 seeds x (10 methods x 4 fractions + 1 full + 1 all-clean) at
-30% defects + 2 rates x (10 x 4 + 1) = 208, fewer after deduplication. At 40 steps, 208 x ~30 s on two worker
-processes (``--workers 2``, one per core) is about 52 min; the SAE for the base (1,500 steps, ~2 min),
+without generation); 80 steps took 40 s. Cells: 3 seeds x (12 rankings x 4 fractions + 1 full + 1 all-clean) at
+30% defects + 2 rates x (12 x 4 + 1) = 248 (10 methods, the oracle, the within-type cell), 240 distinct runs
+after deduplication. At 40 steps, 240 x ~26 s on two worker processes (``--workers 2``, one per core) is
+about 52 min (measured: 6,209 s summed over cells); the SAE for the base (1,500 steps, ~2 min),
 scoring five data sets of 400 rows with every method (~1.5 min each) and the base evaluation add ~10 min on a
 cold cache (the base model's build, ~10-14 min, comes on top when it is not cached). The printed estimate
 before the first cell uses these per-cell costs. The default study therefore keeps 400 rows per data set, 40
-DPO steps at lr 1e-3, 60 questions per type of 3 types and 10 methods;
+DPO steps at lr 1e-3, 60 questions per type of 3 types and 12 rankings;
 ``--steps``, ``--rows``, ``--eval-per-type``, ``--methods`` change that.
 
 ``--quick`` is the CI smoke test (one seed, fractions 50% and 100%, 3 methods, 2 steps, 40 rows, 1 question
