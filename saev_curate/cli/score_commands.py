@@ -75,6 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--fraction", type=float, help="keep the top fraction of all rows, e.g. 0.5")
     group.add_argument("--threshold", type=float, help="keep rows whose value is at least this")
     sel.add_argument("--ascending", action="store_true", help="keep the lowest values instead")
+    sel.add_argument("--stratify-by", default=None,
+                     help="with --fraction: keep that fraction of each value of this column (a task or source "
+                          "column), so the kept rows keep the data's mix")
     sel.add_argument("--seed", type=int, default=0, help="seed for --by random")
     sel.add_argument("--nulls", choices=("drop", "keep", "raise"), default="drop",
                      help="rows without a score: drop them (default), keep them, or fail")
@@ -159,7 +162,7 @@ def _select(args) -> int:
     ds = load_rows(args.data)
     kept, report = select(ds, args.by, fraction=args.fraction, threshold=args.threshold,
                           descending=False if args.ascending else None, seed=args.seed, nulls=args.nulls,
-                          return_report=True, min_usable_share=args.min_usable_share)
+                          return_report=True, min_usable_share=args.min_usable_share, stratify_by=args.stratify_by)
     save_dataset(kept, args.out)
     if args.report:
         save_dataset(report, args.report)

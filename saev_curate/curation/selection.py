@@ -16,6 +16,9 @@ Rules (deterministic):
 * ``fraction``: keep the top ``round_half_up(fraction x n_rows)`` rows (n_rows counts every row, so
   every method gets the same data budget), capped at the number of rows that have a score;
 * ``threshold``: keep rows with value >= threshold (<= when ``descending=False``);
+* ``stratify_by`` (with ``fraction``): the same rule within each value of that column (a task, source or
+  question-type column), so the kept data keep the input's mix: scores are often not comparable across
+  groups (on the testbed, digit rows out-score shape rows), and a global top X% then shifts the mix;
 * ties in value: the earlier row ranks first;
 * null scores (None or NaN) never rank: ``nulls="drop"`` (default) drops them with the reason in the
   report and a warning with their count, ``"keep"`` keeps them (reason recorded), ``"raise"`` raises;
@@ -69,7 +72,7 @@ def rank_rows(values: list, *, descending: bool = True) -> list[int]:
 
 def select(ds, by: str = "saev_score", *, fraction: float | None = None, threshold: float | None = None,
            descending: bool | None = None, seed: int = 0, nulls: str = "drop", order: str = "original",
-           return_report: bool = False, min_usable_share: float | None = None):
+           return_report: bool = False, min_usable_share: float | None = None, stratify_by: str | None = None):
     """Keep the best rows of ``ds`` by ``by``; see the module docstring for the rules.
 
     The row rule (:mod:`saev_curate.row_errors`): when no row, or fewer than ``min_usable_share``, has a
@@ -89,8 +92,16 @@ def select(ds, by: str = "saev_score", *, fraction: float | None = None, thresho
         raise InputError(f"nulls={nulls!r}; use one of {', '.join(NULL_POLICIES)}")
     if order not in ("original", "rank"):
         raise InputError(f"order={order!r}; use 'original' or 'rank'")
+    if stratify_by is not None and fraction is None:
+        raise InputError("stratify_by= keeps a fraction of each group: pass fraction=, not threshold=")
     is_list = isinstance(ds, list)
     n = len(ds)
+    groups = None
+    if stratify_by is not None:
+        if is_list and any(stratify_by not in r for r in ds):
+            raise InputError(f"stratify_by={stratify_by!r}: some rows have no such column; give every row one "
+                             "(e.g. its task or source)")
+        groups = [r[stratify_by] for r in ds] if is_list else _column_values(ds, stratify_by)
 
     if by == "random":
         if threshold is not None:
@@ -122,7 +133,19 @@ def select(ds, by: str = "saev_score", *, fraction: float | None = None, thresho
         row_errors = [((err_values[i] or f"no {column} (null)") if i in nulls_set else None) for i in range(n)]
         check_usable(n, row_errors, min_usable_share=min_usable_share, what="rows", action="select", report=False)
     word = "top" if desc else "bottom"
-    if fraction is not None:
+    if fraction is not None and groups is not None:
+        size: dict = {}
+        for g in groups:
+            size[g] = size.get(g, 0) + 1
+        taken: dict = {}
+        chosen = []
+        for i in ranked:  # best first: each group takes its own top round_half_up(fraction x its rows)
+            g = groups[i]
+            if taken.get(g, 0) < _round_half_up(fraction * size[g]):
+                taken[g] = taken.get(g, 0) + 1
+                chosen.append(i)
+        rule = f"{word} {fraction:.4g} by {column} within each {stratify_by}"
+    elif fraction is not None:
         k = min(_round_half_up(fraction * n), len(ranked))
         chosen = ranked[:k]
         rule = f"{word} {fraction:.4g} by {column}"

@@ -100,3 +100,14 @@ def test_sharded_processes_join_in_row_order(workdir, tmp_path):
     assert one["prompt"] == two["prompt"]  # row order exact; floats to fp32 error (see float_tolerance)
     for column in (c for c in one.column_names if c.startswith("saev_")):
         assert_columns_close(two[column], one[column], column)
+
+
+def test_cli_select_stratified_keeps_each_groups_top_rows(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_dict({"task": ["a"] * 4 + ["b"] * 4, "saev_score": [9.0, 7.0, 8.0, 6.0, 0.2, 0.0, 0.3, 0.1]}
+                               ).to_parquet(str(tmp_path / "scored.parquet"))
+    assert main(["select", "--data", str(tmp_path / "scored.parquet"), "--out", str(tmp_path / "top.jsonl"),
+                 "--fraction", "0.5", "--stratify-by", "task"]) == 0
+    kept = [json.loads(x) for x in (tmp_path / "top.jsonl").read_text().splitlines()]
+    assert [(r["task"], r["saev_score"]) for r in kept] == [("a", 9.0), ("a", 8.0), ("b", 0.2), ("b", 0.3)]

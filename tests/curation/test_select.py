@@ -107,3 +107,25 @@ def test_clip_baseline_with_a_local_tiny_clip(tmp_path, tiny_vlm):
     assert out[3]["saev_clip_score"] is None and out[3]["saev_clip_error"]
     assert all(-1 <= v <= 1 for v in out["saev_clip_score"] if v is not None)
     assert sum(v is not None for v in out["saev_clip_score"]) == 3
+
+
+def test_stratified_fraction_keeps_each_groups_top_rows():
+    import datasets
+
+    ds = datasets.Dataset.from_dict({
+        "id": list(range(8)),
+        "task": ["a", "a", "a", "a", "b", "b", "b", "b"],
+        # group a scores far above group b: a global top 50% would keep only a's rows
+        "saev_score": [9.0, 7.0, 8.0, 6.0, 0.2, None, 0.3, 0.1],
+    })
+    assert select(ds, by="saev_score", fraction=0.5)["id"] == [0, 1, 2, 3]
+    kept, report = select(ds, by="saev_score", fraction=0.5, stratify_by="task", return_report=True)
+    # a: 4 rows -> round(2.0) = 2: rows 0 (9.0), 2 (8.0); b: 4 rows (one null) -> 2: rows 6 (0.3), 4 (0.2)
+    assert kept["id"] == [0, 2, 4, 6]
+    assert "within each task" in report[0]["saev_keep_reason"]
+    rows = [dict(r) for r in ds]
+    assert [r["id"] for r in select(rows, by="saev_score", fraction=0.25, stratify_by="task")] == [0, 6]
+    with pytest.raises(InputError, match="fraction="):
+        select(ds, by="saev_score", threshold=1.0, stratify_by="task")
+    with pytest.raises(InputError, match="source"):
+        select(ds, by="saev_score", fraction=0.5, stratify_by="source")
