@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="preference rows over dev-split images to score and train on (default 600)")
     p.add_argument("--defect-rate", type=float, default=0.3, help="share of rows with a defect (default 0.3)")
     p.add_argument("--fraction", type=_inner_share, default=0.5, help="share of rows kept (default 0.5)")
-    p.add_argument("--by", default=None, help="method to rank by (default: saev_grounding_vs_control)")
+    p.add_argument("--by", default=None, help="method to rank by (default: saev_pair_agreement, as saev-curate demo)")
     p.add_argument("--dpo-steps", type=positive_int, default=60,
                    help="LoRA DPO optimizer steps, the same for every subset (default 60)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="DPO batch size (default 8)")

@@ -94,6 +94,18 @@ def feature_thresholds(d_sae: int, delta: float, delta_rel: float | None, top_ac
     return torch.where(torch.isfinite(top) & (top > 0), delta_rel * top, torch.full_like(top, float("inf")))
 
 
+def batch_agreement(sae, weights, acts, template_ids: set[int], thresholds: Tensor, prompt_len: Tensor | None = None,
+                    resid: Tensor | None = None) -> dict[str, list]:
+    """:func:`agreement_scores` of a captured batch ``acts`` with ``weights`` (a ``CrossModalWeights``): its
+    content tokens, or with ``prompt_len`` (rows shown with a response) the response's tokens and answer slot.
+    ``resid`` replaces ``acts.resid`` (e.g. cast to float)."""
+    content = content_mask(acts.input_ids, acts.image_mask, acts.text_mask, template_ids, acts.attention_mask,
+                           prompt_len)
+    slot = None if prompt_len is None else answer_slot(acts.attention_mask, prompt_len)
+    return agreement_scores(sae, weights.omega, acts.resid if resid is None else resid, acts.image_mask, content,
+                            thresholds, weights.pairs, slot=slot, answer_pairs=weights.answer_pairs)
+
+
 @torch.no_grad()
 def agreement_scores(sae, omega: Tensor, resid: Tensor, image_mask: Tensor, content: Tensor,
                      thresholds: Tensor, pairs=None, *, slot: Tensor | None = None, answer_pairs=None

@@ -311,8 +311,7 @@ class SaevRescoreCallback(TrainerCallback):
         from saev_curate import capture_activations, prepare_batch, score_activations
         from saev_curate.curation.agreement import (
             AGREEMENT_COLUMNS,
-            agreement_scores,
-            content_mask,
+            batch_agreement,
             feature_thresholds,
             template_token_ids,
         )
@@ -340,11 +339,9 @@ class SaevRescoreCallback(TrainerCallback):
             if self.by_key in AGREEMENT_COLUMNS:  # beyond the paper: content tokens only (and feature pairs)
                 if getattr(self, "_template_ids", None) is None:
                     self._template_ids = template_token_ids(self.processor)
-                content = content_mask(acts.input_ids, acts.image_mask, acts.text_mask, self._template_ids,
-                                       acts.attention_mask)
                 thresholds = feature_thresholds(weights.d_sae, s["delta"], None, None)
-                cols.update({k: v for k, v in agreement_scores(sae, weights.omega, resid, acts.image_mask, content,
-                                                               thresholds, weights.pairs).items() if k != "error"})
+                cols.update({k: v for k, v in batch_agreement(sae, weights, acts, self._template_ids, thresholds,
+                                                              resid=resid).items() if k != "error"})
             for j, row in enumerate(prep.kept):
                 v = cols[self.by_key][j]
                 if v is None:

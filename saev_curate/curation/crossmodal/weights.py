@@ -364,7 +364,7 @@ def _count_answer_pairs(counter: PairCounter, sae, b: dict[str, Any], template_i
     am = torch.ones_like(b["input_ids"]) if am is None else am
     plen = torch.tensor([prompt_lens.get(int(r), 1 << 30) for r in b["row_ids"]])
     response = content_mask(b["input_ids"], b["image_mask"], b["text_mask"], template_ids, am, plen)
-    slot = answer_slot(am, plen.clamp_max(am.shape[1]))
+    slot = answer_slot(am, plen)
     dev = module_device(sae)
     for j in known:
         txt = b["resid"][j][response[j]]

@@ -49,13 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saev_curate.curation.agreement import (
-    agreement_scores,
-    answer_slot,
-    content_mask,
-    feature_thresholds,
-    template_token_ids,
-)
+from saev_curate.curation.agreement import batch_agreement, feature_thresholds, template_token_ids
 from saev_curate.curation.capture import capture_rows
 from saev_curate.curation.crossmodal import CLASS_NAMES, CrossModalWeights, flatten_tokens
 from saev_curate.curation.scorers.base import Scorer
@@ -321,11 +315,7 @@ class SaevScorer(Scorer):
         skip = None
         if prompt_lens is not None:
             skip = torch.tensor([prompt_lens[i] if prompt_lens[i] is not None else 1 << 30 for i in kept])
-        content = content_mask(acts.input_ids, acts.image_mask, acts.text_mask, template_ids,
-                               acts.attention_mask, skip)
-        slot = None if skip is None else answer_slot(acts.attention_mask, skip.clamp_max(acts.attention_mask.shape[1]))
-        agree = agreement_scores(sae, weights.omega, acts.resid, acts.image_mask, content, thresholds, weights.pairs,
-                                 slot=slot, answer_pairs=weights.answer_pairs)
+        agree = batch_agreement(sae, weights, acts, template_ids, thresholds, skip)
         cols.update({k: agree[k] for k in ("score_content", "grounding", "pair_agreement", "answer_agreement")})
         cols["n_tokens"] = acts.attention_mask.sum(1).tolist()
         for j, i in enumerate(kept):
