@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from benchmarks.alignment_effect.study import main
 
 
@@ -17,7 +15,7 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     argv = ["--quick", "--tiny", "--workers", "1", "--out", str(out)]
     doc = main(argv)
     settings = doc["settings"]
-    assert settings["fractions"] == [0.5, 1.0] and settings["seeds"] == [0] and settings["steps"] == 2
+    assert settings["fractions"] == [0.5, 1.0] and settings["seeds"] == [3] and settings["steps"] == 2
     methods = settings["methods"]
     assert "saev_score" in methods and "random" in methods
     # every cell: method x fraction 0.5, the shared full-data cell, and the clean full-data cell (item 2)
@@ -39,16 +37,19 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     assert json.loads((out / "results.json").read_text())["cells"] == again["cells"]
 
 
-def test_within_type_ranking_and_oracle_by_hand():
-    from benchmarks.alignment_effect.study import ORACLE, WITHIN_TYPE, kept_indices, method_scores_of
+def test_stratified_selection_oracle_and_random_tie_break_by_hand():
+    from benchmarks.alignment_effect.study import ORACLE, kept_indices, method_scores_of
 
     doc = {"scores": {"m": [0.9, 0.1, 0.5, None, 0.03, 0.02]}, "qtypes": ["a", "a", "a", "b", "b", "b"],
            "labels": ["none", "x", "none", "none", "x", "none"]}
-    within = method_scores_of(doc, WITHIN_TYPE + "m", seed=0)
-    # type a: 0.9 > 0.5 > 0.1 -> 1, 2/3, 1/3; type b: 0.03 > 0.02 -> 1, 1/2; the null stays null
-    assert within[3] is None
-    assert [v for i, v in enumerate(within) if i != 3] == pytest.approx([1.0, 1 / 3, 2 / 3, 1.0, 0.5])
-    assert kept_indices(within, 0.5) == [0, 2, 4]  # the best of each type first, whatever the raw scale
-    assert kept_indices(method_scores_of(doc, "m", seed=0), 0.5) == [0, 1, 2]  # raw: type a only
-    oracle = method_scores_of(doc, ORACLE, seed=3)
-    assert sorted(kept_indices(oracle, 4 / 6)) == [0, 2, 3, 5]  # the four clean rows
+    scores = method_scores_of(doc, "m")
+    # stratified: each type keeps round_half_up(0.5 x 3) = 2 rows, its best scored ones, whatever the raw scale
+    assert kept_indices(scores, 0.5, groups=doc["qtypes"]) == [0, 2, 4, 5]
+    assert kept_indices(scores, 0.5) == [0, 1, 2]  # one global ranking: type a only
+    assert kept_indices(method_scores_of(doc, ORACLE), 4 / 6) == [0, 2, 3, 5]  # the four clean rows
+    # a constant score selects like random: over many seeds every row is kept about 30% of the time
+    counts = [0] * 10
+    for seed in range(600):
+        for i in kept_indices([0.0] * 10, 0.3, seed=seed):
+            counts[i] += 1
+    assert all(0.22 < c / 600 < 0.38 for c in counts), counts

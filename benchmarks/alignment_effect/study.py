@@ -28,13 +28,17 @@ defect rate, absolute and relative to full-data DPO; the share of defective rows
 - Scores: every method scored once per data set with the **pre-alignment** model and the same SAE (a topk
   SAE-V on its middle layer, ``testbed_sae``, seed 0) and ω fitted on the data set itself (1,000 reference rows
   at most, seed 42, as the paper). Methods: the paper's ``saev_score`` and its variants ``saev_score_mean`` and
-  ``saev_score_any``; the best variant of the detection benchmark (``benchmarks/defect_detection/results/
-  results.json`` "best", the variant chosen most often over defect kinds; else ``saev_grounding_vs_control``);
-  the response-aware margins ``saev_score_margin`` and ``saev_answer_agreement_margin``; ``cooccur_l0``, ``l0``,
-  ``random``, ``response_perplexity``; and, as a reference rather than a method, an **oracle** that keeps clean
-  rows first by reading the ``defect`` label: what perfect filtering gives at each fraction; and, as a
-  post-hoc test of why the best variant lost (it shifted the question mix), that variant ranked within each
-  question type (``within question type: ...``; not counted among the SAE-V variants in the targets).
+  ``saev_score_any``; the best variant of the detection benchmark (``BEST_DETECTION_VARIANT``,
+  ``saev_pair_agreement``, fixed when the confirmatory run was pre-registered);
+  the response-aware margin ``saev_answer_agreement_margin``; ``cooccur_l0``, ``l0``, ``random``,
+  ``response_perplexity``; and, as a reference rather than a method, an **oracle** that keeps clean rows first
+  by reading the ``defect`` label: what perfect filtering gives at each fraction.
+- Selection (``--stratify-by qtype``, the default since the pre-registered run; ``PREREGISTRATION.md``): every
+  method, random and the oracle included, keeps the top X% of each question type (the product's
+  ``select(stratify_by=...)``), so the data mix stays that of the full data and a method is judged on which rows
+  of a type it keeps. The exploratory run ranked all rows at once; its best variant kept the fewest defects but
+  shifted the mix to digit rows and lost accuracy (``exploratory-9d41f16/``). Ties are broken by a seeded random
+  order of the rows, so a near-constant score (``l0`` under a topk SAE) selects like random, not by row order.
 - Training: LoRA DPO through the recipe (``saev_curate.recipes.dpo.main``; r 16 on every linear layer of the
   text tower, beta 0.1, lr 1e-3 cosine, batch 8, fp32 CPU). **Budget policy: the same number of optimizer
   steps for every cell** (``steps``), whatever the kept fraction: a 10% subset is seen for more epochs, no cell
@@ -44,21 +48,19 @@ defect rate, absolute and relative to full-data DPO; the share of defective rows
   (``heldout_questions``: test-split images, which no training row uses, the ``--qtypes`` types equally):
   accuracy by likelihood over the answer options (``acc``).
 - Cells: kept fractions {10, 25, 50, 75, 100}% (100% is one shared full-data cell per data set), 3 seeds at the
-  default 30% defect rate, 1 seed at 10% and 50%. Two cells whose kept rows are identical (same data set and
-  seed) share one training run.
+  default 30% defect rate (seeds 3, 4, 5: 0-2 were the exploratory run's), 1 seed (3) at 10% and 50%. Two
+  cells whose kept rows are identical (same data set and seed) share one training run.
 
 **Sizing (measured on this 2-core CPU, one torch thread per process).** A cell (load the model, build the
 trainer, 40 LoRA DPO steps at batch 8, evaluate 180 questions) took 19-22 s of training and 5-8 s of
-evaluation with other jobs on the machine (0.45-0.5 s per step, about 3 s of setup, 32-40 ms per question
-without generation); 80 steps took 40 s. Cells: 3 seeds x (12 rankings x 4 fractions + 1 full + 1 all-clean) at
-30% defects + 2 rates x (12 x 4 + 1) = 248 (10 methods, the oracle, the within-type cell), 240 distinct runs
-after deduplication. At 40 steps, 240 x ~26 s on two worker processes (``--workers 2``, one per core) is
-about 52 min (measured: 6,209 s summed over cells); the SAE for the base (1,500 steps, ~2 min),
+evaluation (0.45-0.5 s per step, about 3 s of setup, 32-40 ms per question without generation): 6,209 s over
+240 cells in the exploratory run. The default has 10 rankings (9 methods and the oracle) and 240 held-out
+questions: 3 seeds x (10 x 4 fractions + 1 full + 1 all-clean) + 2 rates x (10 x 4 + 1) = 208 cells at ~28 s,
+about 49 min on two worker processes (``--workers 2``, one per core); the SAE for the base (1,500 steps, ~2 min),
 scoring five data sets of 400 rows with every method (~1.5 min each) and the base evaluation add ~10 min on a
 cold cache (the base model's build, ~10-14 min, comes on top when it is not cached). The printed estimate
-before the first cell uses these per-cell costs. The default study therefore keeps 400 rows per data set, 40
-DPO steps at lr 1e-3, 60 questions per type of 3 types and 12 rankings;
-``--steps``, ``--rows``, ``--eval-per-type``, ``--methods`` change that.
+before the first cell uses these per-cell costs. ``--steps``, ``--rows``, ``--eval-per-type``, ``--methods``
+change the size.
 
 ``--quick`` is the CI smoke test (one seed, fractions 50% and 100%, 3 methods, 2 steps, 40 rows, 1 question
 per type); with ``--tiny`` it runs on a tiny random LLaVA (``saev_curate.testing``) instead of the testbed,
@@ -81,17 +83,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-DETECTION_RESULTS = HERE.parent / "defect_detection" / "results" / "results.json"
-FALLBACK_BEST = "saev_grounding_vs_control"
+#: the detection benchmark's best variant when the confirmatory run was pre-registered (best on mismatch, corrupted
+#: and off-topic rows in ``benchmarks/defect_detection/results/`` at commit 9d41f16); fixed here so that a later
+#: detection result does not change which methods this study runs
+BEST_DETECTION_VARIANT = "saev_pair_agreement"
 PAPER_FAMILY = ("saev_score", "saev_score_mean", "saev_score_any")  # the paper's score and the variants it states
 BASELINES = ("cooccur_l0", "l0", "random", "response_perplexity")
-#: the response-aware margins: the paper's score with chosen vs rejected shown, and the answer agreement
-RESPONSE_MARGINS = ("saev_score_margin", "saev_answer_agreement_margin")
+#: the response-aware margin. The paper's score with chosen vs rejected shown (``saev_score_margin``) is left out of
+#: the default: it was 0 on 99-100% of the rows of every data set of the first run (one-word responses add no
+#: co-occurring feature), so ranking by it is ranking by tie-break order; ``--methods`` can add it
+RESPONSE_MARGINS = ("saev_answer_agreement_margin",)
 #: not a method: keeps clean rows first by reading the ``defect`` label (what perfect filtering would give)
 ORACLE = "oracle (reads the labels)"
-#: a post-hoc test of why a variant lost: its ranking within each question type (the top X% of every type, so the
-#: data mix is kept); not counted as an SAE-V variant in the targets
-WITHIN_TYPE = "within question type: "
 FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
 BASE_HOLDOUT = ("count", "colour", "digit_parity")
 BASE_STAGE2_STEPS = 600
@@ -113,28 +116,9 @@ def _save(path: Path, doc) -> None:
     tmp.replace(path)
 
 
-def best_detection_variant(path: Path = DETECTION_RESULTS) -> tuple[str, str]:
-    """The detection benchmark's best SAE-V variant (the one its ``best`` entry names for most defect kinds, ties
-    to the higher mean AUROC) and where that came from; ``saev_grounding_vs_control`` when there are no results."""
-    from saev_curate.testbed.detection import SAEV_METHODS
-
-    doc = _load(path)
-    best = (doc or {}).get("best")
-    if isinstance(best, dict) and best:
-        votes: dict[str, list[float]] = {}
-        for entry in best.values():
-            if isinstance(entry, dict) and entry.get("method"):
-                votes.setdefault(str(entry["method"]).split("/")[0], []).append(float(entry.get("mean", 0.0)))
-        votes = {m: v for m, v in votes.items() if m in SAEV_METHODS}
-        if votes:
-            method = max(votes, key=lambda m: (len(votes[m]), statistics.fmean(votes[m])))
-            return method, str(path)
-    return FALLBACK_BEST, "default (no detection results found)"
-
-
-def default_methods(best: str) -> list[str]:
+def default_methods(best: str = BEST_DETECTION_VARIANT) -> list[str]:
     saev = list(PAPER_FAMILY) + ([best] if best not in PAPER_FAMILY else []) + list(RESPONSE_MARGINS)
-    return list(dict.fromkeys(saev + list(BASELINES) + [ORACLE, WITHIN_TYPE + best]))
+    return list(dict.fromkeys(saev + list(BASELINES) + [ORACLE]))
 
 
 def saev_methods(methods: list[str]) -> list[str]:
@@ -187,40 +171,37 @@ def score_dataset(ctx: dict, rate: float, seed: int) -> dict:
     return doc
 
 
-def method_scores_of(doc: dict, method: str, seed: int) -> list:
-    """A scored data set's values for ``method``; the oracle's are 1 for clean rows, 0 for defective ones,
-    plus a seeded jitter below 1e-3 that breaks ties at random; a ``WITHIN_TYPE`` method's are the base
-    method's percentile within the row's question type (1 = best of its type; null scores stay null)."""
-    if method.startswith(WITHIN_TYPE):
-        values, groups = doc["scores"][method[len(WITHIN_TYPE):]], doc["qtypes"]
-        out: list = [None] * len(values)
-        for g in set(groups):
-            idx = sorted((i for i, q in enumerate(groups) if q == g and values[i] is not None),
-                         key=lambda i: (-values[i], i))
-            for r, i in enumerate(idx):
-                out[i] = 1.0 - r / len(idx)
-        return out
+def method_scores_of(doc: dict, method: str) -> list:
+    """A scored data set's values for ``method``; the oracle's are 1 for clean rows and 0 for defective ones."""
     if method != ORACLE:
         return doc["scores"][method]
+    return [float(lab == "none") for lab in doc["labels"]]
+
+
+def kept_indices(scores: list, fraction: float, *, groups: list | None = None, seed: int = 0) -> list[int]:
+    """The top ``fraction`` of rows by ``scores`` (of each group's rows with ``groups``: the product's
+    ``select(stratify_by=...)``), in row order. Rows without a score are never kept. Ties are broken by a
+    ``seed``-ed random order of the rows, not by row order, so a constant score selects like ``random``."""
     import random
 
-    rng = random.Random(seed)
-    return [float(lab == "none") + 1e-3 * rng.random() for lab in doc["labels"]]
-
-
-def kept_indices(scores: list, fraction: float) -> list[int]:
-    """The top ``fraction`` of rows by ``scores`` (rows without a score never kept), in row order."""
     from saev_curate.curation.selection import select
 
     if fraction >= 1:
         return list(range(len(scores)))
-    rows = [{"i": i, "s": s} for i, s in enumerate(scores)]
-    kept = select(rows, by="s", fraction=fraction, min_usable_share=0.0)
+    order = random.Random(seed).sample(range(len(scores)), len(scores))
+    rows = [{"i": i, "s": scores[i], "g": groups[i] if groups is not None else 0} for i in order]
+    kept = select(rows, by="s", fraction=fraction, min_usable_share=0.0,
+                  stratify_by="g" if groups is not None else None)
     return sorted(r["i"] for r in kept)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # One cell: DPO on the kept rows, evaluation (runs in a worker process)
+
+
+def groups_of(settings: dict, doc: dict) -> list | None:
+    """The groups selection is stratified by (each row's question type), or None for one global ranking."""
+    return doc["qtypes"] if settings.get("stratify_by") == "qtype" else None
 
 
 def run_id(spec: dict) -> str:
@@ -296,14 +277,17 @@ def run_base(ctx: dict) -> dict:
 
 
 def settings_from(args) -> dict:
-    best, best_from = best_detection_variant()
+    best = BEST_DETECTION_VARIANT
     methods = args.methods or default_methods(best)
     s = {"rows": args.rows, "seeds": args.seeds, "defect_rate": 0.3, "extra_rates": args.extra_rates,
          "extra_seed": args.seeds[0], "fractions": args.fractions, "methods": methods, "best_variant": best,
-         "best_variant_from": best_from, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
          "eval_per_type": args.eval_per_type, "sae_steps": args.sae_steps, "n_reference": args.n_reference,
          "qtypes": list(args.qtypes) if args.qtypes else None,
          "budget_policy": "same number of optimizer steps for every cell (any kept fraction)",
+         "stratify_by": None if args.stratify_by == "none" else args.stratify_by,
+         "tie_break": "a random order of the rows, seeded by the data set's seed",
+         "primary": {"method": best, "fraction": 0.5, "defect_rate": 0.3},
          "base": {"holdout_qtypes": list(BASE_HOLDOUT), "stage2_steps": BASE_STAGE2_STEPS}}
     return s
 
@@ -312,7 +296,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(RESULTS), help="results folder (cells/ inside it make the study resumable)")
     ap.add_argument("--workers", type=int, default=2, help="cells trained at once, one process and thread each")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds at the 30%% defect rate")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[3, 4, 5],
+                    help="seeds at the 30%% defect rate (0-2 were the exploratory run's; see PREREGISTRATION.md)")
     ap.add_argument("--extra-rates", type=float, nargs="*", default=[0.1, 0.5], help="defect rates run with one seed")
     ap.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS), help="kept fractions")
     ap.add_argument("--methods", nargs="+", default=None, help="methods (default: see the module docstring)")
@@ -320,7 +305,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=40, help="DPO optimizer steps per cell (the same for all)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--eval-per-type", type=int, default=60, help="held-out questions per question type")
+    ap.add_argument("--eval-per-type", type=int, default=80, help="held-out questions per question type")
+    ap.add_argument("--stratify-by", choices=("qtype", "none"), default="qtype",
+                    help="every method keeps the top fraction of each question type (qtype, the product's "
+                         "select(stratify_by=...)) or of all rows at once (none)")
     ap.add_argument("--qtypes", nargs="*", default=list(BASE_HOLDOUT),
                     help="question types of the alignment data and of the held-out evaluation (default: those the "
                          "base never saw in its instruction stage); none = every type")
@@ -333,7 +321,7 @@ def main(argv=None) -> dict:
                                                          "3 methods, 2 steps, 40 rows, 1 question per type")
     args = ap.parse_args(argv)
     if args.quick:
-        best, _ = best_detection_variant()
+        best = BEST_DETECTION_VARIANT
         args.seeds, args.extra_rates, args.fractions = args.seeds[:1], [], [0.5, 1.0]
         args.methods = args.methods or list(dict.fromkeys(["saev_score", best, "random"]))
         args.rows, args.steps, args.eval_per_type, args.sae_steps, args.n_reference = 40, 2, 1, 20, 40
@@ -412,7 +400,8 @@ def main(argv=None) -> dict:
                 add(rate, seed, "all", 1.0, list(range(args.rows)))
                 continue
             for m in settings["methods"]:
-                add(rate, seed, m, fraction, kept_indices(method_scores_of(doc, m, seed), fraction))
+                add(rate, seed, m, fraction, kept_indices(method_scores_of(doc, m), fraction,
+                                                          groups=groups_of(settings, doc), seed=seed))
     for seed in args.seeds:  # item 2: all clean rows
         add(0.0, seed, "all (clean data)", 1.0, list(range(args.rows)))
     todo = [s for s in runs.values() if _load(Path(s["cell_file"])) is None]
@@ -487,7 +476,7 @@ def summarize(settings: dict, base: dict, scores: dict, cells_index: list[dict],
         bad = [lab != "none" for lab in doc["labels"]]
         for m in methods:
             for f in fractions:
-                idx = kept_indices(method_scores_of(doc, m, seed), f)
+                idx = kept_indices(method_scores_of(doc, m), f, groups=groups_of(settings, doc), seed=seed)
                 kept_share.setdefault(f"{rate:g}", {}).setdefault(m, {}).setdefault(f"{f:g}", []).append(
                     sum(bad[i] for i in idx) / max(1, len(idx)))
     kept_share = {r: {m: {f: mean_sd(v) for f, v in fs.items()} for m, fs in ms.items()} for r, ms in kept_share.items()}
@@ -503,31 +492,44 @@ def summarize(settings: dict, base: dict, scores: dict, cells_index: list[dict],
     rel = best[0] / full_mean if candidates and full_mean else float("nan")
     targets = {}
     if best[1] is not None:
-        b = main["methods"][best[1]][f"{best[2]:g}"]
-        r = main["methods"].get("random", {}).get(f"{best[2]:g}")
-        sd_diff = math.sqrt(b["sd"] ** 2 + r["sd"] ** 2) if r else float("nan")
         targets["best_saev_geq_110pct_of_full"] = {"value": rel, "met": bool(rel >= 1.10)}
-        if r:
-            targets["best_saev_above_random_by_2sd"] = {
-                "best": b["mean"], "random": r["mean"], "difference": b["mean"] - r["mean"], "sd_of_difference": sd_diff,
-                "met": bool(b["mean"] - r["mean"] > 2 * sd_diff) if b["n"] > 1 and r["n"] > 1 else None}
         if "random" in methods:
+            targets["best_saev_above_random_by_2sd"] = above_random(main, best[1], best[2])
             per = {}
             for m in saev:
                 per[m] = {f"{f:g}": kept_share[main_key][m][f"{f:g}"]["mean"] < kept_share[main_key]["random"][f"{f:g}"]["mean"]
                           for f in small}
             targets["saev_keeps_fewer_defects_than_random_at_every_fraction_leq_50pct"] = {
                 "best_variant": all(per[best[1]].values()), "per_method": per}
+    primary = settings.get("primary") or {}
+    if primary.get("method") in main["methods"] and "random" in methods and f"{primary['fraction']:g}" in main["methods"]["random"]:
+        p = main["methods"][primary["method"]][f"{primary['fraction']:g}"]
+        targets["preregistered_primary"] = {
+            **primary, "relative_to_full": p["mean"] / full_mean if full_mean else float("nan"),
+            "geq_110pct_of_full": bool(full_mean and p["mean"] / full_mean >= 1.10),
+            "vs_random": above_random(main, primary["method"], primary["fraction"])}
     clean = mean_sd([c["accuracy"] for c in cells if c["method"] == "all (clean data)"])
     item2 = {"base": base["acc"], "base_stderr": base["acc_stderr"], "full_clean": clean, "full_30pct_defects": main["full"],
              "clean_beats_defective": bool(clean["mean"] > main["full"]["mean"]),
              "clean_beats_base": bool(clean["mean"] > base["acc"])}
     detection = {f"{rate:g}-seed{seed}": doc["auroc"] for (rate, seed), doc in scores.items()}
+    # how many distinct values each method's score takes per data set (a near-constant score selects by tie-break)
+    distinct = {f"{rate:g}-seed{seed}": {m: len({v for v in method_scores_of(doc, m) if v is not None}) for m in methods}
+                for (rate, seed), doc in scores.items()}
     return {"settings": settings, "base": base, "item2": item2, "cells": cells, "accuracy": table,
             "defect_share_kept": kept_share, "best_saev_at_most_50pct_relative_to_full": rel,
             "best_saev_at_most_50pct": {"method": best[1], "fraction": best[2], "mean_accuracy": best[0],
                                         "full_mean_accuracy": full_mean},
-            "targets": targets, "detection_auroc": detection, "timing": timing}
+            "targets": targets, "detection_auroc": detection, "distinct_scores": distinct, "timing": timing}
+
+
+def above_random(table: dict, method: str, fraction: float) -> dict:
+    """``method`` vs ``random`` at ``fraction``: the difference of mean accuracies against twice the sd of the
+    difference (the two cells' seed sds combined), the issue's "above random by more than two standard deviations"."""
+    b, r = table["methods"][method][f"{fraction:g}"], table["methods"]["random"][f"{fraction:g}"]
+    sd_diff = math.sqrt(b["sd"] ** 2 + r["sd"] ** 2)
+    return {"method": b["mean"], "random": r["mean"], "difference": b["mean"] - r["mean"], "sd_of_difference": sd_diff,
+            "met": bool(b["mean"] - r["mean"] > 2 * sd_diff) if b["n"] > 1 and r["n"] > 1 else None}
 
 
 def _fmt(ms: dict, pct: bool = True) -> str:
@@ -545,7 +547,9 @@ def markdown(doc: dict) -> str:
              f"{s['steps']} DPO steps at batch {s['batch_size']} for every cell (same optimizer steps whatever the "
              f"kept fraction); accuracy by likelihood on {len(s['qtypes'] or range(9)) * s['eval_per_type']} held-out "
              f"questions (test-split images) of the question types {s['qtypes'] or 'all'}, in %. "
-             "Mean ± sd over seeds where there are several.", "",
+             f"Selection: {'the top fraction of each question type (stratified)' if s.get('stratify_by') else 'one global ranking'}"
+             f"; ties broken by a seeded random order. Mean ± sd over seeds where there are several. "
+             f"Pre-registered primary comparison: {json.dumps(s.get('primary'))} (see PREREGISTRATION.md).", "",
              "## Start: is there room to improve? (issue item 2)", "",
              "| model | held-out accuracy |", "|---|---|",
              f"| base (no DPO) | {100 * doc['item2']['base']:.1f} |",
