@@ -12,7 +12,8 @@ for each defect kind which SAE-V variant the ``best`` entry reports.
 
 Writes ``benchmarks/defect_detection/results/``: ``results.json`` (``auroc``: method -> kind ->
 ``{"mean", "sd", "n"}`` for every method and SAE architecture, ``best``: kind -> the dev-chosen
-SAE-V variant's test ``{"method", "mean", "sd"}``, ``image_only_control``, ``model_accuracy``,
+SAE-V variant's test ``{"method", "mean", "sd"}``, ``best_prompt_only`` the same among the variants that
+read image + prompt only, ``image_only_control``, ``model_accuracy``,
 ``settings``), ``results.md`` (the table) and ``auroc.png`` / ``histograms.png``.  Each finished
 (architecture, seed) cell is stored under ``cells/``; a rerun continues where it stopped.
 """
@@ -132,8 +133,9 @@ def main(argv=None) -> dict:
                 for rel, t in tables.items()}
         rel = max(DELTA_CHOICES, key=lambda r: mean[r])
         best = {k: max(D.SAEV_METHODS, key=lambda m: tables[rel][m][k]) for k in DEFECT_KINDS}
+        prompt_only = {k: max(D.PROMPT_ONLY, key=lambda m: tables[rel][m][k]) for k in DEFECT_KINDS}
         choice[arch] = {"delta_rel": rel, "dev_mean_auroc_of_beyond_paper_variants": mean, "best_on_dev": best,
-                        "dev_auroc": tables[rel]}
+                        "best_prompt_only_on_dev": prompt_only, "dev_auroc": tables[rel]}
         print(f"dev, {arch}: delta_rel={rel} (mean AUROC of the variants beyond the paper by δ: {mean}); "
               f"best variant per kind: {best}")
 
@@ -163,13 +165,15 @@ def main(argv=None) -> dict:
                 continue
             auroc[key] = {k: D.mean_sd([results[(arch, s)]["auroc"][m][k] for s in args.seeds]) for k in DEFECT_KINDS}
     main_arch = args.architectures[0]
-    best = {k: {"method": f"{choice[main_arch]['best_on_dev'][k]}/{main_arch}",
-                **auroc[f"{choice[main_arch]['best_on_dev'][k]}/{main_arch}"][k]} for k in DEFECT_KINDS}
+    best, best_prompt_only = ({k: {"method": f"{choice[main_arch][key][k]}/{main_arch}",
+                                   **auroc[f"{choice[main_arch][key][k]}/{main_arch}"][k]} for k in DEFECT_KINDS}
+                              for key in ("best_on_dev", "best_prompt_only_on_dev"))
     best_any = {k: max(((m, v[k]) for m, v in auroc.items() if m.split("/")[0] in D.SAEV_METHODS),
                        key=lambda mv: mv[1]["mean"]) for k in DEFECT_KINDS}
     doc = {
         "auroc": auroc,
         "best": best,
+        "best_prompt_only": best_prompt_only,
         "best_on_test_for_reference": {k: {"method": m, **v} for k, (m, v) in best_any.items()},
         "image_only_control": auroc[f"image_only_control/{main_arch}"],
         "model_accuracy": acc,
@@ -201,6 +205,8 @@ def _markdown(doc: dict, kinds) -> str:
               "Bold: best per kind over all methods.", "",
               "Best SAE-V variant per kind, chosen on the dev split, reported on test: " + ", ".join(
                   f"{k}: {v['method']} {v['mean']:.3f} ± {v['sd']:.3f}" for k, v in doc["best"].items()),
+              "", "Best prompt-only SAE-V variant (image + prompt, no response), chosen on dev: " + ", ".join(
+                  f"{k}: {v['method']} {v['mean']:.3f} ± {v['sd']:.3f}" for k, v in doc["best_prompt_only"].items()),
               "", "Model accuracy on held-out images (likelihood over answer options): " + ", ".join(
                   f"{q} {v['likelihood']:.2f}" for q, v in doc["model_accuracy"].items())]
     return "\n".join(lines) + "\n"
@@ -231,7 +237,7 @@ def _plots(out: Path, cell: dict, auroc: dict, kinds, arch: str) -> None:
     plt.close(fig)
 
     show = [m for m in ("saev_score", "image_only_control", "saev_pair_agreement", "saev_answer_agreement_margin",
-                        "response_perplexity") if m in cell["scores"]]
+                        "saev_answer_readout_chosen", "response_perplexity") if m in cell["scores"]]
     labels = cell["labels"]
     fig, axes = plt.subplots(1, len(show), figsize=(4 * len(show), 3.2))
     for ax, m in zip(axes, show):

@@ -25,6 +25,10 @@ reference set: a δ on each feature's own scale):
   rows' chosen responses)?  A response that contradicts what the model read forms pairs that clean rows
   rarely form.  Not cross-modal in the paper's sense: it compares the response with the model's own
   reading of image + prompt, at the SAE's layer;
+* ``answer_readout`` (response modes): the mean log-posterior of the response's content tokens given the
+  answer slot's firing features, a naive-Bayes read-out fitted on the reference rows' chosen responses (weights'
+  ``answer_readout``; :mod:`saev_curate.curation.readout`): is this the answer the slot's features stand for?
+  It reads response *tokens*, so it is not diluted by the generic features a response token also carries;
 * a row without content tokens gets ``None`` and a reason.
 """
 
@@ -35,7 +39,7 @@ from torch import Tensor
 
 from saev_curate.devices import module_device
 
-AGREEMENT_COLUMNS = ("score_content", "grounding", "pair_agreement", "answer_agreement")
+AGREEMENT_COLUMNS = ("score_content", "grounding", "pair_agreement", "answer_agreement", "answer_readout")
 
 
 def template_token_ids(processor) -> set[int]:
@@ -103,17 +107,19 @@ def batch_agreement(sae, weights, acts, template_ids: set[int], thresholds: Tens
                            prompt_len)
     slot = None if prompt_len is None else answer_slot(acts.attention_mask, prompt_len)
     return agreement_scores(sae, weights.omega, acts.resid if resid is None else resid, acts.image_mask, content,
-                            thresholds, weights.pairs, slot=slot, answer_pairs=weights.answer_pairs)
+                            thresholds, weights.pairs, slot=slot, answer_pairs=weights.answer_pairs,
+                            input_ids=acts.input_ids, answer_readout=weights.answer_readout)
 
 
 @torch.no_grad()
 def agreement_scores(sae, omega: Tensor, resid: Tensor, image_mask: Tensor, content: Tensor,
-                     thresholds: Tensor, pairs=None, *, slot: Tensor | None = None, answer_pairs=None
-                     ) -> dict[str, list]:
+                     thresholds: Tensor, pairs=None, *, slot: Tensor | None = None, answer_pairs=None,
+                     input_ids: Tensor | None = None, answer_readout=None) -> dict[str, list]:
     """The :data:`AGREEMENT_COLUMNS` and ``error`` per row of a captured batch (see module doc).
 
     Each npmi column needs its :class:`~saev_curate.curation.pairs.FeaturePairs` (``pairs``;
-    ``answer_pairs`` also ``slot``, each row's answer-slot position) and is None without."""
+    ``answer_pairs`` also ``slot``, each row's answer-slot position) and is None without; ``answer_readout``
+    (an :class:`~saev_curate.curation.readout.AnswerReadout`) needs ``slot`` and ``input_ids``."""
     dev = module_device(sae)
     w = omega.to(dev, torch.float64)
     defined = ~torch.isnan(w)
@@ -139,8 +145,10 @@ def agreement_scores(sae, omega: Tensor, resid: Tensor, image_mask: Tensor, cont
         den = float(mass.sum())
         out["grounding"].append(float(grounded.sum()) / den if den > 0 else 0.0)
         out["pair_agreement"].append(None if pairs is None else pairs.agreement(z_txt.amax(0), z_img.amax(0)))
-        out["answer_agreement"].append(
-            None if answer_pairs is None or slot is None
-            else answer_pairs.agreement(z_txt.amax(0), sae.encode(resid[b, int(slot[b])][None].to(dev)).float()[0]))
+        z_slot = None if slot is None else sae.encode(resid[b, int(slot[b])][None].to(dev)).float()[0]
+        out["answer_agreement"].append(None if answer_pairs is None or z_slot is None
+                                       else answer_pairs.agreement(z_txt.amax(0), z_slot))
+        out["answer_readout"].append(None if answer_readout is None or z_slot is None or input_ids is None
+                                     else answer_readout.readout(z_slot, input_ids[b][content[b]]))
         out["error"].append(None)
     return out

@@ -32,6 +32,9 @@ SAEV_METHODS = {
     "saev_pair_agreement_margin": ("saev_pair_agreement_margin", 1),
     # beyond the paper: npmi of (response feature, answer-slot feature) pairs, chosen minus rejected
     "saev_answer_agreement_margin": ("saev_answer_agreement_margin", 1),
+    # beyond the paper: naive-Bayes read-out of the answer slot's SAE features, chosen response / chosen - rejected
+    "saev_answer_readout_chosen": ("saev_answer_readout_chosen", 1),
+    "saev_answer_readout_margin": ("saev_answer_readout_margin", 1),
 }
 BASELINES = {
     "cooccur_l0": ("saev_cooccur_l0", 1),
@@ -43,7 +46,8 @@ BASELINES = {
 PROMPT_ONLY = ("saev_score", "saev_score_mean", "saev_score_any", "saev_score_content", "saev_grounding",
                "saev_grounding_vs_control", "saev_pair_agreement")
 RESPONSE_AWARE = ("saev_score_chosen", "saev_score_rejected", "saev_score_margin", "saev_grounding_margin",
-                  "saev_pair_agreement_margin", "saev_answer_agreement_margin")
+                  "saev_pair_agreement_margin", "saev_answer_agreement_margin", "saev_answer_readout_chosen",
+                  "saev_answer_readout_margin")
 
 
 def sae_training_rows(n: int = 3000, seed: int = 100) -> list[dict]:

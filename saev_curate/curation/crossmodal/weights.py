@@ -22,6 +22,7 @@ from saev_curate.curation.crossmodal.fitter import (
     token_keys,
 )
 from saev_curate.curation.pairs import FeaturePairs, PairCounter
+from saev_curate.curation.readout import AnswerReadout, ReadoutCounter
 from saev_curate.devices import module_device
 from saev_curate.errors import InputError
 from saev_curate.io.fingerprint import model_identity, sae_fingerprint
@@ -31,6 +32,9 @@ __all__ = ["CrossModalWeights"]
 
 #: the feature-pair tables beyond the paper (:mod:`saev_curate.curation.pairs`) and their files
 PAIR_TABLES = {"pairs": "crossmodal_pairs.safetensors", "answer_pairs": "crossmodal_answer_pairs.safetensors"}
+#: the answer read-out's counts (:mod:`saev_curate.curation.readout`)
+READOUT_FILE = "crossmodal_answer_readout.safetensors"
+READOUT_TENSORS = ("vocab", "n_token", "keys", "counts")
 
 
 @dataclass
@@ -49,6 +53,8 @@ class CrossModalWeights:
     #: pairs (None when the reference rows had no responses)
     pairs: FeaturePairs | None = None
     answer_pairs: FeaturePairs | None = None
+    #: (answer-slot feature, response token) counts (:mod:`saev_curate.curation.readout`; None without responses)
+    answer_readout: AnswerReadout | None = None
 
     # -------------------------------------------------------------- views
     @property
@@ -86,6 +92,8 @@ class CrossModalWeights:
         for name in PAIR_TABLES:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name).summary()
+        if self.answer_readout is not None:
+            out["answer_readout"] = self.answer_readout.summary()
         return out
 
     def fingerprint(self) -> str:
@@ -100,6 +108,10 @@ class CrossModalWeights:
                 for t in (p.keys, p.npmi, p.n_text, p.n_image):
                     h.update(t.contiguous().numpy().tobytes())
                 h.update(json.dumps(p.summary(), sort_keys=True).encode())
+        if (r := self.answer_readout) is not None:
+            for name in READOUT_TENSORS:
+                h.update(getattr(r, name).contiguous().numpy().tobytes())
+            h.update(json.dumps(r.summary(), sort_keys=True).encode())
         return h.hexdigest()[:32]
 
     def __repr__(self) -> str:
@@ -130,6 +142,12 @@ class CrossModalWeights:
             elif (path / file).exists():
                 (path / file).unlink()
             doc[name] = None if p is None else {"n_rows": p.n_rows, "delta": p.delta, "min_count": p.min_count}
+        r = self.answer_readout
+        if r is not None:
+            save_file({name: getattr(r, name).contiguous() for name in READOUT_TENSORS}, str(path / READOUT_FILE))
+        elif (path / READOUT_FILE).exists():
+            (path / READOUT_FILE).unlink()
+        doc["answer_readout"] = None if r is None else {"n_rows": r.n_rows, "delta": r.delta, "alpha": r.alpha}
         (path / "crossmodal_weights.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
         return path
 
@@ -175,9 +193,24 @@ class CrossModalWeights:
             tables[name] = FeaturePairs(keys=pt["keys"].long(), npmi=pt["npmi"].float(), n_text=pt["n_text"].float(),
                                         n_image=pt["n_image"].float(), n_rows=int(pd.get("n_rows", 0)),
                                         delta=float(pd.get("delta", 0.0)), min_count=int(pd.get("min_count", 1)))
+        readout = None
+        if isinstance(rd := doc.get("answer_readout"), dict):
+            rf = path / READOUT_FILE
+            rt = read_safetensors(rf, fix=redo)
+            check_tensors(rf, rt, required=dict.fromkeys(READOUT_TENSORS, 1), optional={}, same_first_dim=False,
+                          finite=("n_token", "counts"), fix=redo)
+            d = int(t["omega"].shape[0])
+            n_vocab = len(rt["vocab"])
+            if (rt["keys"].shape != rt["counts"].shape or rt["n_token"].shape[0] != n_vocab
+                    or (len(rt["keys"]) and (int(rt["keys"].min()) < 0 or int(rt["keys"].max()) >= d * n_vocab))):
+                raise InputError(f"{rf}: read-out tensors do not match each other or the {d} features of omega; {redo}")
+            readout = AnswerReadout(vocab=rt["vocab"].long(), n_token=rt["n_token"].float(), keys=rt["keys"].long(),
+                                    counts=rt["counts"].float(), n_rows=int(rd.get("n_rows", 0)), d_sae=d,
+                                    delta=float(rd.get("delta", 1.0)), alpha=float(rd.get("alpha", 1.0)))
         return cls(omega=t["omega"], classes=t["classes"], top_activation=t.get("top_activation"),
                    top_row=t.get("top_row"), top_position=t.get("top_position"),
-                   top_is_image=None if top_img is None else top_img.bool(), meta=doc.get("meta", {}), **tables)
+                   top_is_image=None if top_img is None else top_img.bool(), meta=doc.get("meta", {}),
+                   answer_readout=readout, **tables)
 
     # -------------------------------------------------------------- checks
     def check_sae(self, sae) -> None:
@@ -242,7 +275,7 @@ class CrossModalWeights:
             top_tokens_per_feature: int = 30, tokens_per_modality: int = 5, min_activation: float = 0.0,
             max_length: int | None = None, exclude_special_tokens: bool = False, progress: bool = False,
             min_usable_share: float | None = None, pairs: bool = True, pair_delta: float = 0.0,
-            pair_min_count: int = 5) -> "CrossModalWeights":
+            pair_min_count: int = 5, readout_delta: float = 1.0, readout_alpha: float = 1.0) -> "CrossModalWeights":
         """Fit ω on ``n_reference`` rows of ``dataset`` sampled with ``seed`` (all rows if None or more).
 
         Rows are fed as image + prompt only (``prepare_batch(mode="prompt")``).  Rows the processor
@@ -253,8 +286,9 @@ class CrossModalWeights:
         over the sampled rows (the second only over rows holding a selected token).  ``pairs=True`` also
         counts (content-token feature, image feature) pairs in pass 1 (:mod:`saev_curate.curation.pairs`; a
         feature "fires" above ``pair_delta``, counts from ``pair_min_count`` rows on are trusted) and, when
-        the rows are preference rows, (chosen-response feature, answer-slot feature) pairs in a third pass
-        over the rows shown with their chosen response.
+        the rows are preference rows, (chosen-response feature, answer-slot feature) pairs and the answer
+        read-out's (answer-slot feature > ``readout_delta``, response token) counts in a third pass over the rows
+        shown with their chosen response (:mod:`saev_curate.curation.readout`; ``readout_alpha`` smooths).
         """
         from saev_curate.row_errors import check_usable
 
@@ -294,11 +328,12 @@ class CrossModalWeights:
         out.meta["skipped_examples"] = source.skipped_examples
         if counter is not None and _has_responses(dataset, indices):
             answers = counter()
+            readout = ReadoutCounter(int(sae.cfg.d_sae), delta=readout_delta, alpha=readout_alpha)
             for b in CapturedBatches(model, processor, dataset, indices, layer_index, batch_size=batch_size,
                                      max_length=max_length, exclude_special_tokens=exclude_special_tokens,
                                      progress=progress, mode="chosen"):
-                _count_answer_pairs(answers, sae, b, template_ids, prompt_lens)
-            out.answer_pairs = answers.result()
+                _count_answers(answers, readout, sae, b, template_ids, prompt_lens)
+            out.answer_pairs, out.answer_readout = answers.result(), readout.result()
         return out
 
 
@@ -354,9 +389,10 @@ def _count_pairs(counter: PairCounter, sae, b: dict[str, Any], template_ids: set
 
 
 @torch.no_grad()
-def _count_answer_pairs(counter: PairCounter, sae, b: dict[str, Any], template_ids: set[int],
-                        prompt_lens: dict[int, int]) -> None:
-    """(response-token feature, answer-slot feature) pairs of a batch of rows shown with their chosen response."""
+def _count_answers(counter: PairCounter, readout: ReadoutCounter, sae, b: dict[str, Any], template_ids: set[int],
+                   prompt_lens: dict[int, int]) -> None:
+    """(response-token feature, answer-slot feature) pairs and (answer-slot feature, response token) counts of a
+    batch of rows shown with their chosen response."""
     known = [j for j, r in enumerate(b["row_ids"]) if int(r) in prompt_lens]
     if not known:
         return
@@ -369,7 +405,9 @@ def _count_answer_pairs(counter: PairCounter, sae, b: dict[str, Any], template_i
     for j in known:
         txt = b["resid"][j][response[j]]
         if txt.shape[0] and bool(b["image_mask"][j].any()):  # as the scorer: rows without image tokens have no score
-            counter.observe(sae.encode(txt.to(dev)).amax(0), sae.encode(b["resid"][j, int(slot[j])][None].to(dev))[0])
+            slot_z = sae.encode(b["resid"][j, int(slot[j])][None].to(dev))[0]
+            counter.observe(sae.encode(txt.to(dev)).amax(0), slot_z)
+            readout.observe(slot_z, b["input_ids"][j][response[j]])
 
 
 def _accumulate_batch(fitter: CrossModalFitter, b: dict[str, Any]) -> None:

@@ -32,6 +32,10 @@ Beyond the paper (:mod:`saev_curate.curation.agreement` has the definitions and 
   from image + question), fitted on the reference rows' chosen responses: does the response carry what
   responses after such an answer slot usually carry (null when the weights were fitted on rows without
   responses);
+* ``saev_answer_readout_chosen`` / ``_rejected`` / ``_margin``: the mean log-posterior of the response's
+  tokens given the answer slot's firing features (a naive-Bayes read-out of the SAE features fitted on the
+  reference rows' chosen responses, :mod:`saev_curate.curation.readout`): is the given answer the one the
+  model's features point to (null when the weights were fitted on rows without responses);
 * ``delta_rel``: thresholds for the agreement columns on each feature's own scale (``delta_rel`` x
   its top activation on the reference set) instead of one δ.
 
@@ -63,7 +67,7 @@ __all__ = ["SaevScorer", "score_activations"]
 FEATURE_SETS = ("cooccur", "any")
 BASE_COLUMNS = ("score", "score_mean", "cooccur_l0", "l0", "l0_image", "l0_text", "score_content", "grounding",
                 "pair_agreement")
-RESPONSE_PARTS = ("score", "grounding", "pair_agreement", "answer_agreement")  # each with _chosen/_rejected/_margin
+RESPONSE_PARTS = ("score", "grounding", "pair_agreement", "answer_agreement", "answer_readout")  # each with _chosen/_rejected/_margin
 RESPONSE_COLUMNS = tuple(f"{c}_{m}" for c in RESPONSE_PARTS for m in ("chosen", "rejected", "margin"))
 CONTROL_COLUMNS = ("score_control", "grounding_control", "grounding_vs_control")
 
@@ -169,6 +173,8 @@ class SaevScorer(Scorer):
                "pair_agreement": "float64", "pair_agreement_chosen": "float64", "pair_agreement_rejected": "float64",
                "pair_agreement_margin": "float64", "answer_agreement_chosen": "float64",
                "answer_agreement_rejected": "float64", "answer_agreement_margin": "float64",
+               "answer_readout_chosen": "float64", "answer_readout_rejected": "float64",
+               "answer_readout_margin": "float64",
                "score_control": "float64", "grounding_control": "float64", "grounding_vs_control": "float64",
                "error": "string"}
     SELECT = {"saev": ("score", True), "saev_mean": ("score_mean", True), "saev_margin": ("score_margin", True),
@@ -176,7 +182,9 @@ class SaevScorer(Scorer):
               "grounding": ("grounding", True), "grounding_margin": ("grounding_margin", True),
               "grounding_vs_control": ("grounding_vs_control", True), "pair_agreement": ("pair_agreement", True),
               "pair_agreement_margin": ("pair_agreement_margin", True),
-              "answer_agreement_margin": ("answer_agreement_margin", True)}
+              "answer_agreement_margin": ("answer_agreement_margin", True),
+              "answer_readout_chosen": ("answer_readout_chosen", True),
+              "answer_readout_margin": ("answer_readout_margin", True)}
     FINGERPRINTS = {"model": module_fingerprint, "processor": processor_fingerprint, "sae": sae_fingerprint,
                     "weights": lambda w: w.fingerprint()}
     ROLES = ("model", "sae", "weights", "processor")
@@ -303,7 +311,7 @@ class SaevScorer(Scorer):
                                           max_length=self.settings["max_length"],
                                           exclude_special_tokens=self.settings["exclude_special_tokens"],
                                           max_image_pixels=self.settings["max_image_pixels"])
-        keep = (*BASE_COLUMNS, "answer_agreement", "n_tokens")
+        keep = (*BASE_COLUMNS, "answer_agreement", "answer_readout", "n_tokens")
         out: dict[str, list] = {k: [None] * n for k in keep}
         out["error"] = list(errors)
         if acts is None:
@@ -316,7 +324,8 @@ class SaevScorer(Scorer):
         if prompt_lens is not None:
             skip = torch.tensor([prompt_lens[i] if prompt_lens[i] is not None else 1 << 30 for i in kept])
         agree = batch_agreement(sae, weights, acts, template_ids, thresholds, skip)
-        cols.update({k: agree[k] for k in ("score_content", "grounding", "pair_agreement", "answer_agreement")})
+        cols.update({k: agree[k] for k in ("score_content", "grounding", "pair_agreement", "answer_agreement",
+                                           "answer_readout")})
         cols["n_tokens"] = acts.attention_mask.sum(1).tolist()
         for j, i in enumerate(kept):
             for k in keep:

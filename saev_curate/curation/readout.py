@@ -1,0 +1,110 @@
+"""The answer read-out (beyond the paper): which answer the policy's own SAE features at the answer slot point to.
+
+The **answer slot** is the prompt's last token (:func:`saev_curate.curation.agreement.answer_slot`): there the
+model has read image and question, and its next-token prediction is the response.  Over reference rows shown
+with their chosen response, count how often each SAE feature k fires at the slot (activation > ``delta``) on
+a row whose response holds token t: ``n(k, t)``, and how many responses hold t: ``n(t)`` of ``N`` rows.  Like
+ω and the pair tables this needs no labels: defective rows are a minority of the reference rows, so the
+answers they pair with a slot feature stay rare.
+
+For a row whose slot fires features A, every token t of the reference vocabulary V (plus the response's own
+unseen tokens) gets the naive-Bayes log-odds, with add-``alpha`` smoothing
+``p(t) = (n(t) + α) / (N + α|V|)`` and ``p(t | k) = (n(k, t) + α) / (n(k) + α|V|)``::
+
+    s(t) = log p(t) + Σ_{k ∈ A} log(p(t | k) / p(t))
+    log P(t | A) = s(t) - logsumexp_{t'} s(t')
+
+and the response's ``answer_readout`` is the mean of ``log P(t | A)`` over its distinct content tokens (text
+the chat template did not write): "is this the answer the model's features at the slot stand for?".  The
+``n(k) + α|V|`` terms are the same for every t and cancel in the normalisation, so only the non-zero
+``n(k, t)`` are stored.  It compares a response with the model's reading at the SAE's layer, through the
+SAE's features, not through the language-model head: an interpretable answer probe fitted without labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["AnswerReadout", "ReadoutCounter"]
+
+
+@dataclass
+class AnswerReadout:
+    """Counts of (answer-slot feature, response token) over reference rows, and the read-out they give."""
+
+    vocab: Tensor  # int64 [V], sorted: the token ids seen in reference responses
+    n_token: Tensor  # float32 [V]: reference rows whose response holds the token
+    keys: Tensor  # int64 [P], sorted: k * V + vocab index, for every (feature, token) seen together
+    counts: Tensor  # float32 [P]
+    n_rows: int
+    d_sae: int
+    delta: float  # a slot feature "fires" above delta
+    alpha: float  # add-alpha smoothing
+
+    def log_posterior(self, slot_z: Tensor, tokens: Tensor) -> Tensor:
+        """``log P(t | A)`` for each token id in ``tokens`` given the slot's SAE code ``slot_z`` ``[d_sae]``."""
+        tokens = tokens.cpu().long()
+        active = (slot_z.cpu() > self.delta).nonzero().flatten()
+        n_vocab = len(self.vocab)
+        unseen = tokens[~torch.isin(tokens, self.vocab)].unique()
+        n_classes = n_vocab + len(unseen)  # the response's unseen tokens are classes with no counts
+        log_p = torch.log((torch.cat([self.n_token.double(), torch.zeros(len(unseen), dtype=torch.float64)])
+                           + self.alpha) / (self.n_rows + self.alpha * n_classes))
+        # Σ_k log(n(k, t) + α) over active k: |A| log α for every t, plus the stored non-zero counts
+        log_joint = torch.full((n_classes,), len(active) * torch.log(torch.tensor(self.alpha, dtype=torch.float64)))
+        if len(active) and len(self.keys):
+            lo = torch.searchsorted(self.keys, active * n_vocab)
+            hi = torch.searchsorted(self.keys, (active + 1) * n_vocab)
+            for a, b in zip(lo.tolist(), hi.tolist()):
+                idx = self.keys[a:b] % n_vocab
+                log_joint[idx] += torch.log1p(self.counts[a:b].double() / self.alpha)
+        s = (1 - len(active)) * log_p + log_joint
+        log_post = s - torch.logsumexp(s, 0)
+        pos = torch.searchsorted(self.vocab, tokens).clamp_max(max(n_vocab - 1, 0))
+        seen = (self.vocab[pos] == tokens) if n_vocab else torch.zeros_like(tokens, dtype=torch.bool)
+        unseen_pos = n_vocab + torch.searchsorted(unseen, tokens).clamp_max(max(len(unseen) - 1, 0))
+        return log_post[torch.where(seen, pos, unseen_pos)]
+
+    def readout(self, slot_z: Tensor, tokens: Tensor) -> float | None:
+        """Mean ``log P(t | A)`` over the distinct ``tokens`` of a response; None when it has none."""
+        tokens = tokens.cpu().long().unique()
+        if not len(tokens):
+            return None
+        return float(self.log_posterior(slot_z, tokens).mean())
+
+    def summary(self) -> dict:
+        return {"n_rows": self.n_rows, "vocab": int(len(self.vocab)), "n_pairs": int(len(self.keys)),
+                "delta": self.delta, "alpha": self.alpha}
+
+
+class ReadoutCounter:
+    """Accumulates (slot features, response tokens) per reference row; :meth:`result` gives the read-out."""
+
+    def __init__(self, d_sae: int, *, delta: float = 1.0, alpha: float = 1.0):
+        self.d_sae, self.delta, self.alpha = d_sae, float(delta), float(alpha)
+        self.n_rows = 0
+        self._rows: list[tuple[Tensor, Tensor]] = []
+
+    def observe(self, slot_z: Tensor, tokens: Tensor) -> None:
+        """One row: its answer slot's SAE code ``[d_sae]`` and its response's content-token ids."""
+        self.n_rows += 1
+        self._rows.append(((slot_z.cpu() > self.delta).nonzero().flatten(), tokens.cpu().long().unique()))
+
+    def result(self) -> AnswerReadout:
+        toks = [t for _, t in self._rows]
+        vocab = torch.unique(torch.cat(toks)) if toks else torch.zeros(0, dtype=torch.long)
+        n_vocab = len(vocab)
+        n_token = torch.zeros(n_vocab, dtype=torch.float64)
+        keys: list[Tensor] = []
+        for feats, tokens in self._rows:
+            vi = torch.searchsorted(vocab, tokens)
+            n_token[vi] += 1
+            if len(feats) and len(vi):
+                keys.append((feats[:, None] * n_vocab + vi[None, :]).reshape(-1))
+        uk, counts = (torch.unique(torch.cat(keys), return_counts=True) if keys
+                      else (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)))
+        return AnswerReadout(vocab=vocab, n_token=n_token.float(), keys=uk, counts=counts.float(),
+                             n_rows=self.n_rows, d_sae=self.d_sae, delta=self.delta, alpha=self.alpha)
