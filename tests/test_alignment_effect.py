@@ -36,6 +36,12 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     assert again["timing"]["cells_run_this_time"] == 0
     assert json.loads((out / "results.json").read_text())["cells"] == again["cells"]
 
+    (out / "accuracy_vs_fraction.png").unlink()
+    (out / "results.md").unlink()
+    replot = main(["--replot", "--out", str(out)])  # redraws from results.json alone: same tables, no cell run
+    assert replot["timing"] == again["timing"] and (out / "accuracy_vs_fraction.png").is_file()
+    assert (out / "results.md").read_text().startswith("# Alignment effect")
+
 
 def test_stratified_selection_oracle_and_random_tie_break_by_hand():
     from benchmarks.alignment_effect.study import ORACLE, kept_indices, method_scores_of

@@ -317,6 +317,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--model", help="a local VLM folder instead of the study's testbed base (with --sae)")
     ap.add_argument("--sae", help="an SAE folder for --model (default: train one, cached beside the model)")
     ap.add_argument("--tiny", action="store_true", help="a tiny random LLaVA instead of the testbed (smoke tests)")
+    ap.add_argument("--replot", action="store_true", help="only redraw the tables and plots from --out's results.json")
     ap.add_argument("--quick", action="store_true", help="the CI smoke run: 1 seed, fractions 0.5 and 1, "
                                                          "3 methods, 2 steps, 40 rows, 1 question per type")
     args = ap.parse_args(argv)
@@ -327,6 +328,12 @@ def main(argv=None) -> dict:
         args.rows, args.steps, args.eval_per_type, args.sae_steps, args.n_reference = 40, 2, 1, 20, 40
         args.batch_size = min(args.batch_size, 4)
     out = Path(args.out)
+    if args.replot:
+        if (doc := _load(out / "results.json")) is None:
+            raise SystemExit(f"{out / 'results.json'} is missing or unreadable: run the study first")
+        (out / "results.md").write_text(markdown(doc))
+        plots(out, doc)
+        return doc
     cells = out / "cells"
     t0 = time.perf_counter()
 
@@ -607,9 +614,9 @@ def plots(out: Path, doc: dict) -> None:
         ax.set_title(f"{float(rate):.0%} defective rows")
         ax.set_xlabel("kept fraction (%)")
         ax.set_ylabel("held-out accuracy (%)")
-    axes[0][-1].legend(fontsize=7, loc="best")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_fraction.png", dpi=110)
+    fig.savefig(out / "accuracy_vs_fraction.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     fig, axes = plt.subplots(1, len(doc["defect_share_kept"]), figsize=(5.5 * len(doc["defect_share_kept"]), 4.2),
                              squeeze=False)
@@ -620,7 +627,7 @@ def plots(out: Path, doc: dict) -> None:
         ax.set_title(f"defective rows kept, {float(rate):.0%} defect rate")
         ax.set_xlabel("kept fraction (%)")
         ax.set_ylabel("defective share of kept rows (%)")
-    axes[0][-1].legend(fontsize=7, loc="best")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(out / "defect_share_kept.png", dpi=110)
+    fig.savefig(out / "defect_share_kept.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
