@@ -52,15 +52,14 @@ defect rate, absolute and relative to full-data DPO; the share of defective rows
   cells whose kept rows are identical (same data set and seed) share one training run.
 
 **Sizing (measured on this 2-core CPU, one torch thread per process).** A cell (load the model, build the
-trainer, 40 LoRA DPO steps at batch 8, evaluate 180 questions) took 19-22 s of training and 5-8 s of
-evaluation (0.45-0.5 s per step, about 3 s of setup, 32-40 ms per question without generation): 6,209 s over
-240 cells in the exploratory run. The default has 10 rankings (9 methods and the oracle) and 240 held-out
-questions: 3 seeds x (10 x 4 fractions + 1 full + 1 all-clean) + 2 rates x (10 x 4 + 1) = 208 cells at ~28 s,
-about 49 min on two worker processes (``--workers 2``, one per core); the SAE for the base (1,500 steps, ~2 min),
-scoring five data sets of 400 rows with every method (~1.5 min each) and the base evaluation add ~10 min on a
-cold cache (the base model's build, ~10-14 min, comes on top when it is not cached). The printed estimate
-before the first cell uses these per-cell costs. ``--steps``, ``--rows``, ``--eval-per-type``, ``--methods``
-change the size.
+trainer, 40 LoRA DPO steps at batch 8, evaluate the held-out questions) takes about 3 s of setup, 0.45-0.5 s
+per DPO step and 32-40 ms per question without generation. The default has 10 rankings (9 methods and the
+oracle) and 240 held-out questions: 3 seeds x (10 x 4 fractions + 1 full + 1 all-clean) + 2 rates x (10 x 4 + 1)
+= 208 cells, 202 distinct runs. Measured: 5,075 s summed over cells, 42.5 min on two worker processes
+(``--workers 2``, one per core), plus 2 min to score five data sets of 400 rows with every method: 45 min with
+the base and its SAE cached (a cold cache adds the base's build, ~10-14 min, and its SAE, ~2 min). The printed
+estimate before the first cell uses these per-cell costs. ``--steps``, ``--rows``, ``--eval-per-type``,
+``--methods`` change the size.
 
 ``--quick`` is the CI smoke test (one seed, fractions 50% and 100%, 3 methods, 2 steps, 40 rows, 1 question
 per type); with ``--tiny`` it runs on a tiny random LLaVA (``saev_curate.testing``) instead of the testbed,
