@@ -16,13 +16,15 @@ unseen tokens) gets the naive-Bayes log-odds, with add-``alpha`` smoothing
 
 and the response's ``answer_readout`` is the mean of ``log P(t | A)`` over its distinct content tokens (text
 the chat template did not write): "is this the answer the model's features at the slot stand for?".  The
-``n(k) + α|V|`` terms are the same for every t and cancel in the normalisation, so only the non-zero
-``n(k, t)`` are stored.  It compares a response with the model's reading at the SAE's layer, through the
-SAE's features, not through the language-model head: an interpretable answer probe fitted without labels.
+``n(k) + α|V|`` terms are the same for every t and cancel in the normalisation; :meth:`AnswerReadout.votes`
+lists each firing feature's ``log(p(t | k) / p(t))``, the reason the read-out favours or rejects an answer.
+It compares a response with the model's reading at the SAE's layer, through the SAE's features, not through
+the language-model head: an interpretable answer probe fitted without labels.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +39,7 @@ class AnswerReadout:
 
     vocab: Tensor  # int64 [V], sorted: the token ids seen in reference responses
     n_token: Tensor  # float32 [V]: reference rows whose response holds the token
+    n_slot: Tensor  # float32 [d_sae]: reference rows where the feature fired at the answer slot
     keys: Tensor  # int64 [P], sorted: k * V + vocab index, for every (feature, token) seen together
     counts: Tensor  # float32 [P]
     n_rows: int
@@ -54,7 +57,7 @@ class AnswerReadout:
         log_p = torch.log((torch.cat([self.n_token.double(), torch.zeros(len(unseen), dtype=torch.float64)])
                            + self.alpha) / (self.n_rows + self.alpha * n_classes))
         # Σ_k log(n(k, t) + α) over active k: |A| log α for every t, plus the stored non-zero counts
-        log_joint = torch.full((n_classes,), len(active) * torch.log(torch.tensor(self.alpha, dtype=torch.float64)))
+        log_joint = torch.full((n_classes,), len(active) * math.log(self.alpha), dtype=torch.float64)
         if len(active) and len(self.keys):
             lo = torch.searchsorted(self.keys, active * n_vocab)
             hi = torch.searchsorted(self.keys, (active + 1) * n_vocab)
@@ -74,6 +77,28 @@ class AnswerReadout:
         if not len(tokens):
             return None
         return float(self.log_posterior(slot_z, tokens).mean())
+
+    def votes(self, slot_z: Tensor, token: int) -> list[dict]:
+        """Why the read-out says what it says about answer token ``token``: each slot feature that fires, with its
+        log-likelihood ratio ``log(p(token | k) / p(token))`` (> 0: the feature votes for that answer) and the
+        counts behind it, strongest votes first."""
+        n_vocab = len(self.vocab)
+        pos = int(torch.searchsorted(self.vocab, torch.tensor([int(token)]))[0]) if n_vocab else 0
+        seen = pos < n_vocab and int(self.vocab[pos]) == int(token)
+        n_classes = n_vocab + (not seen)
+        n_t = float(self.n_token[pos]) if seen else 0.0
+        log_p = math.log((n_t + self.alpha) / (self.n_rows + self.alpha * n_classes))
+        out = []
+        for k in (slot_z.cpu() > self.delta).nonzero().flatten().tolist():
+            together = 0.0
+            if seen and len(self.keys):
+                key = k * n_vocab + pos
+                i = int(torch.searchsorted(self.keys, torch.tensor([key]))[0])
+                together = float(self.counts[i]) if i < len(self.keys) and int(self.keys[i]) == key else 0.0
+            ratio = math.log((together + self.alpha) / (float(self.n_slot[k]) + self.alpha * n_classes)) - log_p
+            out.append({"feature": k, "activation": float(slot_z[k]), "log_ratio": ratio,
+                        "n_feature": int(self.n_slot[k]), "n_together": int(together)})
+        return sorted(out, key=lambda v: -abs(v["log_ratio"]))
 
     def summary(self) -> dict:
         return {"n_rows": self.n_rows, "vocab": int(len(self.vocab)), "n_pairs": int(len(self.keys)),
@@ -98,13 +123,15 @@ class ReadoutCounter:
         vocab = torch.unique(torch.cat(toks)) if toks else torch.zeros(0, dtype=torch.long)
         n_vocab = len(vocab)
         n_token = torch.zeros(n_vocab, dtype=torch.float64)
+        n_slot = torch.zeros(self.d_sae, dtype=torch.float64)
         keys: list[Tensor] = []
         for feats, tokens in self._rows:
             vi = torch.searchsorted(vocab, tokens)
             n_token[vi] += 1
+            n_slot[feats] += 1
             if len(feats) and len(vi):
                 keys.append((feats[:, None] * n_vocab + vi[None, :]).reshape(-1))
         uk, counts = (torch.unique(torch.cat(keys), return_counts=True) if keys
                       else (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)))
-        return AnswerReadout(vocab=vocab, n_token=n_token.float(), keys=uk, counts=counts.float(),
+        return AnswerReadout(vocab=vocab, n_token=n_token.float(), n_slot=n_slot.float(), keys=uk, counts=counts.float(),
                              n_rows=self.n_rows, d_sae=self.d_sae, delta=self.delta, alpha=self.alpha)

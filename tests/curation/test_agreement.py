@@ -311,3 +311,112 @@ def test_weights_with_pairs_round_trip_and_refuse_damaged_pair_files(setup, tmp_
         (tmp_path / "w" / file).write_bytes(b"garbage")
         with pytest.raises(Exception, match=file):
             CrossModalWeights.load(tmp_path / "w")
+    a, b = back.answer_readout, weights.answer_readout
+    assert torch.equal(a.keys, b.keys) and torch.equal(a.counts, b.counts) and torch.equal(a.vocab, b.vocab)
+    assert torch.equal(a.n_slot, b.n_slot) and torch.equal(a.n_token, b.n_token)
+    assert (a.n_rows, a.d_sae, a.delta, a.alpha) == (b.n_rows, b.d_sae, b.delta, b.alpha)
+    weights.save(tmp_path / "w")
+    (tmp_path / "w" / "crossmodal_answer_readout.safetensors").write_bytes(b"garbage")
+    with pytest.raises(Exception, match="crossmodal_answer_readout.safetensors"):
+        CrossModalWeights.load(tmp_path / "w")
+
+
+def test_answer_readout_matches_brute_force(setup):
+    """(answer-slot feature, response token) counted by hand over the reference rows shown with their chosen
+    response, then each row's read-out of its chosen and rejected response from the naive-Bayes formula written
+    out class by class (the reference vocabulary plus the response's unseen tokens)."""
+    model, processor, sae, weights, rows = setup
+    ro = weights.answer_readout
+    assert ro is not None and ro.delta == 1.0 and ro.alpha == 1.0
+    tok, image_id = processor.tokenizer, model.config.image_token_id
+    assistant_id = tok.convert_tokens_to_ids("<|assistant|>")
+
+    def slot_and_tokens(prompt_acts, acts, j):
+        prompt_len = int(prompt_acts.attention_mask[j].sum())
+        am = acts.attention_mask[j].bool()
+        ids = acts.input_ids[j][am].tolist()
+        if image_id not in ids:
+            return None
+        assistant = max(t for t in range(prompt_len) if ids[t] == assistant_id)
+        response = {ids[t] for t in _positions(ids, tok, assistant, image_id) if t >= prompt_len}
+        with torch.no_grad():
+            z = sae.encode(acts.resid[j][am])
+        slot = {k for k in range(z.shape[1]) if float(z[prompt_len - 1, k]) > 1.0}
+        return (slot, response) if response else None
+
+    n_k, n_t, n_kt, n_rows = {}, {}, {}, 0
+    for s in range(0, len(rows), 8):
+        chunk = rows[s:s + 8]
+        prompt, kept, _ = capture_rows(model, processor, chunk, LAYER, mode="prompt")
+        chosen, _, _ = capture_rows(model, processor, chunk, LAYER, mode="chosen")
+        for j in range(len(kept)):
+            got = slot_and_tokens(prompt, chosen, j)
+            if got is None:
+                continue
+            n_rows += 1
+            for k in got[0]:
+                n_k[k] = n_k.get(k, 0) + 1
+            for t in got[1]:
+                n_t[t] = n_t.get(t, 0) + 1
+                for k in got[0]:
+                    n_kt[(k, t)] = n_kt.get((k, t), 0) + 1
+    assert ro.n_rows == n_rows >= 5 and sorted(ro.vocab.tolist()) == sorted(n_t) and len(ro.keys) == len(n_kt)
+    assert {k: int(ro.n_slot[k]) for k in n_k} == n_k and int(ro.n_slot.sum()) == sum(n_k.values())
+    assert sum(n_k.values()) > 0  # slot features fire: the read-out is not just the prior
+
+    def readout(slot, response):
+        classes = sorted(set(n_t) | response)
+        v, alpha = len(classes), 1.0
+        s = {}
+        for t in classes:
+            p_t = (n_t.get(t, 0) + alpha) / (n_rows + alpha * v)
+            s[t] = math.log(p_t) + sum(math.log((n_kt.get((k, t), 0) + alpha) / (n_k.get(k, 0) + alpha * v) / p_t)
+                                       for k in slot)
+        top = max(s.values())
+        lse = top + math.log(sum(math.exp(x - top) for x in s.values()))
+        return sum(s[t] - lse for t in response) / len(response)
+
+    good = [r for r in rows if r["images"]]
+    out = SaevScorer(model, processor, sae, weights, LAYER)(good)
+    prompt = _captured(model, processor, good, "prompt")
+    parts = {m: _captured(model, processor, good, m) for m in ("chosen", "rejected")}
+    n_margins = 0
+    for i in range(len(good)):
+        want = {}
+        for m, acts in parts.items():
+            got = slot_and_tokens(prompt, acts, i)
+            want[m] = None if got is None else readout(*got)
+            assert out[f"saev_answer_readout_{m}"][i] == (None if want[m] is None else pytest.approx(want[m], abs=1e-6))
+        if None not in want.values():
+            n_margins += 1
+            assert out["saev_answer_readout_margin"][i] == pytest.approx(want["chosen"] - want["rejected"], abs=1e-6)
+    assert n_margins >= len(good) // 2
+
+
+def test_answer_readout_hand_computed():
+    """Three reference rows, two features, two answer tokens: the posterior and the votes worked out on paper."""
+    from saev_curate.curation.readout import ReadoutCounter
+
+    c = ReadoutCounter(2, delta=0.5, alpha=1.0)
+    c.observe(torch.tensor([1.0, 0.0]), torch.tensor([7]))  # feature 0 fires, answer 7
+    c.observe(torch.tensor([1.0, 0.0]), torch.tensor([7]))
+    c.observe(torch.tensor([0.0, 1.0]), torch.tensor([9]))  # feature 1 fires, answer 9
+    r = c.result()
+    assert r.vocab.tolist() == [7, 9] and r.n_token.tolist() == [2.0, 1.0] and r.n_slot.tolist() == [2.0, 1.0]
+    # slot fires feature 0: posterior ∝ p(t|0); p(7|0) = (2+1)/(2+2), p(9|0) = (0+1)/(2+2)
+    assert r.readout(torch.tensor([0.9, 0.0]), torch.tensor([7])) == pytest.approx(math.log(3 / 4))
+    assert r.readout(torch.tensor([0.9, 0.0]), torch.tensor([9])) == pytest.approx(math.log(1 / 4))
+    # nothing fires: the prior p(7) = 3/5, p(9) = 2/5
+    assert r.readout(torch.tensor([0.0, 0.0]), torch.tensor([7])) == pytest.approx(math.log(3 / 5))
+    # an unseen answer 5 is a third class: p(t|0) = 1/5, 3/5, 1/5 for 5, 7, 9
+    assert r.readout(torch.tensor([0.9, 0.0]), torch.tensor([5])) == pytest.approx(math.log(1 / 5))
+    # a two-token response: the mean over its tokens
+    assert r.readout(torch.tensor([0.9, 0.0]), torch.tensor([7, 9, 7])) == pytest.approx(
+        (math.log(3 / 4) + math.log(1 / 4)) / 2)
+    assert r.readout(torch.tensor([0.9, 0.0]), torch.tensor([], dtype=torch.long)) is None
+    # why: feature 0 votes for 7 with log(p(7|0) / p(7)) = log((3/4) / (3/5)), against 9 with log((1/4) / (2/5))
+    (vote,) = r.votes(torch.tensor([0.9, 0.0]), 7)
+    assert vote["feature"] == 0 and vote["n_together"] == 2 and vote["n_feature"] == 2
+    assert vote["log_ratio"] == pytest.approx(math.log((3 / 4) / (3 / 5)))
+    assert r.votes(torch.tensor([0.9, 0.0]), 9)[0]["log_ratio"] == pytest.approx(math.log((1 / 4) / (2 / 5)))
+    assert r.votes(torch.tensor([0.0, 0.0]), 7) == []

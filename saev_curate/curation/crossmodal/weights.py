@@ -34,7 +34,7 @@ __all__ = ["CrossModalWeights"]
 PAIR_TABLES = {"pairs": "crossmodal_pairs.safetensors", "answer_pairs": "crossmodal_answer_pairs.safetensors"}
 #: the answer read-out's counts (:mod:`saev_curate.curation.readout`)
 READOUT_FILE = "crossmodal_answer_readout.safetensors"
-READOUT_TENSORS = ("vocab", "n_token", "keys", "counts")
+READOUT_TENSORS = ("vocab", "n_token", "n_slot", "keys", "counts")
 
 
 @dataclass
@@ -198,13 +198,15 @@ class CrossModalWeights:
             rf = path / READOUT_FILE
             rt = read_safetensors(rf, fix=redo)
             check_tensors(rf, rt, required=dict.fromkeys(READOUT_TENSORS, 1), optional={}, same_first_dim=False,
-                          finite=("n_token", "counts"), fix=redo)
+                          finite=("n_token", "n_slot", "counts"), fix=redo)
             d = int(t["omega"].shape[0])
             n_vocab = len(rt["vocab"])
             if (rt["keys"].shape != rt["counts"].shape or rt["n_token"].shape[0] != n_vocab
+                    or rt["n_slot"].shape[0] != d
                     or (len(rt["keys"]) and (int(rt["keys"].min()) < 0 or int(rt["keys"].max()) >= d * n_vocab))):
                 raise InputError(f"{rf}: read-out tensors do not match each other or the {d} features of omega; {redo}")
-            readout = AnswerReadout(vocab=rt["vocab"].long(), n_token=rt["n_token"].float(), keys=rt["keys"].long(),
+            readout = AnswerReadout(vocab=rt["vocab"].long(), n_token=rt["n_token"].float(),
+                                    n_slot=rt["n_slot"].float(), keys=rt["keys"].long(),
                                     counts=rt["counts"].float(), n_rows=int(rd.get("n_rows", 0)), d_sae=d,
                                     delta=float(rd.get("delta", 1.0)), alpha=float(rd.get("alpha", 1.0)))
         return cls(omega=t["omega"], classes=t["classes"], top_activation=t.get("top_activation"),
