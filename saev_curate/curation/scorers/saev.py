@@ -53,7 +53,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saev_curate.curation.agreement import batch_agreement, feature_thresholds, template_token_ids
+from saev_curate.curation.agreement import (
+    AGREEMENT_COLUMNS,
+    batch_agreement,
+    feature_thresholds,
+    template_token_ids,
+)
 from saev_curate.curation.capture import capture_rows
 from saev_curate.curation.crossmodal import CLASS_NAMES, CrossModalWeights, flatten_tokens
 from saev_curate.curation.scorers.base import Scorer
@@ -324,8 +329,7 @@ class SaevScorer(Scorer):
         if prompt_lens is not None:
             skip = torch.tensor([prompt_lens[i] if prompt_lens[i] is not None else 1 << 30 for i in kept])
         agree = batch_agreement(sae, weights, acts, template_ids, thresholds, skip)
-        cols.update({k: agree[k] for k in ("score_content", "grounding", "pair_agreement", "answer_agreement",
-                                           "answer_readout")})
+        cols.update({k: agree[k] for k in AGREEMENT_COLUMNS})
         cols["n_tokens"] = acts.attention_mask.sum(1).tolist()
         for j, i in enumerate(kept):
             for k in keep:
