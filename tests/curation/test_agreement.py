@@ -96,6 +96,54 @@ def _npmi(together: dict, n_a: dict, n_b: dict, n_rows: int, ka: int, kb: int) -
     return 1.0 if p_ab == 1 else math.log(p_ab / (p_a * p_b)) / -math.log(p_ab)
 
 
+def _response(model, processor, sae, prompt_acts, acts, j):
+    """Row ``j`` shown with a response, by position: (its unpadded token ids, the response's positions, the SAE
+    codes of every token, the answer slot's position); None for a row without image tokens."""
+    tok, image_id = processor.tokenizer, model.config.image_token_id
+    prompt_len = int(prompt_acts.attention_mask[j].sum())
+    am = acts.attention_mask[j].bool()
+    ids = acts.input_ids[j][am].tolist()
+    if image_id not in ids:
+        return None
+    assistant = max(t for t in range(prompt_len) if ids[t] == tok.convert_tokens_to_ids("<|assistant|>"))
+    response = [t for t in _positions(ids, tok, assistant, image_id) if t >= prompt_len]
+    with torch.no_grad():
+        z = sae.encode(acts.resid[j][am])
+    return ids, response, z, prompt_len - 1
+
+
+def _scored_with_responses(model, processor, sae, weights, rows):
+    """The rows with images, the scorer's output on them, and their captured batches: prompt, chosen, rejected."""
+    good = [r for r in rows if r["images"]]
+    out = SaevScorer(model, processor, sae, weights, LAYER)(good)
+    parts = {m: _captured(model, processor, good, m) for m in ("chosen", "rejected")}
+    return good, out, _captured(model, processor, good, "prompt"), parts
+
+
+def _hand_counts(model, processor, rows, sets_of):
+    """Over the reference rows shown with their chosen response: how many rows ``sets_of(prompt_acts, acts, j)``
+    gives an (a, b) pair of sets for, and how often each a, each b and each (a, b) pair occur."""
+    n_a, n_b, together, n_rows = {}, {}, {}, 0
+    for s in range(0, len(rows), 8):
+        chunk = rows[s:s + 8]
+        prompt, kept, _ = capture_rows(model, processor, chunk, LAYER, mode="prompt")
+        chosen, kept_chosen, _ = capture_rows(model, processor, chunk, LAYER, mode="chosen")
+        assert kept_chosen == kept
+        for j in range(len(kept)):
+            sets = sets_of(prompt, chosen, j)
+            if sets is None:
+                continue
+            n_rows += 1
+            for x in sets[0]:
+                n_a[x] = n_a.get(x, 0) + 1
+            for y in sets[1]:
+                n_b[y] = n_b.get(y, 0) + 1
+            for x in sets[0]:
+                for y in sets[1]:
+                    together[(x, y)] = together.get((x, y), 0) + 1
+    return n_a, n_b, together, n_rows
+
+
 @pytest.mark.parametrize("delta_rel", [None, 0.3])
 def test_agreement_columns_match_brute_force(setup, delta_rel):
     model, processor, sae, weights, rows = setup
@@ -235,50 +283,22 @@ def test_answer_pairs_and_answer_agreement_match_brute_force(setup):
     model, processor, sae, weights, rows = setup
     pairs = weights.answer_pairs
     assert pairs is not None and pairs.min_count == 5
-    tok, image_id = processor.tokenizer, model.config.image_token_id
-    assistant_id = tok.convert_tokens_to_ids("<|assistant|>")
 
     def row_sets(prompt_acts, acts, j):
-        prompt_len = int(prompt_acts.attention_mask[j].sum())
-        am = acts.attention_mask[j].bool()
-        ids = acts.input_ids[j][am].tolist()
-        if image_id not in ids:
+        if (got := _response(model, processor, sae, prompt_acts, acts, j)) is None:
             return None
-        assistant = max(t for t in range(prompt_len) if ids[t] == assistant_id)
-        response = [t for t in _positions(ids, tok, assistant, image_id) if t >= prompt_len]
-        with torch.no_grad():
-            z = sae.encode(acts.resid[j][am])
+        _, response, z, slot = got
         a = {k for t in response for k in range(z.shape[1]) if float(z[t, k]) > 0.0}
-        b = {k for k in range(z.shape[1]) if float(z[prompt_len - 1, k]) > 0.0}  # the answer slot
+        b = {k for k in range(z.shape[1]) if float(z[slot, k]) > 0.0}  # the answer slot
         return (a, b) if response else None
 
-    n_a, n_b, together, n_rows = {}, {}, {}, 0
-    for s in range(0, len(rows), 8):
-        chunk = rows[s:s + 8]
-        prompt, kept, _ = capture_rows(model, processor, chunk, LAYER, mode="prompt")
-        chosen, kept_chosen, _ = capture_rows(model, processor, chunk, LAYER, mode="chosen")
-        assert kept_chosen == kept
-        for j in range(len(kept)):
-            sets = row_sets(prompt, chosen, j)
-            if sets is None:
-                continue
-            n_rows += 1
-            for k in sets[0]:
-                n_a[k] = n_a.get(k, 0) + 1
-            for k in sets[1]:
-                n_b[k] = n_b.get(k, 0) + 1
-            for ka in sets[0]:
-                for kb in sets[1]:
-                    together[(ka, kb)] = together.get((ka, kb), 0) + 1
+    n_a, n_b, together, n_rows = _hand_counts(model, processor, rows, row_sets)
     assert pairs.n_rows == n_rows >= 5 and len(pairs.keys) == len(together)
 
     def npmi(ka, kb):
         return _npmi(together, n_a, n_b, n_rows, ka, kb)
 
-    good = [r for r in rows if r["images"]]
-    out = SaevScorer(model, processor, sae, weights, LAYER)(good)
-    prompt = _captured(model, processor, good, "prompt")
-    parts = {m: _captured(model, processor, good, m) for m in ("chosen", "rejected")}
+    good, out, prompt, parts = _scored_with_responses(model, processor, sae, weights, rows)
     seen = 0
     for i in range(len(good)):
         want = {}
@@ -328,38 +348,15 @@ def test_answer_readout_matches_brute_force(setup):
     model, processor, sae, weights, rows = setup
     ro = weights.answer_readout
     assert ro is not None and ro.delta == 1.0 and ro.alpha == 1.0
-    tok, image_id = processor.tokenizer, model.config.image_token_id
-    assistant_id = tok.convert_tokens_to_ids("<|assistant|>")
 
     def slot_and_tokens(prompt_acts, acts, j):
-        prompt_len = int(prompt_acts.attention_mask[j].sum())
-        am = acts.attention_mask[j].bool()
-        ids = acts.input_ids[j][am].tolist()
-        if image_id not in ids:
+        if (got := _response(model, processor, sae, prompt_acts, acts, j)) is None:
             return None
-        assistant = max(t for t in range(prompt_len) if ids[t] == assistant_id)
-        response = {ids[t] for t in _positions(ids, tok, assistant, image_id) if t >= prompt_len}
-        with torch.no_grad():
-            z = sae.encode(acts.resid[j][am])
-        slot = {k for k in range(z.shape[1]) if float(z[prompt_len - 1, k]) > 1.0}
-        return (slot, response) if response else None
+        ids, positions, z, slot = got
+        fired = {k for k in range(z.shape[1]) if float(z[slot, k]) > 1.0}
+        return (fired, {ids[t] for t in positions}) if positions else None
 
-    n_k, n_t, n_kt, n_rows = {}, {}, {}, 0
-    for s in range(0, len(rows), 8):
-        chunk = rows[s:s + 8]
-        prompt, kept, _ = capture_rows(model, processor, chunk, LAYER, mode="prompt")
-        chosen, _, _ = capture_rows(model, processor, chunk, LAYER, mode="chosen")
-        for j in range(len(kept)):
-            got = slot_and_tokens(prompt, chosen, j)
-            if got is None:
-                continue
-            n_rows += 1
-            for k in got[0]:
-                n_k[k] = n_k.get(k, 0) + 1
-            for t in got[1]:
-                n_t[t] = n_t.get(t, 0) + 1
-                for k in got[0]:
-                    n_kt[(k, t)] = n_kt.get((k, t), 0) + 1
+    n_k, n_t, n_kt, n_rows = _hand_counts(model, processor, rows, slot_and_tokens)
     assert ro.n_rows == n_rows >= 5 and sorted(ro.vocab.tolist()) == sorted(n_t) and len(ro.keys) == len(n_kt)
     assert {k: int(ro.n_slot[k]) for k in n_k} == n_k and int(ro.n_slot.sum()) == sum(n_k.values())
     assert sum(n_k.values()) > 0  # slot features fire: the read-out is not just the prior
@@ -376,10 +373,7 @@ def test_answer_readout_matches_brute_force(setup):
         lse = top + math.log(sum(math.exp(x - top) for x in s.values()))
         return sum(s[t] - lse for t in response) / len(response)
 
-    good = [r for r in rows if r["images"]]
-    out = SaevScorer(model, processor, sae, weights, LAYER)(good)
-    prompt = _captured(model, processor, good, "prompt")
-    parts = {m: _captured(model, processor, good, m) for m in ("chosen", "rejected")}
+    good, out, prompt, parts = _scored_with_responses(model, processor, sae, weights, rows)
     n_margins = 0
     for i in range(len(good)):
         want = {}
