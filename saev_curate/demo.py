@@ -34,7 +34,8 @@ class DemoResult:
     seconds: float
 
 
-#: the default ranking column: the best variant on the dev split of the detection benchmark
+#: the default ranking column: the detection benchmark's best variant that reads image and prompt only (it needs
+#: no response and no model that already knows the task; see README, "Does the score find bad rows?")
 DEFAULT_BY = "saev_pair_agreement"
 
 

@@ -22,8 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--n-reference", type=positive_int, default=1000,
                       help="reference rows for the cross-modal weights (default 1000, the paper's)")
     demo.add_argument("--fraction", type=share, default=0.5, help="share of rows kept (default 0.5)")
-    demo.add_argument("--by", default=None, help="method to rank by (default: saev_pair_agreement, the best SAE-V "
-                                                 "variant on the dev split of benchmarks/defect_detection)")
+    demo.add_argument("--by", default=None,
+                      help="method to rank by (default: saev_pair_agreement, the best SAE-V variant that reads image "
+                           "and prompt only; saev_answer_readout_chosen reads the chosen response too and is better "
+                           "on mismatched, flipped and off-topic rows when the model knows the task)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the rows and the SAE (default 0)")
     traceback_arg(demo)
     demo.set_defaults(func=_demo)
