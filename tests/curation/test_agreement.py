@@ -112,12 +112,26 @@ def _response(model, processor, sae, prompt_acts, acts, j):
     return ids, response, z, prompt_len - 1
 
 
-def _scored_with_responses(model, processor, sae, weights, rows):
-    """The rows with images, the scorer's output on them, and their captured batches: prompt, chosen, rejected."""
+def _assert_response_columns(model, processor, sae, weights, rows, name, want_of, tol):
+    """On every row with an image, the scorer's ``saev_<name>_chosen`` / ``_rejected`` equal
+    ``want_of(prompt_acts, acts, i)`` (None where that is None), and ``_margin`` their difference where both
+    exist (None otherwise); at least half the rows have a margin."""
     good = [r for r in rows if r["images"]]
     out = SaevScorer(model, processor, sae, weights, LAYER)(good)
+    prompt = _captured(model, processor, good, "prompt")
     parts = {m: _captured(model, processor, good, m) for m in ("chosen", "rejected")}
-    return good, out, _captured(model, processor, good, "prompt"), parts
+    n_margins = 0
+    for i in range(len(good)):
+        want = {m: want_of(prompt, acts, i) for m, acts in parts.items()}
+        for m in parts:
+            assert out[f"saev_{name}_{m}"][i] == (None if want[m] is None else pytest.approx(want[m], abs=tol))
+        margin = out[f"saev_{name}_margin"][i]
+        if None not in want.values():
+            n_margins += 1
+            assert margin == pytest.approx(want["chosen"] - want["rejected"], abs=tol)
+        else:
+            assert margin is None
+    assert n_margins >= len(good) // 2
 
 
 def _hand_counts(model, processor, rows, sets_of):
@@ -298,24 +312,13 @@ def test_answer_pairs_and_answer_agreement_match_brute_force(setup):
     def npmi(ka, kb):
         return _npmi(together, n_a, n_b, n_rows, ka, kb)
 
-    good, out, prompt, parts = _scored_with_responses(model, processor, sae, weights, rows)
-    seen = 0
-    for i in range(len(good)):
-        want = {}
-        for m, acts in parts.items():
-            sets = row_sets(prompt, acts, i)
-            a = [k for k in (sets or ((), ()))[0] if n_a.get(k, 0) >= 5]
-            b = [k for k in (sets or ((), ()))[1] if n_b.get(k, 0) >= 5]
-            want[m] = None if not a or not b else sum(npmi(x, y) for x in a for y in b) / (len(a) * len(b))
-            got = out[f"saev_answer_agreement_{m}"][i]
-            assert got == (None if want[m] is None else pytest.approx(want[m], abs=1e-5))
-        margin = out["saev_answer_agreement_margin"][i]
-        if want["chosen"] is not None and want["rejected"] is not None:
-            seen += 1
-            assert margin == pytest.approx(want["chosen"] - want["rejected"], abs=1e-5)
-        else:
-            assert margin is None
-    assert seen >= len(good) // 2
+    def agreement(prompt_acts, acts, i):
+        sets = row_sets(prompt_acts, acts, i)
+        a = [k for k in (sets or ((), ()))[0] if n_a.get(k, 0) >= 5]
+        b = [k for k in (sets or ((), ()))[1] if n_b.get(k, 0) >= 5]
+        return None if not a or not b else sum(npmi(x, y) for x in a for y in b) / (len(a) * len(b))
+
+    _assert_response_columns(model, processor, sae, weights, rows, "answer_agreement", agreement, 1e-5)
 
 
 def test_weights_with_pairs_round_trip_and_refuse_damaged_pair_files(setup, tmp_path):
@@ -373,18 +376,11 @@ def test_answer_readout_matches_brute_force(setup):
         lse = top + math.log(sum(math.exp(x - top) for x in s.values()))
         return sum(s[t] - lse for t in response) / len(response)
 
-    good, out, prompt, parts = _scored_with_responses(model, processor, sae, weights, rows)
-    n_margins = 0
-    for i in range(len(good)):
-        want = {}
-        for m, acts in parts.items():
-            got = slot_and_tokens(prompt, acts, i)
-            want[m] = None if got is None else readout(*got)
-            assert out[f"saev_answer_readout_{m}"][i] == (None if want[m] is None else pytest.approx(want[m], abs=1e-6))
-        if None not in want.values():
-            n_margins += 1
-            assert out["saev_answer_readout_margin"][i] == pytest.approx(want["chosen"] - want["rejected"], abs=1e-6)
-    assert n_margins >= len(good) // 2
+    def want(prompt_acts, acts, i):
+        got = slot_and_tokens(prompt_acts, acts, i)
+        return None if got is None else readout(*got)
+
+    _assert_response_columns(model, processor, sae, weights, rows, "answer_readout", want, 1e-6)
 
 
 def test_answer_readout_hand_computed():
