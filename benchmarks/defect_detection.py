@@ -10,12 +10,22 @@ are reported on a **test** split (other images).  The dev choice is the δ of th
 variants (one δ = 1, or ``delta_rel`` of each feature's top activation) per SAE architecture, and
 for each defect kind which SAE-V variant the ``best`` entry reports.
 
+The rows (:func:`saev_curate.testbed.data.defect_rows`) are half descriptions, half questions, 30%
+defective: hallucinated details (twice as often as each other kind), omitted details (a control that
+should not be flagged), image/prompt mismatches, flipped one-word answers, corrupted images, off-topic
+prompts.  Each kind is compared with the clean rows of its own task.  Also chosen on dev: the
+``combined`` column, the rank average of one SAE-V column and one likelihood column (the pair with the
+best mean dev AUROC over the kinds that should be flagged).
+
 Writes ``benchmarks/defect_detection/results/``: ``results.json`` (``auroc``: method -> kind ->
 ``{"mean", "sd", "n"}`` for every method and SAE architecture, ``best``: kind -> the dev-chosen
 SAE-V variant's test ``{"method", "mean", "sd"}``, ``best_prompt_only`` the same among the variants that
-read image + prompt only, ``image_only_control``, ``model_accuracy``,
-``settings``), ``results.md`` (the table) and ``auroc.png`` / ``histograms.png``.  Each finished
-(architecture, seed) cell is stored under ``cells/``; a rerun continues where it stopped.
+read image + prompt only, ``localisation``: method -> ``{"mean", "sd"}`` (the share of detected
+hallucinated-detail rows whose blamed token states the false fact), ``model_eval``
+(``{"hallucination_rate", "recall", "qa": {qtype: accuracy}}`` of the testbed model), ``build_seconds``,
+``image_only_control``, ``settings``), ``results.md`` (the table) and ``auroc.png`` / ``histograms.png``.
+Each finished (architecture, seed) cell is stored under ``cells/``; a rerun continues where it stopped.
+The one-word testbed's results (v3) are kept in ``benchmarks/defect_detection/v3-one-word/``.
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS = Path(__file__).resolve().parent / "defect_detection" / "results"
 DELTA_CHOICES = (None, 0.3, 0.1)  # one δ = 1 (the paper's), or a share of each feature's top activation
+FLAGGED = ("hallucinated_detail", "image_prompt_mismatch", "chosen_contradicts_image", "corrupted_image",
+           "off_topic_prompt")  # every kind but the omitted-detail control
 BEYOND_PAPER = ("saev_score_content", "saev_grounding", "saev_grounding_vs_control", "saev_grounding_margin",
                 "saev_pair_agreement", "saev_pair_agreement_margin")
 
@@ -59,10 +71,25 @@ def run_cell(ctx: dict, arch: str, seed: int, rows: list[dict], delta_rel, perpl
                                     n_reference=min(1000, len(rows)), seed=ref_seed, progress=ctx["progress"])
     scores = D.method_scores(ctx["model"], ctx["processor"], sae, weights, rows, delta_rel=delta_rel, seed=seed,
                              perplexity=perplexity)
-    labels = [r["defect"] for r in rows]
-    return {"auroc": D.auroc_table(scores, labels), "scores": {k: v for k, v in scores.items() if k != "_error"},
-            "labels": labels, "weights": weights.summary(), "delta_rel": delta_rel,
+    labels, tasks = [r["defect"] for r in rows], [r["task"] for r in rows]
+    return {"auroc": D.auroc_table(scores, labels, tasks), "localisation": D.localisation(scores, rows),
+            "scores": {k: v for k, v in scores.items() if k != "_error"},
+            "labels": labels, "tasks": tasks, "weights": weights.summary(), "delta_rel": delta_rel,
             "n_errors": sum(e is not None for e in scores["_error"])}
+
+
+def choose_combined(cell: dict, candidates) -> tuple[str, str]:
+    """The (SAE-V column, likelihood column) whose rank average has the best mean AUROC over the kinds that
+    should be flagged, on ``cell``'s (dev) scores."""
+    from saev_curate.testbed import detection as D
+
+    kinds = [k for k in FLAGGED if k in cell["labels"]]
+
+    def mean_auc(a, b):
+        comb = D.with_combined(cell["scores"], a, b)["combined"]
+        return sum(D.auroc(comb, cell["labels"], k, tasks=cell["tasks"]) for k in kinds) / len(kinds)
+
+    return max(((a, b) for a in candidates for b in D.LIKELIHOOD), key=lambda ab: mean_auc(*ab))
 
 
 def main(argv=None) -> dict:
@@ -82,8 +109,9 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from saev_curate.testbed import build_testbed, evaluate_accuracy, heldout_questions
+    from saev_curate.testbed import build_testbed
     from saev_curate.testbed import detection as D
+    from saev_curate.testbed import evaluate as E
     from saev_curate.testbed.data import DEFECT_KINDS, defect_rows
     from saev_curate.vlm.load import load_vlm
 
@@ -98,12 +126,17 @@ def main(argv=None) -> dict:
         raise SystemExit(f"{out} holds results of other settings ({old}); pass another --out or delete it")
     _save(out / "settings.json", settings)
 
-    acc = _load(cells / "model_accuracy.json")
-    if acc is None:
-        acc = evaluate_accuracy(model, processor, heldout_questions(100, split="test"))
-        _save(cells / "model_accuracy.json", acc)
-    print("model accuracy (test images, likelihood over options):",
-          ", ".join(f"{q} {v['likelihood']:.2f}" for q, v in acc.items()))
+    model_eval = _load(cells / "model_eval.json")
+    if model_eval is None:
+        questions = E.heldout_questions(100, split="test")
+        model_eval = {"accuracy": E.evaluate_accuracy(model, processor, questions),
+                      "sentence_answers": E.evaluate_sentence_answers(model, processor, questions),
+                      "descriptions": E.evaluate_descriptions(model, processor,
+                                                              E.heldout_descriptions(500, split="test"))}
+        _save(cells / "model_eval.json", model_eval)
+    acc, desc = model_eval["accuracy"], model_eval["descriptions"]
+    print(f"model: descriptions hallucination rate {desc['hallucination_rate']:.3f}, recall {desc['recall']:.3f}; "
+          "QA (likelihood over options): " + ", ".join(f"{q} {v['likelihood']:.2f}" for q, v in acc.items()))
 
     dev = defect_rows(args.dev_rows, split="dev", seed=1)
     test = defect_rows(args.rows, split="test", seed=2)
@@ -120,24 +153,24 @@ def main(argv=None) -> dict:
     # dev: choose δ for the agreement variants per architecture, and each kind's best SAE-V variant
     choice = {}
     for arch in args.architectures:
-        tables = {}
+        tables, dev_cells = {}, {}
         for rel in DELTA_CHOICES:
             f = cells / f"dev-{arch}-rel{rel}.json"
             cell = _load(f)
             if cell is None:
                 cell = run_cell(ctx, arch, args.seeds[0], dev, rel, ppl["dev"], ref_seed=42)
-                cell.pop("scores")
                 _save(f, cell)
-            tables[rel] = cell["auroc"]
-        mean = {rel: sum(t[m][k] for m in BEYOND_PAPER for k in DEFECT_KINDS) / (len(BEYOND_PAPER) * len(DEFECT_KINDS))
+            tables[rel], dev_cells[rel] = cell["auroc"], cell
+        mean = {rel: sum(t[m][k] for m in BEYOND_PAPER for k in FLAGGED) / (len(BEYOND_PAPER) * len(FLAGGED))
                 for rel, t in tables.items()}
         rel = max(DELTA_CHOICES, key=lambda r: mean[r])
         best = {k: max(D.SAEV_METHODS, key=lambda m: tables[rel][m][k]) for k in DEFECT_KINDS}
         prompt_only = {k: max(D.PROMPT_ONLY, key=lambda m: tables[rel][m][k]) for k in DEFECT_KINDS}
+        combined = choose_combined(dev_cells[rel], D.SAEV_METHODS)
         choice[arch] = {"delta_rel": rel, "dev_mean_auroc_of_beyond_paper_variants": mean, "best_on_dev": best,
-                        "best_prompt_only_on_dev": prompt_only, "dev_auroc": tables[rel]}
+                        "best_prompt_only_on_dev": prompt_only, "combined": combined, "dev_auroc": tables[rel]}
         print(f"dev, {arch}: delta_rel={rel} (mean AUROC of the variants beyond the paper by δ: {mean}); "
-              f"best variant per kind: {best}")
+              f"best variant per kind: {best}; combined: rank average of {combined}")
 
     # test: every seed x architecture with the dev choices
     results = {}
@@ -149,9 +182,10 @@ def main(argv=None) -> dict:
                 t = time.perf_counter()
                 cell = run_cell(ctx, arch, seed, test, choice[arch]["delta_rel"], ppl["test"], ref_seed=42 + seed)
                 cell["seconds"] = round(time.perf_counter() - t, 1)
-                if seed != args.seeds[0]:
-                    cell.pop("scores")  # the plots use the first seed's scores
                 _save(f, cell)
+            comb = D.with_combined(cell["scores"], *choice[arch]["combined"])["combined"]
+            cell["auroc"]["combined"] = {k: D.auroc(comb, cell["labels"], k, tasks=cell["tasks"])
+                                         for k in cell["auroc"]["random"]}
             results[(arch, seed)] = cell
             print(f"test, {arch}, seed {seed}: " + ", ".join(
                 f"{m} {cell['auroc'][m]['image_prompt_mismatch']:.3f}" for m in ("saev_score", "saev_grounding_vs_control")))
@@ -159,7 +193,7 @@ def main(argv=None) -> dict:
     auroc = {}
     for arch in args.architectures:
         for m in results[(arch, args.seeds[0])]["auroc"]:
-            shared = m in ("response_perplexity", "random")
+            shared = m in (*D.LIKELIHOOD, "random")
             key = m if shared else f"{m}/{arch}"
             if shared and key in auroc:
                 continue
@@ -170,13 +204,25 @@ def main(argv=None) -> dict:
                               for key in ("best_on_dev", "best_prompt_only_on_dev"))
     best_any = {k: max(((m, v[k]) for m, v in auroc.items() if m.split("/")[0] in D.SAEV_METHODS),
                        key=lambda mv: mv[1]["mean"]) for k in DEFECT_KINDS}
+    localisation = {f"{m}/{arch}" if m.startswith("saev_") else m: D.mean_sd(
+        [results[(arch, s)]["localisation"][m]["detected"] for s in args.seeds])
+        for arch in args.architectures for m in results[(arch, args.seeds[0])]["localisation"]}
+    build = json.loads((Path(path) / "build_info.json").read_text())
+    build_seconds = {"total": build["seconds"]["total_this_run"],
+                     **{st: build[st]["seconds"] for st in ("stage0", "stage1", "stage2") if st in build}}
     doc = {
         "auroc": auroc,
         "best": best,
         "best_prompt_only": best_prompt_only,
         "best_on_test_for_reference": {k: {"method": m, **v} for k, (m, v) in best_any.items()},
+        "localisation": localisation,
+        "combined": {arch: choice[arch]["combined"] for arch in args.architectures},
+        "model_eval": {"hallucination_rate": desc["hallucination_rate"], "recall": desc["recall"],
+                       "qa": {q: v["likelihood"] for q, v in acc.items() if q != "all"},
+                       "qa_greedy": {q: v["greedy"] for q, v in acc.items() if q != "all"},
+                       "sentence_answers": model_eval["sentence_answers"], "descriptions": desc},
+        "build_seconds": build_seconds,
         "image_only_control": auroc[f"image_only_control/{main_arch}"],
-        "model_accuracy": acc,
         "dev_choices": choice,
         "settings": settings,
         "seconds": {"this_run": round(time.perf_counter() - t0, 1),
@@ -207,8 +253,17 @@ def _markdown(doc: dict, kinds) -> str:
                   f"{k}: {v['method']} {v['mean']:.3f} ± {v['sd']:.3f}" for k, v in doc["best"].items()),
               "", "Best prompt-only SAE-V variant (image + prompt, no response), chosen on dev: " + ", ".join(
                   f"{k}: {v['method']} {v['mean']:.3f} ± {v['sd']:.3f}" for k, v in doc["best_prompt_only"].items()),
-              "", "Model accuracy on held-out images (likelihood over answer options): " + ", ".join(
-                  f"{q} {v['likelihood']:.2f}" for q, v in doc["model_accuracy"].items())]
+              "", "Combined column (rank average, chosen on dev): " + ", ".join(
+                  f"{a}: {' + '.join(v)}" for a, v in doc["combined"].items()),
+              "", "Localisation: share of the detected hallucinated-detail rows (scored below the 10% quantile of "
+              "clean descriptions) whose blamed token states the false fact: " + ", ".join(
+                  f"{m} {v['mean']:.3f} ± {v['sd']:.3f}" for m, v in doc["localisation"].items()),
+              "", f"Testbed model on held-out images: greedy descriptions hallucination rate "
+              f"{doc['model_eval']['hallucination_rate']:.3f}, recall {doc['model_eval']['recall']:.3f}; "
+              "QA (likelihood over options) " + ", ".join(f"{q} {v:.2f}" for q, v in doc["model_eval"]["qa"].items())
+              + "; sentence answers (greedy, exact) " + ", ".join(
+                  f"{q} {v:.2f}" for q, v in doc["model_eval"]["sentence_answers"].items()),
+              "", f"Build: {doc['build_seconds']}"]
     return "\n".join(lines) + "\n"
 
 
@@ -236,8 +291,9 @@ def _plots(out: Path, cell: dict, auroc: dict, kinds, arch: str) -> None:
     fig.savefig(out / "auroc.png", dpi=110)
     plt.close(fig)
 
-    show = [m for m in ("saev_score", "image_only_control", "saev_pair_agreement", "saev_answer_agreement_margin",
-                        "saev_answer_readout_chosen", "response_perplexity") if m in cell["scores"]]
+    show = [m for m in ("saev_score", "saev_pair_agreement", "saev_answer_readout_chosen",
+                        "saev_answer_readout_min_chosen", "min_token_logprob", "response_perplexity")
+            if m in cell["scores"]]
     labels = cell["labels"]
     fig, axes = plt.subplots(1, len(show), figsize=(4 * len(show), 3.2))
     for ax, m in zip(axes, show):

@@ -2,7 +2,8 @@
 
 The model is the testbed (:mod:`saev_curate.testbed`: a small LLaVA trained here on real digits,
 faces, photos and drawn shapes, built on first use and cached); the data are TRL preference rows
-over its held-out images with tagged defects (image/prompt mismatch, chosen contradicting the image,
+over its held-out images, half descriptions and half questions, with tagged defects (a hallucinated detail
+in a description, an omitted one as a control, image/prompt mismatch, chosen contradicting the image,
 corrupted image, off-topic prompt; the ``defect`` column, which no method reads).  The job trains
 (once, cached) an SAE-V on the model's middle layer, fits ω on the rows, scores every row with the
 paper's score and the variants beyond it, keeps the top ``fraction`` by ``by``, and writes an HTML
@@ -84,7 +85,7 @@ def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae
     weights.save(out / "weights")
     print(f"cross-modal weights: {weights.summary()}")
     scores = method_scores(vlm, processor, sae_model, weights, data, seed=seed)
-    table = auroc_table(scores, labels)
+    table = auroc_table(scores, labels, [r["task"] for r in data])
     columns = {name: scores[name] for name in table}
     scored = ds.add_column("saev_error", scores["_error"])
     for name, values in columns.items():

@@ -182,3 +182,27 @@ def test_cli_main_with_an_adapter(tmp_path, case):
     s1 = [json.loads(x)["resps"] for x in (tmp_path / "e1" / "samples_saev_heldout.jsonl").read_text().splitlines()]
     assert s0 != s1  # the adapter is on
     assert r_base["results"]["saev_heldout"]["acc,none"] == pytest.approx(sum(case[1]) / 6)
+
+
+def test_description_rows_report_hallucination_rate_and_recall(monkeypatch):
+    """Description rows (no options, a testbed concept): the greedy text's facts checked against the concept,
+    aggregated over the set as CHAIR does; the counts below are worked out by hand."""
+    from saev_curate.recipes import evaluate as ev
+    from saev_curate.testbed.images import Concept
+
+    three = Concept("digit", digit=3).to_dict()  # facts: three, odd, after two
+    scene = Concept("scene", shape="circle", colour="red", count=2, size="big", position=("left",)).to_dict()
+    said = iter(["a handwritten three . it is odd .",  # 2 stated, 0 false, 2 of 3 recalled
+                 "two blue circles . they are on the left . they are big ."])  # 5 stated, 1 false, 4 of 5 recalled
+    monkeypatch.setattr(ev, "generate_answer", lambda *a, **k: next(said))
+    rows = [{"question": "describe the image .", "image": _image(0), "concept": three},
+            {"question": "describe the image .", "image": _image(1), "concept": scene}]
+    from types import SimpleNamespace
+
+    stub = SimpleNamespace(training=False, eval=lambda: None, train=lambda mode: None)  # generation is patched
+    res = ev.evaluate(stub, None, rows, task="describe")["results"]["describe"]
+    assert res["hallucination_rate,none"] == pytest.approx(1 / 7)
+    assert res["recall,none"] == pytest.approx(6 / 8)
+    assert "acc,none" not in res
+    with pytest.raises(Exception, match="no options and no concept"):
+        ev.evaluate(stub, None, [{"question": "describe the image .", "image": _image(0)}])

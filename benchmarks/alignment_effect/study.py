@@ -138,7 +138,10 @@ def mean_sd(values: list[float]) -> dict:
 def data_rows(n: int, rate: float, seed: int, qtypes: tuple[str, ...] | None) -> list[dict]:
     from saev_curate.testbed.data import defect_rows
 
-    return defect_rows(n, defect_rate=rate, split="dev", seed=seed, qtypes=qtypes)
+    # the pre-registered one-word design: question rows only, the four one-word defect kinds in equal parts
+    one_word = ("image_prompt_mismatch", "chosen_contradicts_image", "corrupted_image", "off_topic_prompt")
+    return defect_rows(n, defect_rate=rate, split="dev", seed=seed, qtypes=qtypes,
+                       mix={k: 1.0 for k in one_word}, describe_share=0.0)
 
 
 def score_dataset(ctx: dict, rate: float, seed: int) -> dict:

@@ -29,6 +29,13 @@ reference set: a δ on each feature's own scale):
   answer slot's firing features, a naive-Bayes read-out fitted on the reference rows' chosen responses (weights'
   ``answer_readout``; :mod:`saev_curate.curation.readout`): is this the answer the slot's features stand for?
   It reads response *tokens*, so it is not diluted by the generic features a response token also carries;
+* ``answer_readout_min`` / ``answer_agreement_min`` (response modes): the same two per response token, their
+  minimum over the response's content tokens: a long answer is as bad as its worst token, so one false fact
+  is not diluted by the true ones around it.  Per token the read-out is the lift ``log P(t | A) - log p(t)``
+  (:meth:`~saev_curate.curation.readout.AnswerReadout.token_lift`), the npmi the mean over that token's
+  (feature, answer-slot feature) pairs.  The **blame** is the read-out's worst token: ``blame_token`` (its
+  index among the response's tokens, 0 = the first token after the prompt), ``blame_token_id`` and
+  ``blame_features`` (the answer-slot features that vote most strongly against it, strongest first);
 * a row without content tokens gets ``None`` and a reason.
 """
 
@@ -39,7 +46,10 @@ from torch import Tensor
 
 from saev_curate.devices import module_device
 
-AGREEMENT_COLUMNS = ("score_content", "grounding", "pair_agreement", "answer_agreement", "answer_readout")
+AGREEMENT_COLUMNS = ("score_content", "grounding", "pair_agreement", "answer_agreement", "answer_readout",
+                     "answer_readout_min", "answer_agreement_min")
+BLAME_COLUMNS = ("blame_token", "blame_token_id", "blame_features")
+N_BLAME_FEATURES = 3
 
 
 def template_token_ids(processor) -> set[int]:
@@ -106,16 +116,23 @@ def batch_agreement(sae, weights, acts, template_ids: set[int], thresholds: Tens
     content = content_mask(acts.input_ids, acts.image_mask, acts.text_mask, template_ids, acts.attention_mask,
                            prompt_len)
     slot = None if prompt_len is None else answer_slot(acts.attention_mask, prompt_len)
+    token_index = None
+    if prompt_len is not None:
+        am = torch.ones_like(acts.input_ids) if acts.attention_mask is None else acts.attention_mask
+        token_index = torch.cumsum(am.long(), dim=1) - 1 - prompt_len.to(am.device).long()[:, None]
     return agreement_scores(sae, weights.omega, acts.resid if resid is None else resid, acts.image_mask, content,
                             thresholds, weights.pairs, slot=slot, answer_pairs=weights.answer_pairs,
-                            input_ids=acts.input_ids, answer_readout=weights.answer_readout)
+                            input_ids=acts.input_ids, answer_readout=weights.answer_readout,
+                            token_index=token_index)
 
 
 @torch.no_grad()
 def agreement_scores(sae, omega: Tensor, resid: Tensor, image_mask: Tensor, content: Tensor,
                      thresholds: Tensor, pairs=None, *, slot: Tensor | None = None, answer_pairs=None,
-                     input_ids: Tensor | None = None, answer_readout=None) -> dict[str, list]:
-    """The :data:`AGREEMENT_COLUMNS` and ``error`` per row of a captured batch (see module doc).
+                     input_ids: Tensor | None = None, answer_readout=None,
+                     token_index: Tensor | None = None) -> dict[str, list]:
+    """The :data:`AGREEMENT_COLUMNS`, :data:`BLAME_COLUMNS` and ``error`` per row of a captured batch (see module
+    doc).  ``token_index [B, T]`` numbers each position within its row's response (for the blame).
 
     Each npmi column needs its :class:`~saev_curate.curation.pairs.FeaturePairs` (``pairs``;
     ``answer_pairs`` also ``slot``, each row's answer-slot position) and is None without; ``answer_readout``
@@ -125,11 +142,11 @@ def agreement_scores(sae, omega: Tensor, resid: Tensor, image_mask: Tensor, cont
     defined = ~torch.isnan(w)
     w = torch.where(defined, w, torch.zeros_like(w))
     thr = thresholds.to(dev, torch.float32)
-    out: dict[str, list] = {k: [] for k in (*AGREEMENT_COLUMNS, "error")}
+    out: dict[str, list] = {k: [] for k in (*AGREEMENT_COLUMNS, *BLAME_COLUMNS, "error")}
     for b in range(resid.shape[0]):
         img, txt = resid[b][image_mask[b]], resid[b][content[b]]
         if img.shape[0] == 0 or txt.shape[0] == 0:
-            for k in AGREEMENT_COLUMNS:
+            for k in (*AGREEMENT_COLUMNS, *BLAME_COLUMNS):
                 out[k].append(None)
             out["error"].append("no image tokens in the sequence" if img.shape[0] == 0 else
                                 "no content text tokens after the image (only template or special tokens)")
@@ -150,5 +167,21 @@ def agreement_scores(sae, omega: Tensor, resid: Tensor, image_mask: Tensor, cont
                                        else answer_pairs.agreement(z_txt.amax(0), z_slot))
         out["answer_readout"].append(None if answer_readout is None or z_slot is None or input_ids is None
                                      else answer_readout.readout(z_slot, input_ids[b][content[b]]))
+        per_token = [None if answer_pairs is None or z_slot is None else answer_pairs.agreement(z, z_slot)
+                     for z in z_txt]
+        known = [v for v in per_token if v is not None]
+        out["answer_agreement_min"].append(min(known) if known else None)
+        blame = dict.fromkeys(("answer_readout_min", *BLAME_COLUMNS))
+        if answer_readout is not None and z_slot is not None and input_ids is not None:
+            ids = input_ids[b][content[b]]
+            lift = answer_readout.token_lift(z_slot, ids)
+            j = int(lift.argmin())
+            against = [v["feature"] for v in sorted(answer_readout.votes(z_slot, int(ids[j])),
+                                                    key=lambda v: (v["log_ratio"], v["feature"])) if v["log_ratio"] < 0]
+            blame = {"answer_readout_min": float(lift[j]), "blame_token_id": int(ids[j]),
+                     "blame_token": None if token_index is None else int(token_index[b][content[b]][j]),
+                     "blame_features": ",".join(map(str, against[:N_BLAME_FEATURES]))}
+        for k, v in blame.items():
+            out[k].append(v)
         out["error"].append(None)
     return out

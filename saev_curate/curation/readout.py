@@ -15,7 +15,9 @@ unseen tokens) gets the naive-Bayes log-odds, with add-``alpha`` smoothing
     log P(t | A) = s(t) - logsumexp_{t'} s(t')
 
 and the response's ``answer_readout`` is the mean of ``log P(t | A)`` over its distinct content tokens (text
-the chat template did not write): "is this the answer the model's features at the slot stand for?".  The
+the chat template did not write): "is this the answer the model's features at the slot stand for?".  Per token,
+``log P(t | A) - log p(t)`` (:meth:`AnswerReadout.token_lift`) says whether the features speak for or against
+that one token; its minimum over a long answer is as bad as the answer's worst fact.  The
 ``n(k) + α|V|`` terms are the same for every t and cancel in the normalisation; :meth:`AnswerReadout.votes`
 lists each firing feature's ``log(p(t | k) / p(t))``, the reason the read-out favours or rejects an answer.
 It compares a response with the model's reading at the SAE's layer, through the SAE's features, not through
@@ -49,6 +51,16 @@ class AnswerReadout:
 
     def log_posterior(self, slot_z: Tensor, tokens: Tensor) -> Tensor:
         """``log P(t | A)`` for each token id in ``tokens`` given the slot's SAE code ``slot_z`` ``[d_sae]``."""
+        return self._posterior_and_prior(slot_z, tokens)[0]
+
+    def token_lift(self, slot_z: Tensor, tokens: Tensor) -> Tensor:
+        """Per token of ``tokens`` (in order, repeats kept): ``log P(t | A) - log p(t)``, how much the slot's
+        features raise (> 0) or lower (< 0) the token against its prior.  The token-level read-out: a stated
+        fact the features speak against is a strongly negative entry, whatever the other tokens say."""
+        post, prior = self._posterior_and_prior(slot_z, tokens)
+        return post - prior
+
+    def _posterior_and_prior(self, slot_z: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         tokens = tokens.cpu().long()
         active = (slot_z.cpu() > self.delta).nonzero().flatten()
         n_vocab = len(self.vocab)
@@ -69,7 +81,8 @@ class AnswerReadout:
         pos = torch.searchsorted(self.vocab, tokens).clamp_max(max(n_vocab - 1, 0))
         seen = (self.vocab[pos] == tokens) if n_vocab else torch.zeros_like(tokens, dtype=torch.bool)
         unseen_pos = n_vocab + torch.searchsorted(unseen, tokens).clamp_max(max(len(unseen) - 1, 0))
-        return log_post[torch.where(seen, pos, unseen_pos)]
+        at = torch.where(seen, pos, unseen_pos)
+        return log_post[at], log_p[at]
 
     def readout(self, slot_z: Tensor, tokens: Tensor) -> float | None:
         """Mean ``log P(t | A)`` over the distinct ``tokens`` of a response; None when it has none."""

@@ -203,3 +203,29 @@ def fraction_sweep(ds, by: str = "saev_score", fractions=(0.1, 0.2, 0.3, 0.4, 0.
                    **kwargs) -> dict[float, Any]:
     """The paper's cumulative top-X% subsets: ``{fraction: kept rows}``."""
     return {f: select(ds, by, fraction=f, **kwargs) for f in fractions}
+
+
+def rank_average(columns: dict[str, list], higher_is_cleaner: dict[str, bool] | None = None) -> list[float | None]:
+    """One score from several: each row's mean percentile rank (0 = worst, 1 = best) over ``columns``
+    (name -> values; ``higher_is_cleaner[name]`` False flips a column such as perplexity).  A row null in
+    any column is null: a combined score needs every part.  Ties share their mean rank."""
+    import numpy as np
+    from scipy.stats import rankdata
+
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) != 1:
+        raise InputError(f"rank_average: the columns have different lengths {sorted(lengths)}")
+    n = lengths.pop()
+    parts = []
+    for name, values in columns.items():
+        sign = 1.0 if (higher_is_cleaner or {}).get(name, True) else -1.0
+        x = np.array([np.nan if _is_null(v) else sign * float(v) for v in values])
+        ok = ~np.isnan(x)
+        r = np.full(n, np.nan)
+        if ok.sum() > 1:
+            r[ok] = (rankdata(x[ok]) - 1) / (ok.sum() - 1)
+        elif ok.sum() == 1:
+            r[ok] = 0.5
+        parts.append(r)
+    mean = np.mean(parts, axis=0)
+    return [None if np.isnan(v) else float(v) for v in mean]

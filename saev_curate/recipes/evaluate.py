@@ -10,7 +10,10 @@ index of the right option, its text, or its letter A, B, ...). Metrics:
   log-likelihood divided by the option's length in bytes, as lm-eval does);
 - `exact_match`: greedy generation, stripped and lower-cased, equals the answer's text;
 - `saev_score` (with `--sae` and `--crossmodal_weights`): the policy's mean SAE-V cross-modal score on the set
-  (the paper found it tracks benchmark scores, r = 0.84).
+  (the paper found it tracks benchmark scores, r = 0.84);
+- description rows (no `options`, a testbed `concept`: :func:`saev_curate.testbed.evaluate.heldout_descriptions`):
+  `hallucination_rate` (CHAIR-style: false stated facts / stated facts, over the set) and `recall` (true facts
+  stated / the images' facts) of greedy descriptions, checked exactly against the concept records.
 
 ```bash
 python recipes/evaluate.py --model_name_or_path ./base --adapter out/dpo-top50 --dataset_name ./heldout \
@@ -167,6 +170,23 @@ def generate_answer(model, processor, row, max_new_tokens: int) -> str:
     return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
+def _description_sample(model, processor, row: dict, i: int, max_new_tokens: int) -> dict:
+    """A description row's sample: the greedy description and its fact counts against the row's ``concept``."""
+    from saev_curate.errors import InputError
+    from saev_curate.testbed.evaluate import description_scores
+    from saev_curate.testbed.images import Concept
+
+    if not row.get("concept"):
+        raise InputError(f"row {i} has no options and no concept: give `options` (a question) or a testbed "
+                         "`concept` (a description to check)")
+    gen = generate_answer(model, processor, row, max_new_tokens)
+    sc = description_scores(gen, Concept.from_dict(row["concept"]))
+    return {"doc_id": i, "doc": {"question": row["question"], "answer": row.get("answer")},
+            "target": row.get("answer"), "filtered_resps": [gen],
+            **{f"facts_{k}": v for k, v in (("stated", sc["stated"]), ("false", sc["false"]),
+                                            ("true", sc["true_facts"]), ("recalled", sc["recalled"]))}}
+
+
 def mean_stderr(values: list[float]) -> float:
     """Standard error of the mean with the sample variance (lm-eval / lmms-eval's ``mean_stderr``)."""
     n = len(values)
@@ -224,6 +244,9 @@ def evaluate(model, processor, dataset, *, task: str = "saev_heldout", sae=None,
     else:
         rows_iter = rows
     for i, row in enumerate(rows_iter):
+        if not row.get("options"):
+            samples.append(_description_sample(model, processor, row, i, max(max_new_tokens, 48)))
+            continue
         gold = gold_index(row)
         lls = option_loglikelihoods(model, processor, row)
         sums = [ll for ll, _ in lls]
@@ -239,7 +262,7 @@ def evaluate(model, processor, dataset, *, task: str = "saev_heldout", sae=None,
         })
     model.train(was_training)
 
-    metrics = ["acc", "acc_norm", "exact_match"]
+    metrics = [m for m in ("acc", "acc_norm", "exact_match") if any(m in s for s in samples)]
     if sae is not None and weights is not None:
         scores = saev_scores(model, processor, rows, sae, weights, layer, delta)
         for s, v in zip(samples, scores):
@@ -250,6 +273,13 @@ def evaluate(model, processor, dataset, *, task: str = "saev_heldout", sae=None,
         vals = [s[m] for s in samples if s.get(m) is not None]
         res[f"{m},none"] = sum(vals) / len(vals) if vals else float("nan")
         res[f"{m}_stderr,none"] = mean_stderr(vals)
+    described = [s for s in samples if "facts_stated" in s]
+    if described:  # micro averages over the set (CHAIR), stderr from the per-description rates
+        for m, num, den in (("hallucination_rate", "facts_false", "facts_stated"),
+                            ("recall", "facts_recalled", "facts_true")):
+            res[f"{m},none"] = sum(s[num] for s in described) / max(1, sum(s[den] for s in described))
+            res[f"{m}_stderr,none"] = mean_stderr([s[num] / max(1, s[den]) for s in described])
+        metrics += ["hallucination_rate", "recall"]
     n = len(samples)
     results = {
         "results": {task: res},
@@ -260,7 +290,7 @@ def evaluate(model, processor, dataset, *, task: str = "saev_heldout", sae=None,
                            "generation_kwargs": {"max_new_tokens": max_new_tokens, "do_sample": False}}},
         "versions": {task: 0},
         "n-shot": {task: 0},
-        "higher_is_better": {task: {m: True for m in metrics}},
+        "higher_is_better": {task: {m: m != "hallucination_rate" for m in metrics}},
         "n-samples": {task: {"original": len(dataset), "effective": n}},
         "config": {"model": "saev-curate", "batch_size": 1, "limit": limit, **(config or {})},
         "date": t0,

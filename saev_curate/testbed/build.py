@@ -5,12 +5,13 @@ Offline, on a CPU, in a few minutes, deterministic for a seed; cached under
 ``saev_curate.load_vlm(path)`` loads it.  Trained like LLaVA, in three stages:
 
 0. the vision tower (a CLIP ViT from config: 32x32 images, 8x8 patches -> 16 image tokens) learns
-   to classify what images show (kind, digit, shape, colour, count; random shifts of up to 2 pixels),
+   to classify what images show (kind, digit, shape, colour, count, size, the sides the shapes lie on,
+   brightness; random shifts of up to 1 pixel, which keeps a shape in its grid cell),
    as CLIP is pretrained first; then it is frozen, as LLaVA freezes its CLIP tower;
 1. alignment: projector + language model learn captions, interleaved facts (the image where a word
    would be) and plain text of the language (:mod:`saev_curate.testbed.language`);
-2. instruction: chat-formatted questions with one-word answers (loss on the answer), with some
-   stage-1 text replayed; the yes/no checks that compare a word with the image ("is this a seven ?") are
+2. instruction: chat-formatted questions with one-word or sentence answers and descriptions that state
+   every fact of the image (loss on the answer), with some stage-1 text replayed; the yes/no checks that compare a word with the image ("is this a seven ?") are
    asked 5x as often as other questions (``claim_weight``): their answer is an XOR of question and image,
    which sat at chance for 800 steps at weight 1 and starts to be learned after ~800 steps at weight 3-5.
 
@@ -39,7 +40,7 @@ from saev_curate.testbed import images as timg
 from saev_curate.testbed import language as lang
 from saev_curate.testbed.evaluate import evaluate_accuracy, heldout_questions
 
-BUILD_VERSION = 3
+BUILD_VERSION = 4
 PATCH = 8
 N_IMAGE_TOKENS = (timg.SIZE // PATCH) ** 2
 
@@ -57,15 +58,20 @@ class TestbedConfig:
     vision_layers: int = 3
     n_train_images: int = 12000
     stage0_epochs: int = 6
-    stage1_steps: int = 400
-    stage2_steps: int = 1400
+    stage1_steps: int = 300
+    stage2_steps: int = 1500
     batch_size: int = 32
     lr: float = 1e-3
     #: how much more often the instruction stage asks the yes/no checks that compare a word with the image
     #: (digit claim, parity, scene claim) than other questions: their answer is an XOR of question and image,
     #: which has no first-order gradient signal and stays at chance for hundreds of steps at weight 1
     claim_weight: float = 5.0
-    #: question types left out of the instruction stage (a base with room to improve, for studies)
+    #: share of instruction examples that ask for a description ("describe the image .") and share of the
+    #: remaining questions answered in a sentence
+    describe_share: float = 0.35
+    sentence_share: float = 0.2
+    #: question types left out of the instruction stage (a base with room to improve, for studies);
+    #: ``"describe"`` leaves out the descriptions
     holdout_qtypes: tuple[str, ...] = field(default_factory=tuple)
 
     def name(self) -> str:
@@ -188,8 +194,8 @@ def _stage1_example(enc: _Encoder, item, rng) -> tuple[list[int], int, list]:
 CLAIM_QTYPES = ("digit_claim", "digit_parity", "scene_claim")
 
 
-def _stage2_example(enc: _Encoder, item, rng, holdout: tuple[str, ...], claim_weight: float = 1.0
-                    ) -> tuple[list[int], int, list]:
+def _stage2_example(enc: _Encoder, item, rng, holdout: tuple[str, ...], claim_weight: float = 1.0,
+                    describe_share: float = 0.0, sentence_share: float = 0.0) -> tuple[list[int], int, list]:
     img, c = item
     r = rng.rand()
     if r < 0.1:
@@ -198,11 +204,17 @@ def _stage2_example(enc: _Encoder, item, rng, holdout: tuple[str, ...], claim_we
         q = lang.text_only_question(rng)
         ids, start = enc.chat(q["question"], q["answer"], image=False)
         return ids, start, []
+    if r < 0.18 + describe_share * 0.82 and "describe" not in holdout:
+        ids, start = enc.chat(lang.DESCRIBE_PROMPTS[rng.randint(len(lang.DESCRIBE_PROMPTS))], lang.describe(c),
+                              image=True)
+        return ids, start, [img]
     fits = [t for t in lang.QTYPES if lang.fits(t, c) and t not in holdout]
     if not fits:
         return _stage1_example(enc, item, rng)
     w = np.asarray([claim_weight if t in CLAIM_QTYPES else 1.0 for t in fits])
     q = lang.question(c, rng, fits[rng.choice(len(fits), p=w / w.sum())])
+    if rng.rand() < sentence_share:
+        q = lang.sentence_question(q)
     ids, start = enc.chat(q["question"], q["answer"], image=True)
     return ids, start, [img]
 
@@ -260,6 +272,10 @@ def _targets(concepts: list) -> dict[str, torch.Tensor]:
         "shape": torch.tensor([timg.SHAPES.index(c.shape) if c.shape else -100 for c in concepts]),
         "colour": torch.tensor([list(timg.COLOURS).index(c.colour) if c.colour else -100 for c in concepts]),
         "count": torch.tensor([c.count - 1 if c.count else -100 for c in concepts]),
+        "size": torch.tensor([timg.SIZES.index(c.size) if c.size else -100 for c in concepts]),
+        "brightness": torch.tensor([timg.BRIGHTNESS.index(c.brightness) if c.brightness else -100 for c in concepts]),
+        **{side: torch.tensor([int(side in c.position) if c.position is not None else -100 for c in concepts])
+           for side in timg.SIDES},
     }
 
 
@@ -271,7 +287,9 @@ def _stage0(model, pv: torch.Tensor, concepts: list, cfg: TestbedConfig, log, pr
     H = cfg.vision_hidden_size
     heads = torch.nn.ModuleDict({"kind": torch.nn.Linear(H, len(timg.KINDS)), "digit": torch.nn.Linear(H, 10),
                                  "shape": torch.nn.Linear(H, 3), "colour": torch.nn.Linear(H, 4),
-                                 "count": torch.nn.Linear(H, timg.MAX_COUNT)})
+                                 "count": torch.nn.Linear(H, timg.MAX_COUNT), "size": torch.nn.Linear(H, 2),
+                                 "brightness": torch.nn.Linear(H, 2),
+                                 **{side: torch.nn.Linear(H, 2) for side in timg.SIDES}})
     tgt = _targets(concepts)
     params = list(vt.parameters()) + list(heads.parameters())
     bs = 64
@@ -287,7 +305,7 @@ def _stage0(model, pv: torch.Tensor, concepts: list, cfg: TestbedConfig, log, pr
         order = torch.randperm(len(concepts), generator=g)
         for b in range(len(concepts) // bs):
             j = order[b * bs:(b + 1) * bs]
-            f = vt(pixel_values=_shift(pv[j], 2, g_shift)).last_hidden_state[:, 1:].mean(1)
+            f = vt(pixel_values=_shift(pv[j], 1, g_shift)).last_hidden_state[:, 1:].mean(1)
             loss = sum(torch.nn.functional.cross_entropy(h(f), tgt[k][j], ignore_index=-100)
                        for k, h in heads.items() if bool((tgt[k][j] >= 0).any()))
             _step(loss, opt, sched, losses, bar)
@@ -322,6 +340,17 @@ def _probe_accuracy(vt, heads, dev) -> dict[str, float]:
     return out
 
 
+def _length_buckets(make, steps: int, batch_size: int, *, rng: np.random.RandomState, group: int = 8):
+    """``steps`` batches of examples from ``make()``: each ``group`` batches are drawn together, sorted by
+    length and cut, so a batch pads to a length close to its own (descriptions beside one-word answers
+    would pad every short example to the longest); the group's batches come in a random order."""
+    for s in range(0, steps, group):
+        n = min(group, steps - s)
+        examples = sorted((make() for _ in range(n * batch_size)), key=lambda e: len(e[0]))
+        for b in rng.permutation(n):
+            yield examples[b * batch_size:(b + 1) * batch_size]
+
+
 def _train_lm(model, stage: str, make, steps: int, cfg: TestbedConfig, enc: _Encoder, pixel_of, log) -> dict:
     from tqdm.auto import tqdm
 
@@ -330,8 +359,8 @@ def _train_lm(model, stage: str, make, steps: int, cfg: TestbedConfig, enc: _Enc
     model.train()
     bar = tqdm(total=steps, desc=f"testbed {stage}", unit="step", file=sys.stdout, mininterval=2.0)
     losses = []
-    for _ in range(steps):
-        batch = _collate([make() for _ in range(cfg.batch_size)], enc.tok.pad_token_id, pixel_of)
+    for batch in _length_buckets(make, steps, cfg.batch_size, rng=np.random.RandomState(cfg.seed)):
+        batch = _collate(batch, enc.tok.pad_token_id, pixel_of)
         loss = _lm_loss(model, batch, enc.image_id)
         _step(loss, opt, sched, losses, bar, clip=model.parameters())
     bar.close()
@@ -350,9 +379,10 @@ def build_testbed(config: TestbedConfig | None = None, *, cache_dir: str | os.Pa
                   force: bool = False, verbose: bool = True) -> Path:
     """Return the folder of the testbed model for ``config``, building it first when missing."""
     cfg = config or TestbedConfig()
-    bad = set(cfg.holdout_qtypes) - set(lang.QTYPES)
+    bad = set(cfg.holdout_qtypes) - {*lang.QTYPES, "describe"}
     if bad:
-        raise ValueError(f"holdout_qtypes has unknown question types {sorted(bad)}; use {', '.join(lang.QTYPES)}")
+        raise ValueError(f"holdout_qtypes has unknown question types {sorted(bad)}; use {', '.join(lang.QTYPES)} "
+                         "or describe")
     path = testbed_path(cfg, cache_dir)
     log = print if verbose else (lambda *a, **k: None)
     if not force and is_built(path, cfg):
@@ -381,7 +411,8 @@ def build_testbed(config: TestbedConfig | None = None, *, cache_dir: str | os.Pa
                                      cfg.stage1_steps, cfg, enc, pixel_of, log)),
         ("stage2", lambda: _train_lm(model, "stage 2: instruction",
                                      lambda: _stage2_example(enc, pick(), rng, cfg.holdout_qtypes,
-                                                                     cfg.claim_weight),
+                                                             cfg.claim_weight, cfg.describe_share,
+                                                             cfg.sentence_share),
                                      cfg.stage2_steps, cfg, enc, pixel_of, log)),
     ]
     info_stages: dict[str, dict] = {}

@@ -2,7 +2,9 @@
 
 Shared by the main job (``saev-curate demo``) and ``benchmarks/defect_detection.py``.  Every method
 gives "higher = cleaner" scores, so AUROC of clean rows against the rows of one defect kind reads
-the same way for all: 1.0 = every clean row outranks every defective one, 0.5 = chance.
+the same way for all: 1.0 = every clean row outranks every defective one, 0.5 = chance.  A kind is
+compared with the clean rows of its own task (the ``task`` its rows have: descriptions or questions): a long
+description and a one-word answer differ in every score for reasons that are not defects.
 """
 
 from __future__ import annotations
@@ -35,19 +37,29 @@ SAEV_METHODS = {
     # beyond the paper: naive-Bayes read-out of the answer slot's SAE features, chosen response / chosen - rejected
     "saev_answer_readout_chosen": ("saev_answer_readout_chosen", 1),
     "saev_answer_readout_margin": ("saev_answer_readout_margin", 1),
+    # beyond the paper, per response token: the read-out's lift / the answer-pair npmi, minimum over the response
+    "saev_answer_readout_min_chosen": ("saev_answer_readout_min_chosen", 1),
+    "saev_answer_readout_min_margin": ("saev_answer_readout_min_margin", 1),
+    "saev_answer_agreement_min_chosen": ("saev_answer_agreement_min_chosen", 1),
+    "saev_answer_agreement_min_margin": ("saev_answer_agreement_min_margin", 1),
 }
 BASELINES = {
     "cooccur_l0": ("saev_cooccur_l0", 1),
     "l0": ("saev_l0", 1),
     "image_only_control": ("saev_score_control", 1),  # the paper's score with fixed neutral text
     "response_perplexity": ("saev_ppl", -1),  # the model's own perplexity of the chosen response
+    "min_token_logprob": ("saev_min_token_logprob", 1),  # its least likely content token (a localiser)
     "random": (None, 1),
 }
+LIKELIHOOD = ("response_perplexity", "min_token_logprob")
+#: where each method's blame lands (an index among the chosen response's tokens)
+BLAME = {"saev_answer_readout_min": "saev_blame_token", "min_token_logprob": "saev_min_token_index"}
 PROMPT_ONLY = ("saev_score", "saev_score_mean", "saev_score_any", "saev_score_content", "saev_grounding",
                "saev_grounding_vs_control", "saev_pair_agreement")
 RESPONSE_AWARE = ("saev_score_chosen", "saev_score_rejected", "saev_score_margin", "saev_grounding_margin",
                   "saev_pair_agreement_margin", "saev_answer_agreement_margin", "saev_answer_readout_chosen",
-                  "saev_answer_readout_margin")
+                  "saev_answer_readout_margin", "saev_answer_readout_min_chosen", "saev_answer_readout_min_margin",
+                  "saev_answer_agreement_min_chosen", "saev_answer_agreement_min_margin")
 
 
 def sae_training_rows(n: int = 3000, seed: int = 100) -> list[dict]:
@@ -112,26 +124,72 @@ def method_scores(model, processor, sae, weights, rows: list[dict], *, delta_rel
         vals = main["random"] if col is None else main[col]
         out[name] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else sign * float(v) for v in vals]
     out["_error"] = main.get("saev_error", [None] * len(rows))
+    for col in BLAME.values():
+        out[f"_{col}"] = main.get(col, [None] * len(rows))
     return out
 
 
-def auroc(scores: list, labels: list[str], kind: str, clean: str = "none") -> float:
+def with_combined(methods: dict[str, list], saev: str, likelihood: str) -> dict[str, list]:
+    """``methods`` plus ``combined``: the rank average of an SAE-V column and a likelihood column (a row either
+    cannot score counts as the lowest, as in :func:`auroc`)."""
+    from saev_curate.curation.selection import rank_average
+
+    low = lambda v: [-1e300 if x is None else x for x in v]  # noqa: E731
+    return {**methods, "combined": rank_average({"a": low(methods[saev]), "b": low(methods[likelihood])})}
+
+
+def localisation(methods: dict[str, list], rows: list[dict], *, fpr: float = 0.1) -> dict[str, dict]:
+    """For each blaming method: among ``hallucinated_detail`` rows it detects (scores below the ``fpr`` quantile
+    of clean description rows), the share whose blamed token is one of the false fact's words; also over all
+    hallucinated rows."""
+    out = {}
+    for method, col in BLAME.items():
+        score_of = methods.get(method if method in methods else f"{method}_chosen")
+        blamed = methods.get(f"_{col}")
+        if score_of is None or blamed is None:
+            continue
+        clean = sorted(s for s, r in zip(score_of, rows) if r["defect"] == "none" and r["task"] == "describe"
+                       and s is not None)
+        cut = clean[int(fpr * len(clean))] if clean else -math.inf
+        hits, hits_all = [], []
+        for s, b, r in zip(score_of, blamed, rows):
+            if r["defect"] != "hallucinated_detail":
+                continue
+            hit = b is not None and int(b) in set(r["defect_words"])
+            hits_all.append(hit)
+            if s is None or s < cut:
+                hits.append(hit)
+        out[method] = {"detected": float(np.mean(hits)) if hits else float("nan"), "n_detected": len(hits),
+                       "all": float(np.mean(hits_all)) if hits_all else float("nan"), "n": len(hits_all)}
+    return out
+
+
+def auroc(scores: list, labels: list[str], kind: str, clean: str = "none", tasks: list[str] | None = None) -> float:
     """AUROC of ``clean`` rows against rows of defect ``kind`` (higher score = cleaner; ties count half).
 
-    A row without a score counts as the lowest score: a method that cannot score a row flags it.
+    A row without a score counts as the lowest score: a method that cannot score a row flags it.  With
+    ``tasks`` (each row's task), only clean rows of the tasks the kind's rows have take part.
     """
     from saev_curate.report import auc
 
-    pairs = [(-math.inf if s is None else s, lab == clean) for s, lab in zip(scores, labels) if lab in (clean, kind)]
+    keep = [True] * len(labels)
+    if tasks is not None:
+        own = {t for t, lab in zip(tasks, labels) if lab == kind}
+        keep = [lab == kind or t in own for t, lab in zip(tasks, labels)]
+    pairs = [(-math.inf if s is None else s, lab == clean) for s, lab, k in zip(scores, labels, keep)
+             if k and lab in (clean, kind)]
     if not any(p for _, p in pairs) or all(p for _, p in pairs):
         return float("nan")
     return auc([s for s, _ in pairs], [p for _, p in pairs])
 
 
-def auroc_table(methods: dict[str, list], labels: list[str]) -> dict[str, dict[str, float]]:
-    """``{method: {defect kind: AUROC}}`` over the kinds present in ``labels``."""
+def auroc_table(methods: dict[str, list], labels: list[str], tasks: list[str] | None = None
+                ) -> dict[str, dict[str, float]]:
+    """``{method: {defect kind: AUROC}}`` over the kinds present in ``labels`` (each against the clean rows of its
+    own task when ``tasks`` is given)."""
     kinds = [k for k in DEFECT_KINDS if k in labels]
-    return {m: {k: auroc(v, labels, k) for k in kinds} for m, v in methods.items() if not m.startswith("_")}
+    return {m: {k: auroc(v, labels, k, tasks=tasks) for k in kinds} for m, v in methods.items()
+            if not m.startswith("_")}
 
 
 def mean_sd(values: list[float]) -> dict[str, float]:

@@ -1,5 +1,7 @@
-"""Held-out accuracy of a testbed model per question type: by likelihood over the type's answer options,
-and greedy (all answers are one word), on questions over images the model never trained on."""
+"""Held-out evaluation of a testbed model on images it never trained on: accuracy per question type (by
+likelihood over the type's answer options, and greedy: all answers are one word), greedy sentence answers,
+and CHAIR-style scores of greedy descriptions (hallucination rate = share of stated facts that are false;
+recall = share of the image's facts that are stated), which the closed language makes exact."""
 
 from __future__ import annotations
 
@@ -74,3 +76,78 @@ def evaluate_accuracy(model, processor, rows: list[dict], *, batch_size: int = 6
     out["all"] = {"likelihood": float(np.mean([a for a, _ in allv])), "greedy": float(np.mean([g for _, g in allv])),
                   "n": len(allv)}
     return out
+
+
+def heldout_descriptions(n: int = 200, *, seed: int = 0, split: str = "test") -> list[dict]:
+    """``n`` description requests over held-out images: ``question`` (a describe prompt), ``image``, ``answer``
+    (the full true description), ``qtype`` ``"describe"`` and the image's ``concept`` (a dict)."""
+    rng = np.random.RandomState([seed, 37])
+    return [{"question": lang.DESCRIBE_PROMPTS[rng.randint(len(lang.DESCRIBE_PROMPTS))], "image": img,
+             "answer": lang.describe(c), "qtype": "describe", "concept": c.to_dict()}
+            for img, c in timg.sample_images(split, n, seed=seed + 2000)]
+
+
+@torch.no_grad()
+def generate(model, processor, rows: list[dict], *, max_new_tokens: int = 24, batch_size: int = 64) -> list[str]:
+    """Greedy answers to ``rows`` (``question`` + ``image``), decoded up to the end of the turn."""
+    from saev_curate.vlm import prepare_batch
+
+    tok = processor.tokenizer
+    out: list[str] = []
+    for b in range(0, len(rows), batch_size):
+        chunk = rows[b:b + batch_size]
+        pb = prepare_batch(processor, [{"messages": lang.chat_prompt(r["question"], image=r.get("image") is not None),
+                                        "images": [r["image"]] if r.get("image") is not None else []}
+                                       for r in chunk], mode="prompt", padding_side="left")
+        seq = model.generate(**pb.inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        for s in seq[:, pb.inputs["input_ids"].shape[1]:].tolist():
+            s = s[:s.index(tok.eos_token_id)] if tok.eos_token_id in s else s
+            out.append(" ".join(tok.convert_ids_to_tokens(s)))
+    return out
+
+
+def description_scores(text: str, concept: timg.Concept) -> dict:
+    """CHAIR-style counts of one description: facts stated, false ones (an unparsed sentence counts as one
+    false statement), and the image's true facts that it states."""
+    stated = lang.parse_facts(text)
+    false = [f for f in stated if not lang.fact_is_true(f[0], f[1], concept)]
+    truth = lang.true_facts(concept)
+    covered = {f for f, v in stated if f is not None and lang.fact_is_true(f, v, concept)}
+    return {"stated": len(stated), "false": len(false), "true_facts": len(truth),
+            "recalled": len(covered & set(truth))}
+
+
+def evaluate_descriptions(model, processor, rows: list[dict], *, batch_size: int = 64) -> dict:
+    """Hallucination rate and recall of greedy descriptions of ``rows`` (:func:`heldout_descriptions`), overall and
+    per image kind, with a few examples."""
+    texts = generate(model, processor, rows, batch_size=batch_size)
+    per: dict[str, list[dict]] = {}
+    examples = []
+    for r, t in zip(rows, texts):
+        c = timg.Concept.from_dict(r["concept"])
+        sc = description_scores(t, c)
+        per.setdefault(c.kind, []).append(sc)
+        if len(examples) < 8:
+            examples.append({"kind": c.kind, "truth": r["answer"], "generated": t, **sc})
+
+    def agg(v: list[dict]) -> dict:
+        stated = sum(x["stated"] for x in v)
+        return {"hallucination_rate": sum(x["false"] for x in v) / max(stated, 1),
+                "recall": sum(x["recalled"] for x in v) / max(sum(x["true_facts"] for x in v), 1),
+                "exact": float(np.mean([x["false"] == 0 and x["recalled"] == x["true_facts"] for x in v])),
+                "n": len(v)}
+
+    return {**agg([x for v in per.values() for x in v]), "by_kind": {k: agg(v) for k, v in sorted(per.items())},
+            "examples": examples}
+
+
+def evaluate_sentence_answers(model, processor, rows: list[dict], *, batch_size: int = 64) -> dict:
+    """Greedy accuracy per question type when the answer is asked for in a sentence (the exact sentence)."""
+    asked = [{**r, **lang.sentence_question({"qtype": r["qtype"], "question": r["question"], "answer": r["answer"],
+                                             "wrong": r["answer"]})} for r in rows]
+    texts = generate(model, processor, asked, batch_size=batch_size, max_new_tokens=12)
+    per: dict[str, list[bool]] = {}
+    for r, t in zip(asked, texts):
+        per.setdefault(r["qtype"], []).append(t.strip() == r["answer"])
+    return {q: float(np.mean(v)) for q, v in per.items()}

