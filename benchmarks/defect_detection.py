@@ -292,7 +292,7 @@ def _plots(out: Path, cell: dict, auroc: dict, kinds, arch: str) -> None:
     plt.close(fig)
 
     show = [m for m in ("saev_score", "saev_pair_agreement", "saev_answer_readout_chosen",
-                        "saev_answer_readout_min_chosen", "min_token_logprob", "response_perplexity")
+                        "saev_token_readout_min_chosen", "min_token_logprob", "response_perplexity")
             if m in cell["scores"]]
     labels = cell["labels"]
     fig, axes = plt.subplots(1, len(show), figsize=(4 * len(show), 3.2))

@@ -29,13 +29,18 @@ reference set: a δ on each feature's own scale):
   answer slot's firing features, a naive-Bayes read-out fitted on the reference rows' chosen responses (weights'
   ``answer_readout``; :mod:`saev_curate.curation.readout`): is this the answer the slot's features stand for?
   It reads response *tokens*, so it is not diluted by the generic features a response token also carries;
-* ``answer_readout_min`` / ``answer_agreement_min`` (response modes): the same two per response token, their
-  minimum over the response's content tokens: a long answer is as bad as its worst token, so one false fact
-  is not diluted by the true ones around it.  Per token the read-out is the lift ``log P(t | A) - log p(t)``
-  (:meth:`~saev_curate.curation.readout.AnswerReadout.token_lift`), the npmi the mean over that token's
-  (feature, answer-slot feature) pairs.  The **blame** is the read-out's worst token: ``blame_token`` (its
-  index among the response's tokens, 0 = the first token after the prompt), ``blame_token_id`` and
-  ``blame_features`` (the answer-slot features that vote most strongly against it, strongest first);
+* ``token_readout_min`` (response modes): the read-out per response token.  Each token t at position p has
+  its own answer slot, the position before it, where the model decides what to say next (for the first token,
+  the answer slot itself); the weights' ``token_readout`` counts, over the reference rows' chosen responses,
+  which tokens follow each feature firing there.  Per token the score is the lift ``log P(t | A_{p-1}) - log
+  p(t)`` (:meth:`~saev_curate.curation.readout.AnswerReadout.token_lift`): do the features of the moment the
+  model said it speak for or against this token.  The minimum over the response's content tokens makes a long
+  answer as bad as its worst token, so one false fact is not diluted by the true ones around it;
+* ``answer_agreement_min``: the answer-pair npmi per response token (the mean over that token's (feature,
+  answer-slot feature) pairs), its minimum over the response;
+* the **blame** is the token read-out's worst token: ``blame_token`` (its index among the response's tokens,
+  0 = the first token after the prompt), ``blame_token_id`` and ``blame_features`` (the features at its slot
+  that vote most strongly against it, strongest first);
 * a row without content tokens gets ``None`` and a reason.
 """
 
@@ -47,7 +52,7 @@ from torch import Tensor
 from saev_curate.devices import module_device
 
 AGREEMENT_COLUMNS = ("score_content", "grounding", "pair_agreement", "answer_agreement", "answer_readout",
-                     "answer_readout_min", "answer_agreement_min")
+                     "token_readout_min", "answer_agreement_min")
 BLAME_COLUMNS = ("blame_token", "blame_token_id", "blame_features")
 N_BLAME_FEATURES = 3
 
@@ -123,20 +128,21 @@ def batch_agreement(sae, weights, acts, template_ids: set[int], thresholds: Tens
     return agreement_scores(sae, weights.omega, acts.resid if resid is None else resid, acts.image_mask, content,
                             thresholds, weights.pairs, slot=slot, answer_pairs=weights.answer_pairs,
                             input_ids=acts.input_ids, answer_readout=weights.answer_readout,
-                            token_index=token_index)
+                            token_readout=weights.token_readout, token_index=token_index)
 
 
 @torch.no_grad()
 def agreement_scores(sae, omega: Tensor, resid: Tensor, image_mask: Tensor, content: Tensor,
                      thresholds: Tensor, pairs=None, *, slot: Tensor | None = None, answer_pairs=None,
-                     input_ids: Tensor | None = None, answer_readout=None,
+                     input_ids: Tensor | None = None, answer_readout=None, token_readout=None,
                      token_index: Tensor | None = None) -> dict[str, list]:
     """The :data:`AGREEMENT_COLUMNS`, :data:`BLAME_COLUMNS` and ``error`` per row of a captured batch (see module
     doc).  ``token_index [B, T]`` numbers each position within its row's response (for the blame).
 
     Each npmi column needs its :class:`~saev_curate.curation.pairs.FeaturePairs` (``pairs``;
     ``answer_pairs`` also ``slot``, each row's answer-slot position) and is None without; ``answer_readout``
-    (an :class:`~saev_curate.curation.readout.AnswerReadout`) needs ``slot`` and ``input_ids``."""
+    (an :class:`~saev_curate.curation.readout.AnswerReadout`) needs ``slot`` and ``input_ids``, ``token_readout``
+    (the same class, fitted per response position) ``slot`` (response modes) and ``input_ids``."""
     dev = module_device(sae)
     w = omega.to(dev, torch.float64)
     defined = ~torch.isnan(w)
@@ -171,14 +177,15 @@ def agreement_scores(sae, omega: Tensor, resid: Tensor, image_mask: Tensor, cont
                      for z in z_txt]
         known = [v for v in per_token if v is not None]
         out["answer_agreement_min"].append(min(known) if known else None)
-        blame = dict.fromkeys(("answer_readout_min", *BLAME_COLUMNS))
-        if answer_readout is not None and z_slot is not None and input_ids is not None:
+        blame = dict.fromkeys(("token_readout_min", *BLAME_COLUMNS))
+        if token_readout is not None and z_slot is not None and input_ids is not None:
             ids = input_ids[b][content[b]]
-            lift = answer_readout.token_lift(z_slot, ids)
+            z_before = sae.encode(resid[b][content[b].nonzero().flatten() - 1].to(dev)).float()
+            lift = torch.cat([token_readout.token_lift(z, t[None]) for z, t in zip(z_before, ids)])
             j = int(lift.argmin())
-            against = [v["feature"] for v in sorted(answer_readout.votes(z_slot, int(ids[j])),
+            against = [v["feature"] for v in sorted(token_readout.votes(z_before[j], int(ids[j])),
                                                     key=lambda v: (v["log_ratio"], v["feature"])) if v["log_ratio"] < 0]
-            blame = {"answer_readout_min": float(lift[j]), "blame_token_id": int(ids[j]),
+            blame = {"token_readout_min": float(lift[j]), "blame_token_id": int(ids[j]),
                      "blame_token": None if token_index is None else int(token_index[b][content[b]][j]),
                      "blame_features": ",".join(map(str, against[:N_BLAME_FEATURES]))}
         for k, v in blame.items():

@@ -37,9 +37,10 @@ SAEV_METHODS = {
     # beyond the paper: naive-Bayes read-out of the answer slot's SAE features, chosen response / chosen - rejected
     "saev_answer_readout_chosen": ("saev_answer_readout_chosen", 1),
     "saev_answer_readout_margin": ("saev_answer_readout_margin", 1),
-    # beyond the paper, per response token: the read-out's lift / the answer-pair npmi, minimum over the response
-    "saev_answer_readout_min_chosen": ("saev_answer_readout_min_chosen", 1),
-    "saev_answer_readout_min_margin": ("saev_answer_readout_min_margin", 1),
+    # beyond the paper, per response token: the token read-out's lift (features at the position before the token) /
+    # the answer-pair npmi, minimum over the response
+    "saev_token_readout_min_chosen": ("saev_token_readout_min_chosen", 1),
+    "saev_token_readout_min_margin": ("saev_token_readout_min_margin", 1),
     "saev_answer_agreement_min_chosen": ("saev_answer_agreement_min_chosen", 1),
     "saev_answer_agreement_min_margin": ("saev_answer_agreement_min_margin", 1),
 }
@@ -53,12 +54,12 @@ BASELINES = {
 }
 LIKELIHOOD = ("response_perplexity", "min_token_logprob")
 #: where each method's blame lands (an index among the chosen response's tokens)
-BLAME = {"saev_answer_readout_min": "saev_blame_token", "min_token_logprob": "saev_min_token_index"}
+BLAME = {"saev_token_readout_min": "saev_blame_token", "min_token_logprob": "saev_min_token_index"}
 PROMPT_ONLY = ("saev_score", "saev_score_mean", "saev_score_any", "saev_score_content", "saev_grounding",
                "saev_grounding_vs_control", "saev_pair_agreement")
 RESPONSE_AWARE = ("saev_score_chosen", "saev_score_rejected", "saev_score_margin", "saev_grounding_margin",
                   "saev_pair_agreement_margin", "saev_answer_agreement_margin", "saev_answer_readout_chosen",
-                  "saev_answer_readout_margin", "saev_answer_readout_min_chosen", "saev_answer_readout_min_margin",
+                  "saev_answer_readout_margin", "saev_token_readout_min_chosen", "saev_token_readout_min_margin",
                   "saev_answer_agreement_min_chosen", "saev_answer_agreement_min_margin")
 
 

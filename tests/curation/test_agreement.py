@@ -334,14 +334,17 @@ def test_weights_with_pairs_round_trip_and_refuse_damaged_pair_files(setup, tmp_
         (tmp_path / "w" / file).write_bytes(b"garbage")
         with pytest.raises(Exception, match=file):
             CrossModalWeights.load(tmp_path / "w")
-    a, b = back.answer_readout, weights.answer_readout
-    assert torch.equal(a.keys, b.keys) and torch.equal(a.counts, b.counts) and torch.equal(a.vocab, b.vocab)
-    assert torch.equal(a.n_slot, b.n_slot) and torch.equal(a.n_token, b.n_token)
-    assert (a.n_rows, a.d_sae, a.delta, a.alpha) == (b.n_rows, b.d_sae, b.delta, b.alpha)
-    weights.save(tmp_path / "w")
-    (tmp_path / "w" / "crossmodal_answer_readout.safetensors").write_bytes(b"garbage")
-    with pytest.raises(Exception, match="crossmodal_answer_readout.safetensors"):
-        CrossModalWeights.load(tmp_path / "w")
+    for name in ("answer_readout", "token_readout"):
+        a, b = getattr(back, name), getattr(weights, name)
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.counts, b.counts) and torch.equal(a.vocab, b.vocab)
+        assert torch.equal(a.n_slot, b.n_slot) and torch.equal(a.n_token, b.n_token)
+        assert (a.n_rows, a.d_sae, a.delta, a.alpha) == (b.n_rows, b.d_sae, b.delta, b.alpha)
+    assert back.token_readout.n_rows > back.answer_readout.n_rows  # one observation per response token
+    for file in ("crossmodal_answer_readout.safetensors", "crossmodal_token_readout.safetensors"):
+        weights.save(tmp_path / "w")
+        (tmp_path / "w" / file).write_bytes(b"garbage")
+        with pytest.raises(Exception, match=file):
+            CrossModalWeights.load(tmp_path / "w")
 
 
 def test_answer_readout_matches_brute_force(setup):
@@ -389,37 +392,44 @@ def _naive_bayes(slot, response, n_k, n_t, n_kt, n_rows, alpha=1.0):
 
 
 def test_token_level_readout_agreement_and_blame_match_brute_force(setup):
-    """Per response token, the read-out's lift log P(t | A) - log p(t) and the mean npmi of that token's
-    (feature, slot feature) pairs, written out by hand; the scorer's ``_min`` columns are their minimum over the
-    response, and the blame is the read-out's worst token: its index after the prompt, its text, and the
-    firing slot features whose log-ratio for it is most negative."""
+    """The token read-out counted by hand: over the reference rows' chosen responses, each content token with the
+    features firing (> 1) at the position before it; per token the lift log P(t | A) - log p(t) from the
+    naive-Bayes formula written out, and per token the mean npmi of its (feature, answer-slot feature) pairs.
+    The scorer's ``_min`` columns are their minimum over the response; the blame is the read-out's worst token:
+    its index after the prompt, its text, and the firing features whose log-ratio for it is most negative."""
     model, processor, sae, weights, rows = setup
     tok = processor.tokenizer
-
-    def slot_and_tokens(prompt_acts, acts, j):
-        if (got := _response(model, processor, sae, prompt_acts, acts, j)) is None:
-            return None
-        ids, positions, z, slot = got
-        fired = {k for k in range(z.shape[1]) if float(z[slot, k]) > 1.0}
-        return (fired, {ids[t] for t in positions}) if positions else None
-
-    n_k, n_t, n_kt, n_rows = _hand_counts(model, processor, rows, slot_and_tokens)
-    pair_sets = _hand_counts(model, processor, rows, lambda p, a, j: (
+    n_k, n_t, n_kt, n_obs = {}, {}, {}, 0
+    for s in range(0, len(rows), 8):
+        chunk = rows[s:s + 8]
+        prompt, kept, _ = capture_rows(model, processor, chunk, LAYER, mode="prompt")
+        chosen, _, _ = capture_rows(model, processor, chunk, LAYER, mode="chosen")
+        for j in range(len(kept)):
+            if (got := _response(model, processor, sae, prompt, chosen, j)) is None:
+                continue
+            ids, positions, z, _ = got
+            for t in positions:
+                n_obs += 1
+                n_t[ids[t]] = n_t.get(ids[t], 0) + 1
+                for k in (k for k in range(z.shape[1]) if float(z[t - 1, k]) > 1.0):
+                    n_k[k] = n_k.get(k, 0) + 1
+                    n_kt[(k, ids[t])] = n_kt.get((k, ids[t]), 0) + 1
+    assert weights.token_readout.n_rows == n_obs > 20 and sum(n_k.values()) > 0
+    pa, pb, together, n_pair_rows = _hand_counts(model, processor, rows, lambda p, a, j: (
         None if (got := _response(model, processor, sae, p, a, j)) is None or not got[1] else
         ({k for t in got[1] for k in range(got[2].shape[1]) if float(got[2][t, k]) > 0.0},
          {k for k in range(got[2].shape[1]) if float(got[2][got[3], k]) > 0.0})))
-    pa, pb, together, n_pair_rows = pair_sets
 
     def per_token(prompt_acts, acts, i):
-        """[(index after the prompt, token id, lift, npmi or None)] over the response's content tokens."""
+        """[(index after the prompt, token id, lift, npmi or None, features firing before it)] per content token."""
         if (got := _response(model, processor, sae, prompt_acts, acts, i)) is None or not got[1]:
             return None
         ids, positions, z, slot = got
-        fired = {k for k in range(z.shape[1]) if float(z[slot, k]) > 1.0}
-        post, prior = _naive_bayes(fired, [ids[t] for t in positions], n_k, n_t, n_kt, n_rows)
         slot_feats = [k for k in range(z.shape[1]) if float(z[slot, k]) > 0.0 and pb.get(k, 0) >= 5]
         out = []
         for t in positions:
+            fired = {k for k in range(z.shape[1]) if float(z[t - 1, k]) > 1.0}
+            post, prior = _naive_bayes(fired, [ids[t]], n_k, n_t, n_kt, n_obs)
             feats = [k for k in range(z.shape[1]) if float(z[t, k]) > 0.0 and pa.get(k, 0) >= 5]
             npmi = (sum(_npmi(together, pa, pb, n_pair_rows, x, y) for x in feats for y in slot_feats)
                     / (len(feats) * len(slot_feats))) if feats and slot_feats else None
@@ -434,7 +444,7 @@ def test_token_level_readout_agreement_and_blame_match_brute_force(setup):
         known = [x[3] for x in per_token(p, a, i) or () if x[3] is not None]
         return min(known) if known else None
 
-    _assert_response_columns(model, processor, sae, weights, rows, "answer_readout_min", lift_min, 1e-6)
+    _assert_response_columns(model, processor, sae, weights, rows, "token_readout_min", lift_min, 1e-6)
     _assert_response_columns(model, processor, sae, weights, rows, "answer_agreement_min", npmi_min, 1e-5)
 
     good = [r for r in rows if r["images"]]
@@ -446,11 +456,11 @@ def test_token_level_readout_agreement_and_blame_match_brute_force(setup):
         if got is None:
             assert out["saev_blame_token"][i] is None and out["saev_blame_text"][i] is None
             continue
-        index, token, lift, _, fired = min(got, key=lambda x: x[2])
+        index, token, _, _, fired = min(got, key=lambda x: x[2])
         assert out["saev_blame_token"][i] == index and out["saev_blame_text"][i] == tok.decode([token]).strip()
-        n_c = len(set(n_t) | {x[1] for x in got})
+        n_c = len(set(n_t) | {token})
         ratio = {k: math.log((n_kt.get((k, token), 0) + 1) / (n_k.get(k, 0) + n_c))
-                 - math.log((n_t.get(token, 0) + 1) / (n_rows + n_c)) for k in fired}
+                 - math.log((n_t.get(token, 0) + 1) / (n_obs + n_c)) for k in fired}
         want = [k for k in sorted(ratio, key=lambda k: (ratio[k], k)) if ratio[k] < 0][:3]
         assert out["saev_blame_features"][i] == ",".join(map(str, want))
         n_blamed += 1

@@ -32,8 +32,11 @@ __all__ = ["CrossModalWeights"]
 
 #: the feature-pair tables beyond the paper (:mod:`saev_curate.curation.pairs`) and their files
 PAIR_TABLES = {"pairs": "crossmodal_pairs.safetensors", "answer_pairs": "crossmodal_answer_pairs.safetensors"}
-#: the answer read-out's counts (:mod:`saev_curate.curation.readout`)
-READOUT_FILE = "crossmodal_answer_readout.safetensors"
+#: the read-outs' counts (:mod:`saev_curate.curation.readout`) and their files: the answer read-out (features at
+#: the answer slot -> the response's tokens) and the token read-out (features at each response position -> the
+#: token said next)
+READOUT_TABLES = {"answer_readout": "crossmodal_answer_readout.safetensors",
+                  "token_readout": "crossmodal_token_readout.safetensors"}
 READOUT_TENSORS = ("vocab", "n_token", "n_slot", "keys", "counts")
 
 
@@ -53,8 +56,10 @@ class CrossModalWeights:
     #: pairs (None when the reference rows had no responses)
     pairs: FeaturePairs | None = None
     answer_pairs: FeaturePairs | None = None
-    #: (answer-slot feature, response token) counts (:mod:`saev_curate.curation.readout`; None without responses)
+    #: (answer-slot feature, response token) counts and (feature at a response position, the next token) counts
+    #: (:mod:`saev_curate.curation.readout`; None without responses)
     answer_readout: AnswerReadout | None = None
+    token_readout: AnswerReadout | None = None
 
     # -------------------------------------------------------------- views
     @property
@@ -92,8 +97,9 @@ class CrossModalWeights:
         for name in PAIR_TABLES:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name).summary()
-        if self.answer_readout is not None:
-            out["answer_readout"] = self.answer_readout.summary()
+        for name in READOUT_TABLES:
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name).summary()
         return out
 
     def fingerprint(self) -> str:
@@ -108,10 +114,11 @@ class CrossModalWeights:
                 for t in (p.keys, p.npmi, p.n_text, p.n_image):
                     h.update(t.contiguous().numpy().tobytes())
                 h.update(json.dumps(p.summary(), sort_keys=True).encode())
-        if (r := self.answer_readout) is not None:
-            for name in READOUT_TENSORS:
-                h.update(getattr(r, name).contiguous().numpy().tobytes())
-            h.update(json.dumps(r.summary(), sort_keys=True).encode())
+        for table in READOUT_TABLES:
+            if (r := getattr(self, table)) is not None:
+                for name in READOUT_TENSORS:
+                    h.update(getattr(r, name).contiguous().numpy().tobytes())
+                h.update(json.dumps(r.summary(), sort_keys=True).encode())
         return h.hexdigest()[:32]
 
     def __repr__(self) -> str:
@@ -142,12 +149,13 @@ class CrossModalWeights:
             elif (path / file).exists():
                 (path / file).unlink()
             doc[name] = None if p is None else {"n_rows": p.n_rows, "delta": p.delta, "min_count": p.min_count}
-        r = self.answer_readout
-        if r is not None:
-            save_file({name: getattr(r, name).contiguous() for name in READOUT_TENSORS}, str(path / READOUT_FILE))
-        elif (path / READOUT_FILE).exists():
-            (path / READOUT_FILE).unlink()
-        doc["answer_readout"] = None if r is None else {"n_rows": r.n_rows, "delta": r.delta, "alpha": r.alpha}
+        for table, file in READOUT_TABLES.items():
+            r = getattr(self, table)
+            if r is not None:
+                save_file({name: getattr(r, name).contiguous() for name in READOUT_TENSORS}, str(path / file))
+            elif (path / file).exists():
+                (path / file).unlink()
+            doc[table] = None if r is None else {"n_rows": r.n_rows, "delta": r.delta, "alpha": r.alpha}
         (path / "crossmodal_weights.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
         return path
 
@@ -193,9 +201,11 @@ class CrossModalWeights:
             tables[name] = FeaturePairs(keys=pt["keys"].long(), npmi=pt["npmi"].float(), n_text=pt["n_text"].float(),
                                         n_image=pt["n_image"].float(), n_rows=int(pd.get("n_rows", 0)),
                                         delta=float(pd.get("delta", 0.0)), min_count=int(pd.get("min_count", 1)))
-        readout = None
-        if isinstance(rd := doc.get("answer_readout"), dict):
-            rf = path / READOUT_FILE
+        readouts: dict[str, AnswerReadout] = {}
+        for table, file in READOUT_TABLES.items():
+            if not isinstance(rd := doc.get(table), dict):
+                continue
+            rf = path / file
             rt = read_safetensors(rf, fix=redo)
             check_tensors(rf, rt, required=dict.fromkeys(READOUT_TENSORS, 1), optional={}, same_first_dim=False,
                           finite=("n_token", "n_slot", "counts"), fix=redo)
@@ -205,14 +215,14 @@ class CrossModalWeights:
                     or rt["n_slot"].shape[0] != d
                     or (len(rt["keys"]) and (int(rt["keys"].min()) < 0 or int(rt["keys"].max()) >= d * n_vocab))):
                 raise InputError(f"{rf}: read-out tensors do not match each other or the {d} features of omega; {redo}")
-            readout = AnswerReadout(vocab=rt["vocab"].long(), n_token=rt["n_token"].float(),
-                                    n_slot=rt["n_slot"].float(), keys=rt["keys"].long(),
-                                    counts=rt["counts"].float(), n_rows=int(rd.get("n_rows", 0)), d_sae=d,
-                                    delta=float(rd.get("delta", 1.0)), alpha=float(rd.get("alpha", 1.0)))
+            readouts[table] = AnswerReadout(vocab=rt["vocab"].long(), n_token=rt["n_token"].float(),
+                                            n_slot=rt["n_slot"].float(), keys=rt["keys"].long(),
+                                            counts=rt["counts"].float(), n_rows=int(rd.get("n_rows", 0)), d_sae=d,
+                                            delta=float(rd.get("delta", 1.0)), alpha=float(rd.get("alpha", 1.0)))
         return cls(omega=t["omega"], classes=t["classes"], top_activation=t.get("top_activation"),
                    top_row=t.get("top_row"), top_position=t.get("top_position"),
                    top_is_image=None if top_img is None else top_img.bool(), meta=doc.get("meta", {}),
-                   answer_readout=readout, **tables)
+                   **readouts, **tables)
 
     # -------------------------------------------------------------- checks
     def check_sae(self, sae) -> None:
@@ -289,8 +299,9 @@ class CrossModalWeights:
         counts (content-token feature, image feature) pairs in pass 1 (:mod:`saev_curate.curation.pairs`; a
         feature "fires" above ``pair_delta``, counts from ``pair_min_count`` rows on are trusted) and, when
         the rows are preference rows, (chosen-response feature, answer-slot feature) pairs and the answer
-        read-out's (answer-slot feature > ``readout_delta``, response token) counts in a third pass over the rows
-        shown with their chosen response (:mod:`saev_curate.curation.readout`; ``readout_alpha`` smooths).
+        read-out's (answer-slot feature > ``readout_delta``, response token) counts and the token read-out's
+        (feature > ``readout_delta`` at a response position, the token said next) counts in a third pass over the
+        rows shown with their chosen response (:mod:`saev_curate.curation.readout`; ``readout_alpha`` smooths).
         """
         from saev_curate.row_errors import check_usable
 
@@ -330,12 +341,14 @@ class CrossModalWeights:
         out.meta["skipped_examples"] = source.skipped_examples
         if counter is not None and _has_responses(dataset, indices):
             answers = counter()
-            readout = ReadoutCounter(int(sae.cfg.d_sae), delta=readout_delta, alpha=readout_alpha)
+            readout, per_token = (ReadoutCounter(int(sae.cfg.d_sae), delta=readout_delta, alpha=readout_alpha)
+                                  for _ in range(2))
             for b in CapturedBatches(model, processor, dataset, indices, layer_index, batch_size=batch_size,
                                      max_length=max_length, exclude_special_tokens=exclude_special_tokens,
                                      progress=progress, mode="chosen"):
-                _count_answers(answers, readout, sae, b, template_ids, prompt_lens)
-            out.answer_pairs, out.answer_readout = answers.result(), readout.result()
+                _count_answers(answers, readout, per_token, sae, b, template_ids, prompt_lens)
+            out.answer_pairs, out.answer_readout, out.token_readout = (answers.result(), readout.result(),
+                                                                       per_token.result())
         return out
 
 
@@ -391,10 +404,11 @@ def _count_pairs(counter: PairCounter, sae, b: dict[str, Any], template_ids: set
 
 
 @torch.no_grad()
-def _count_answers(counter: PairCounter, readout: ReadoutCounter, sae, b: dict[str, Any], template_ids: set[int],
-                   prompt_lens: dict[int, int]) -> None:
-    """(response-token feature, answer-slot feature) pairs and (answer-slot feature, response token) counts of a
-    batch of rows shown with their chosen response."""
+def _count_answers(counter: PairCounter, readout: ReadoutCounter, per_token: ReadoutCounter, sae, b: dict[str, Any],
+                   template_ids: set[int], prompt_lens: dict[int, int]) -> None:
+    """(response-token feature, answer-slot feature) pairs, (answer-slot feature, response token) counts and
+    (feature at the position before a response token, that token) counts of a batch of rows shown with their
+    chosen response."""
     known = [j for j, r in enumerate(b["row_ids"]) if int(r) in prompt_lens]
     if not known:
         return
@@ -409,7 +423,11 @@ def _count_answers(counter: PairCounter, readout: ReadoutCounter, sae, b: dict[s
         if txt.shape[0] and bool(b["image_mask"][j].any()):  # as the scorer: rows without image tokens have no score
             slot_z = sae.encode(b["resid"][j, int(slot[j])][None].to(dev))[0]
             counter.observe(sae.encode(txt.to(dev)).amax(0), slot_z)
-            readout.observe(slot_z, b["input_ids"][j][response[j]])
+            ids = b["input_ids"][j][response[j]]
+            readout.observe(slot_z, ids)
+            before = sae.encode(b["resid"][j][response[j].nonzero().flatten() - 1].to(dev))
+            for z, t in zip(before, ids):
+                per_token.observe(z, t[None])
 
 
 def _accumulate_batch(fitter: CrossModalFitter, b: dict[str, Any]) -> None:

@@ -36,11 +36,13 @@ Beyond the paper (:mod:`saev_curate.curation.agreement` has the definitions and 
   tokens given the answer slot's firing features (a naive-Bayes read-out of the SAE features fitted on the
   reference rows' chosen responses, :mod:`saev_curate.curation.readout`): is the given answer the one the
   model's features point to (null when the weights were fitted on rows without responses);
-* ``saev_answer_readout_min_chosen`` / ``_rejected`` / ``_margin`` and ``saev_answer_agreement_min_*``: the
-  read-out and the answer-pair npmi per response token, their minimum over the response (a long answer is as
-  bad as its worst fact), and the blame for the chosen response: ``saev_blame_token`` (the read-out's worst
-  token, its index among the response's tokens), ``saev_blame_text`` (that token) and ``saev_blame_features``
-  (the answer-slot features voting most against it, comma-separated);
+* ``saev_token_readout_min_chosen`` / ``_rejected`` / ``_margin``: the read-out per response token, each token
+  read from the features at the position before it (where the model decides what to say next), its minimum
+  over the response: a long answer is as bad as its worst fact; ``saev_answer_agreement_min_*``: the
+  answer-pair npmi per response token, its minimum; and the blame for the chosen response:
+  ``saev_blame_token`` (the token read-out's worst token, its index among the response's tokens),
+  ``saev_blame_text`` (that token) and ``saev_blame_features`` (the features voting most against it there,
+  comma-separated);
 * ``delta_rel``: thresholds for the agreement columns on each feature's own scale (``delta_rel`` x
   its top activation on the reference set) instead of one δ.
 
@@ -78,7 +80,7 @@ __all__ = ["SaevScorer", "score_activations"]
 FEATURE_SETS = ("cooccur", "any")
 BASE_COLUMNS = ("score", "score_mean", "cooccur_l0", "l0", "l0_image", "l0_text", "score_content", "grounding",
                 "pair_agreement")
-RESPONSE_PARTS = ("score", "grounding", "pair_agreement", "answer_agreement", "answer_readout", "answer_readout_min",
+RESPONSE_PARTS = ("score", "grounding", "pair_agreement", "answer_agreement", "answer_readout", "token_readout_min",
                   "answer_agreement_min")  # each with _chosen/_rejected/_margin
 RESPONSE_COLUMNS = (*(f"{c}_{m}" for c in RESPONSE_PARTS for m in ("chosen", "rejected", "margin")),
                     "blame_token", "blame_text", "blame_features")
@@ -187,8 +189,8 @@ class SaevScorer(Scorer):
                "pair_agreement_margin": "float64", "answer_agreement_chosen": "float64",
                "answer_agreement_rejected": "float64", "answer_agreement_margin": "float64",
                "answer_readout_chosen": "float64", "answer_readout_rejected": "float64",
-               "answer_readout_margin": "float64", "answer_readout_min_chosen": "float64",
-               "answer_readout_min_rejected": "float64", "answer_readout_min_margin": "float64",
+               "answer_readout_margin": "float64", "token_readout_min_chosen": "float64",
+               "token_readout_min_rejected": "float64", "token_readout_min_margin": "float64",
                "answer_agreement_min_chosen": "float64", "answer_agreement_min_rejected": "float64",
                "answer_agreement_min_margin": "float64", "blame_token": "int64", "blame_text": "string",
                "blame_features": "string",
@@ -202,8 +204,8 @@ class SaevScorer(Scorer):
               "answer_agreement_margin": ("answer_agreement_margin", True),
               "answer_readout_chosen": ("answer_readout_chosen", True),
               "answer_readout_margin": ("answer_readout_margin", True),
-              "answer_readout_min_chosen": ("answer_readout_min_chosen", True),
-              "answer_readout_min_margin": ("answer_readout_min_margin", True),
+              "token_readout_min_chosen": ("token_readout_min_chosen", True),
+              "token_readout_min_margin": ("token_readout_min_margin", True),
               "answer_agreement_min_chosen": ("answer_agreement_min_chosen", True)}
     FINGERPRINTS = {"model": module_fingerprint, "processor": processor_fingerprint, "sae": sae_fingerprint,
                     "weights": lambda w: w.fingerprint()}
