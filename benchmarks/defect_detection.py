@@ -19,8 +19,9 @@ best mean dev AUROC over the kinds that should be flagged).
 
 Writes ``benchmarks/defect_detection/results/``: ``results.json`` (``auroc``: method -> kind ->
 ``{"mean", "sd", "n"}`` for every method and SAE architecture, ``best``: kind -> the dev-chosen
-SAE-V variant's test ``{"method", "mean", "sd"}``, ``best_prompt_only`` the same among the variants that
-read image + prompt only, ``localisation``: method -> ``{"mean", "sd"}`` (the share of detected
+SAE-V variant's test ``{"method", "mean", "sd"}`` (for the ``omitted_detail`` control: the hallucinated-detail
+choice), ``best_prompt_only`` the same among the variants that read image + prompt only, ``recommended`` the same
+over every method (SAE-V, baselines, combined), ``localisation``: method -> ``{"mean", "sd"}`` (the share of detected
 hallucinated-detail rows whose blamed token states the false fact), ``model_eval``
 (``{"hallucination_rate", "recall", "qa": {qtype: accuracy}}`` of the testbed model), ``build_seconds``,
 ``image_only_control``, ``settings``), ``results.md`` (the table) and ``auroc.png`` / ``histograms.png``.
@@ -164,11 +165,18 @@ def main(argv=None) -> dict:
         mean = {rel: sum(t[m][k] for m in BEYOND_PAPER for k in FLAGGED) / (len(BEYOND_PAPER) * len(FLAGGED))
                 for rel, t in tables.items()}
         rel = max(DELTA_CHOICES, key=lambda r: mean[r])
-        best = {k: max(D.SAEV_METHODS, key=lambda m: tables[rel][m][k]) for k in DEFECT_KINDS}
-        prompt_only = {k: max(D.PROMPT_ONLY, key=lambda m: tables[rel][m][k]) for k in DEFECT_KINDS}
         combined = choose_combined(dev_cells[rel], D.SAEV_METHODS)
+        comb = D.with_combined(dev_cells[rel]["scores"], *combined)["combined"]
+        dev_all = {**tables[rel], "combined": {k: D.auroc(comb, dev_cells[rel]["labels"], k, tasks=dev_cells[rel]["tasks"])
+                                               for k in DEFECT_KINDS}}
+        # the control kind should not be flagged: its entry is what the hallucinated-detail choice does on it
+        best, prompt_only, recommended = ({k: max(methods, key=lambda m: dev_all[m][k]) for k in FLAGGED}
+                                          for methods in (D.SAEV_METHODS, D.PROMPT_ONLY, dev_all))
+        for chosen in (best, prompt_only, recommended):
+            chosen["omitted_detail"] = chosen["hallucinated_detail"]
         choice[arch] = {"delta_rel": rel, "dev_mean_auroc_of_beyond_paper_variants": mean, "best_on_dev": best,
-                        "best_prompt_only_on_dev": prompt_only, "combined": combined, "dev_auroc": tables[rel]}
+                        "best_prompt_only_on_dev": prompt_only, "recommended_on_dev": recommended,
+                        "combined": combined, "dev_auroc": dev_all}
         print(f"dev, {arch}: delta_rel={rel} (mean AUROC of the variants beyond the paper by δ: {mean}); "
               f"best variant per kind: {best}; combined: rank average of {combined}")
 
@@ -199,9 +207,12 @@ def main(argv=None) -> dict:
                 continue
             auroc[key] = {k: D.mean_sd([results[(arch, s)]["auroc"][m][k] for s in args.seeds]) for k in DEFECT_KINDS}
     main_arch = args.architectures[0]
-    best, best_prompt_only = ({k: {"method": f"{choice[main_arch][key][k]}/{main_arch}",
-                                   **auroc[f"{choice[main_arch][key][k]}/{main_arch}"][k]} for k in DEFECT_KINDS}
-                              for key in ("best_on_dev", "best_prompt_only_on_dev"))
+    def name(m: str) -> str:
+        return m if m in auroc else f"{m}/{main_arch}"
+
+    best, best_prompt_only, recommended = ({k: {"method": name(choice[main_arch][key][k]),
+                                                **auroc[name(choice[main_arch][key][k])][k]} for k in DEFECT_KINDS}
+                                           for key in ("best_on_dev", "best_prompt_only_on_dev", "recommended_on_dev"))
     best_any = {k: max(((m, v[k]) for m, v in auroc.items() if m.split("/")[0] in D.SAEV_METHODS),
                        key=lambda mv: mv[1]["mean"]) for k in DEFECT_KINDS}
     localisation = {f"{m}/{arch}" if m.startswith("saev_") else m: D.mean_sd(
@@ -214,6 +225,7 @@ def main(argv=None) -> dict:
         "auroc": auroc,
         "best": best,
         "best_prompt_only": best_prompt_only,
+        "recommended": recommended,
         "best_on_test_for_reference": {k: {"method": m, **v} for k, (m, v) in best_any.items()},
         "localisation": localisation,
         "combined": {arch: choice[arch]["combined"] for arch in args.architectures},
@@ -249,10 +261,13 @@ def _markdown(doc: dict, kinds) -> str:
     lines += ["", f"AUROC of clean rows vs each defect kind (higher score = cleaner), mean ± sd over seeds "
               f"{s['seeds']} (SAE training seed and ω reference sample), {s['rows']} test rows, 30% defective. "
               "Bold: best per kind over all methods.", "",
-              "Best SAE-V variant per kind, chosen on the dev split, reported on test: " + ", ".join(
+              "Best SAE-V variant per kind, chosen on the dev split, reported on test (for omitted_detail, the "
+              "control that should not be flagged: what the hallucinated-detail choice does on it): " + ", ".join(
                   f"{k}: {v['method']} {v['mean']:.3f} ± {v['sd']:.3f}" for k, v in doc["best"].items()),
               "", "Best prompt-only SAE-V variant (image + prompt, no response), chosen on dev: " + ", ".join(
                   f"{k}: {v['method']} {v['mean']:.3f} ± {v['sd']:.3f}" for k, v in doc["best_prompt_only"].items()),
+              "", "Best of all methods per kind (SAE-V, baselines, combined), chosen on dev, reported on test: "
+              + ", ".join(f"{k}: {v['method']} {v['mean']:.3f} ± {v['sd']:.3f}" for k, v in doc["recommended"].items()),
               "", "Combined column (rank average, chosen on dev): " + ", ".join(
                   f"{a}: {' + '.join(v)}" for a, v in doc["combined"].items()),
               "", "Localisation: share of the detected hallucinated-detail rows (scored below the 10% quantile of "
