@@ -35,7 +35,9 @@ def test_demo_cli_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert len(datasets.load_from_disk(str(out / "selected"))) == 20
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_rows"] == 40 and summary["n_kept"] == 20
-    assert set(summary["auroc"]["saev_score"]) == set(DEFECT_KINDS)
+    present = set(scored["defect"]) - {"none"}
+    assert set(summary["auroc"]["saev_score"]) == present and present <= set(DEFECT_KINDS)
+    assert {"hallucinated_detail", "image_prompt_mismatch"} <= present and "describe" in set(scored["task"])
     assert {"saev_score", "saev_score_mean", "saev_score_any", "saev_grounding", "image_only_control",
             "response_perplexity", "random", "cooccur_l0", "l0"} <= set(summary["auroc"])
     page = (out / "report.html").read_text()
