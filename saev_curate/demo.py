@@ -57,15 +57,15 @@ def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae
     from saev_curate.sae import load_sae
     from saev_curate.testbed import build_testbed
     from saev_curate.testbed.data import defect_rows
-    from saev_curate.testbed.detection import SAEV_METHODS, auroc_table, method_scores, testbed_sae
+    from saev_curate.testbed.detection import BASELINES, SAEV_METHODS, auroc_table, method_scores, testbed_sae
     from saev_curate.vlm.load import load_vlm
 
     if rows < 10:
         raise InputError(f"--rows {rows}: the job needs at least 10 rows to compare clean and defective ones")
     if not 0 < fraction <= 1:
         raise InputError(f"--fraction {fraction}: give the share of rows to keep, in (0, 1]")
-    if by not in SAEV_METHODS and by not in ("cooccur_l0", "l0", "response_perplexity", "random"):
-        raise InputError(f"--by {by!r}: use one of {', '.join(SAEV_METHODS)}, cooccur_l0, l0, response_perplexity")
+    if by not in SAEV_METHODS and by not in BASELINES:
+        raise InputError(f"--by {by!r}: use one of {', '.join([*SAEV_METHODS, *BASELINES])}")
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

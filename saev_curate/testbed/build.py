@@ -11,7 +11,9 @@ Offline, on a CPU, in a few minutes, deterministic for a seed; cached under
 1. alignment: projector + language model learn captions, interleaved facts (the image where a word
    would be) and plain text of the language (:mod:`saev_curate.testbed.language`);
 2. instruction: chat-formatted questions with one-word or sentence answers and descriptions that state
-   every fact of the image (loss on the answer), with some stage-1 text replayed; the yes/no checks that compare a word with the image ("is this a seven ?") are
+   every fact of the image (loss on the answer), with some stage-1 text replayed, in length-bucketed
+   batches (a batch pads to a length close to its own); the yes/no checks that compare a word with the
+   image ("is this a seven ?") are
    asked 5x as often as other questions (``claim_weight``): their answer is an XOR of question and image,
    which sat at chance for 800 steps at weight 1 and starts to be learned after ~800 steps at weight 3-5.
 

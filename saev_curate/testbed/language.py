@@ -186,7 +186,7 @@ def sentence_question(q: dict) -> dict:
     """``q`` (from :func:`question`) asked for a sentence answer: the question gains
     :data:`SENTENCE_SUFFIX`, answer and wrong answer become sentences stating the same word."""
     return {**q, "question": q["question"] + SENTENCE_SUFFIX, "answer": sentence_answer(q["qtype"], q["answer"]),
-            "wrong": sentence_answer(q["qtype"], q["wrong"]), "answer_word": q["answer"]}
+            "wrong": sentence_answer(q["qtype"], q["wrong"])}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -129,3 +129,16 @@ def test_stratified_fraction_keeps_each_groups_top_rows():
         select(ds, by="saev_score", threshold=1.0, stratify_by="task")
     with pytest.raises(InputError, match="source"):
         select(ds, by="saev_score", fraction=0.5, stratify_by="source")
+
+
+def test_rank_average_by_hand():
+    """Mean percentile rank (0 = worst, 1 = best), a flipped column, ties sharing their rank, nulls staying null."""
+    from saev_curate.curation.selection import rank_average
+
+    got = rank_average({"sae": [0.1, 0.4, 0.4, 0.9, None], "ppl": [3.0, 1.0, 2.0, 4.0, 1.5]}, {"ppl": False})
+    # sae ranks over 4 values: 0, 1.5/3, 1.5/3, 1 (the two 0.4 share ranks 1 and 2); ppl lower is cleaner:
+    # 3.0 -> 1/4, 1.0 -> 4/4, 2.0 -> 2/4, 4.0 -> 0, 1.5 -> 3/4
+    assert got[:4] == pytest.approx([(0 + 0.25) / 2, (0.5 + 1.0) / 2, (0.5 + 0.5) / 2, (1.0 + 0.0) / 2])
+    assert got[4] is None
+    with pytest.raises(Exception, match="different lengths"):
+        rank_average({"a": [1.0], "b": [1.0, 2.0]})

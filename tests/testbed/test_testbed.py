@@ -200,3 +200,26 @@ def test_description_rows_carry_spans_and_controls():
         else:
             assert chosen == lang.describe(c) and 1 <= len(false_r) <= 2
     assert n_described > 250
+
+
+def test_auroc_per_task_combined_and_localisation_by_hand():
+    from saev_curate.testbed.detection import auroc, localisation, with_combined
+
+    labels = ["none", "none", "none", "hallucinated_detail", "hallucinated_detail"]
+    tasks = ["describe", "describe", "qa", "describe", "describe"]
+    scores = [0.9, 0.2, -5.0, 0.5, 0.1]
+    # against all clean rows, the (clean, defective) pairs the clean row wins: 0.9 beats both, 0.2 beats 0.1,
+    # -5.0 (a question row) beats neither -> 3 of 6
+    assert auroc(scores, labels, "hallucinated_detail") == pytest.approx(3 / 6)
+    # against clean descriptions only (the qa row is another task): 3 of 4
+    assert auroc(scores, labels, "hallucinated_detail", tasks=tasks) == pytest.approx(3 / 4)
+    both = with_combined({"a": [1.0, 2.0, 3.0, 4.0, None], "b": [4.0, 3.0, 2.0, 1.0, 0.0]}, "a", "b")
+    # a row a method cannot score counts as its lowest: a ranks 0.25, 0.5, 0.75, 1, 0; b 1, 0.75, 0.5, 0.25, 0
+    assert both["combined"] == pytest.approx([0.625, 0.625, 0.625, 0.625, 0.0])
+    rows = [{"defect": d, "task": t, "defect_words": w} for d, t, w in
+            zip(labels, tasks, [[], [], [], [3], [0, 1]])]
+    methods = {"min_token_logprob": scores, "_saev_min_token_index": [0, 0, 0, 3, 5]}
+    # cut at the 10% quantile of clean descriptions (0.2, 0.9 -> 0.2): only the row scoring 0.1 is detected, and
+    # its blamed token 5 is not a false word; over all hallucinated rows 1 of 2 hit
+    got = localisation(methods, rows)["min_token_logprob"]
+    assert (got["detected"], got["n_detected"], got["all"], got["n"]) == (0.0, 1, 0.5, 2)
