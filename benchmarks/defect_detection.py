@@ -122,7 +122,8 @@ def main(argv=None) -> dict:
     model, processor = load_vlm(str(path))
     ctx = {"path": path, "model": model, "processor": processor, "sae_steps": args.sae_steps, "progress": True}
     settings = {"rows": args.rows, "dev_rows": args.dev_rows, "seeds": args.seeds, "architectures": args.architectures,
-                "sae_steps": args.sae_steps, "defect_rate": 0.3, "model": str(path)}
+                "sae_steps": args.sae_steps, "defect_rate": 0.3,
+                "model": Path(path).name}  # the testbed build (its cache name), wherever the cache lies
     if (old := _load(out / "settings.json")) is not None and old != settings:
         raise SystemExit(f"{out} holds results of other settings ({old}); pass another --out or delete it")
     _save(out / "settings.json", settings)
