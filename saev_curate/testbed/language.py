@@ -23,6 +23,8 @@ the hallucinated-detail defects, whose false words are known (:func:`render_desc
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from saev_curate.testbed.images import BRIGHTNESS, COLOURS, MAX_COUNT, SHAPES, SIDES, SIZES, Concept
@@ -272,7 +274,8 @@ def parse_facts(text: str) -> list[tuple[str, object] | tuple[None, str]]:
     """The facts a description states, sentence by sentence: ``(fact, value)``, or ``(None, sentence)`` for a
     sentence that is not a description sentence of the language (counted as a false statement by CHAIR)."""
     out: list = []
-    for sent in (s.strip() for s in text.replace("<|im_end|>", " ").split(" .")):
+    text = re.sub(r"\s*([.,?])", r" \1", text.replace("<|im_end|>", " "))  # "circles. they" (a decoder's cleanup)
+    for sent in (s.strip() for s in text.split(" .")):
         if not sent:
             continue
         w = sent.split()

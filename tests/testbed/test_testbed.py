@@ -174,6 +174,9 @@ def test_chair_counts_by_hand():
         "stated": 5, "false": 1, "true_facts": 5, "recalled": 4}
     assert description_scores("two red circles . they are at the top right .", scene) == {
         "stated": 4, "false": 2, "true_facts": 5, "recalled": 2}
+    # as a tokenizer's decode() writes it: no space before the full stops
+    assert description_scores("one red circle. it is on the left. it is small.", scene) == {
+        "stated": 5, "false": 1, "true_facts": 5, "recalled": 4}
 
 
 def test_description_rows_carry_spans_and_controls():
