@@ -40,6 +40,20 @@ class DemoResult:
 DEFAULT_BY = "saev_pair_agreement"
 
 
+def check_job_arguments(*, rows: int, defect_rate: float, fraction: float, by: str) -> None:
+    """The main jobs' arguments, checked before anything is built or loaded (an empty cache starts a build)."""
+    from saev_curate.testbed.detection import BASELINES, SAEV_METHODS
+
+    if rows < 10:
+        raise InputError(f"--rows {rows}: the job needs at least 10 rows to compare clean and defective ones")
+    if not 0 <= defect_rate <= 1:
+        raise InputError(f"--defect-rate {defect_rate}: give the share of defective rows, between 0 and 1")
+    if not 0 < fraction <= 1:
+        raise InputError(f"--fraction {fraction}: give the share of rows to keep, in (0, 1]")
+    if by not in SAEV_METHODS and by not in BASELINES:
+        raise InputError(f"--by {by!r}: use one of {', '.join([*SAEV_METHODS, *BASELINES])}")
+
+
 def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae: str | None = None,
              rows: int = 600, defect_rate: float = 0.3, sae_steps: int = 1000, architecture: str = "topk",
              n_reference: int = 1000, fraction: float = 0.5, by: str = DEFAULT_BY, seed: int = 0,
@@ -57,15 +71,10 @@ def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae
     from saev_curate.sae import load_sae
     from saev_curate.testbed import build_testbed
     from saev_curate.testbed.data import defect_rows
-    from saev_curate.testbed.detection import BASELINES, SAEV_METHODS, auroc_table, method_scores, testbed_sae
+    from saev_curate.testbed.detection import auroc_table, method_scores, testbed_sae
     from saev_curate.vlm.load import load_vlm
 
-    if rows < 10:
-        raise InputError(f"--rows {rows}: the job needs at least 10 rows to compare clean and defective ones")
-    if not 0 < fraction <= 1:
-        raise InputError(f"--fraction {fraction}: give the share of rows to keep, in (0, 1]")
-    if by not in SAEV_METHODS and by not in BASELINES:
-        raise InputError(f"--by {by!r}: use one of {', '.join([*SAEV_METHODS, *BASELINES])}")
+    check_job_arguments(rows=rows, defect_rate=defect_rate, fraction=fraction, by=by)
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -143,11 +143,12 @@ def run_pipeline(out_dir: str | Path = "saev-pipeline", *, model: str | None = N
     """Score, select, DPO on selected / all / random rows, evaluate all, write ``OUT/report.html``."""
     from tqdm.auto import tqdm
 
-    from saev_curate.demo import DEFAULT_BY, run_demo
+    from saev_curate.demo import DEFAULT_BY, check_job_arguments, run_demo
     from saev_curate.recipes.common import SaevArguments
     from saev_curate.recipes.evaluate import evaluate
 
     by = by or DEFAULT_BY
+    check_job_arguments(rows=rows, defect_rate=defect_rate, fraction=fraction, by=by)
     if not 0 < fraction < 1:
         raise InputError(f"--fraction {fraction}: give the share of rows to keep, in (0, 1) (1 is the full-data run)")
     for name, value in (("--dpo-steps", dpo_steps), ("--batch-size", batch_size), ("--eval-per-type", eval_per_type)):

@@ -17,11 +17,22 @@ COMMAND_MODULES = [
 ]
 
 
+def _version() -> str:
+    """The installed package's version, read from its metadata (importing the package would import torch)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("saev-curate")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="saev-curate",
         description="Curate multimodal alignment data with SAE-V cross-modal features.",
     )
+    parser.add_argument("--version", action="version", version=f"saev-curate {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

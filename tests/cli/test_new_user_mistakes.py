@@ -389,3 +389,30 @@ def test_item03_a_decompression_bomb_given_as_a_path_is_a_row_error(env, tmp_pat
     scorer = SaevScorer(str(root / "model"), None, str(root / "sae"), str(root / "w"), int(LAYER), device="cpu")
     out = scorer(rows)
     assert "over the limit of 89,478,485" in out["saev_error"][0] and out["saev_error"][1] is None
+
+
+@pytest.mark.parametrize("command", ["demo", "pipeline"])
+@pytest.mark.parametrize("flag, value, named", [("--defect-rate", "1.5", "--defect-rate 1.5"),
+                                                 ("--by", "saev_banana", "--by 'saev_banana'")])
+def test_main_jobs_refuse_bad_arguments_before_building_anything(tmp_path, monkeypatch, capsys, command, flag, value,
+                                                                 named):
+    """With an empty cache a job's first step is the 9-minute testbed build: a bad argument must stop it first."""
+    import saev_curate.testbed as testbed
+    import saev_curate.testbed.build as build
+
+    def no_build(*a, **k):
+        raise AssertionError("the testbed build started before the arguments were checked")
+
+    monkeypatch.setattr(build, "build_testbed", no_build)
+    monkeypatch.setattr(testbed, "build_testbed", no_build)
+    monkeypatch.setenv("SAEV_CACHE", str(tmp_path / "empty"))
+    rc, err = run(capsys, command, "--out", tmp_path / "out", flag, value)
+    assert rc == 1 and named in err and err.count("\n") == 1, err
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"saev-curate {version('saev-curate')}"
