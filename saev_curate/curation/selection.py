@@ -20,7 +20,7 @@ Rules (deterministic):
   question-type column), so the kept data keep the input's mix: scores are often not comparable across
   groups (on the testbed, digit rows out-score shape rows), and a global top X% then shifts the mix;
 * ties in value: the earlier row ranks first;
-* null scores (None or NaN) never rank: ``nulls="drop"`` (default) drops them with the reason in the
+* null scores (None, NaN or ±inf) never rank: ``nulls="drop"`` (default) drops them with the reason in the
   report and a warning with their count, ``"keep"`` keeps them (reason recorded), ``"raise"`` raises;
 * kept rows are returned in their original order (``order="rank"`` returns them best first).
 """
@@ -40,7 +40,8 @@ NULL_POLICIES = ("drop", "keep", "raise")
 
 
 def _is_null(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
+    """No usable score: None, NaN or ±inf (an infinite score would outrank every real one)."""
+    return v is None or (isinstance(v, float) and not math.isfinite(v))
 
 
 def _round_half_up(x: float) -> int:
@@ -172,7 +173,8 @@ def select(ds, by: str = "saev_score", *, fraction: float | None = None, thresho
             reason = (f"kept: rank {r} of {len(ranked)}, {rule}" if i in kept_set
                       else f"dropped: rank {r} of {len(ranked)}, outside {rule}")
         else:
-            why = errors[i] if errors is not None and errors[i] else "no score"
+            why = (errors[i] if errors is not None and errors[i] else
+                   f"score {v} is not finite" if isinstance(v, float) and math.isinf(v) else "no score")
             reason = (f"kept: null {column} ({why}), nulls='keep'" if i in kept_set
                       else f"dropped: null {column} ({why})")
         report.append({"row_index": i, "saev_keep": i in kept_set, "saev_rank": rank_of.get(i),

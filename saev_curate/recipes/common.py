@@ -223,13 +223,16 @@ def score_dataset(dataset, model, processor, saev_args, model_args, output_dir):
 
 
 def _stats(values: list) -> dict[str, Any]:
-    v = sorted(float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x)))
+    """Summary of the finite scores (strict JSON: an infinite or NaN score is counted, never averaged)."""
+    v = sorted(float(x) for x in values if x is not None and math.isfinite(float(x)))
+    odd = sum(x is not None and not math.isfinite(float(x)) for x in values)
     if not v:
-        return {"n": 0}
+        return {"n": 0, **({"n_not_finite": odd} if odd else {})}
     n, mean = len(v), sum(v) / len(v)
     std = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1)) if n > 1 else 0.0
     mid = (v[(n - 1) // 2] + v[n // 2]) / 2
-    return {"n": n, "mean": mean, "std": std, "min": v[0], "median": mid, "max": v[-1]}
+    return {"n": n, "mean": mean, "std": std, "min": v[0], "median": mid, "max": v[-1],
+            **({"n_not_finite": odd} if odd else {})}
 
 
 def curate(dataset, model, processor, saev_args, model_args, output_dir, *, dataset_name: str | None = None):

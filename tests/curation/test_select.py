@@ -142,3 +142,25 @@ def test_rank_average_by_hand():
     assert got[4] is None
     with pytest.raises(Exception, match="different lengths"):
         rank_average({"a": [1.0], "b": [1.0, 2.0]})
+
+
+def test_infinite_scores_are_null_with_a_reason():
+    """An infinite score would outrank every real one; it is a null score with a reason, as NaN is."""
+    rows = [{"s": v} for v in (1.0, math.inf, 0.5, 0.2, 0.7, -math.inf)]
+    kept, report = select(rows, by="s", fraction=0.5, return_report=True)
+    assert [r["s"] for r in kept] == [1.0, 0.5, 0.7]
+    assert report[1]["value"] is None and not report[1]["saev_keep"] and "inf is not finite" in report[1]["saev_keep_reason"]
+    assert report[5]["saev_rank"] is None and "-inf is not finite" in report[5]["saev_keep_reason"]
+
+
+def test_selection_statistics_are_strict_json():
+    """selection.json's score statistics summarise the finite scores and count the others (no Infinity / NaN)."""
+    import json
+
+    from saev_curate.recipes.common import _stats
+
+    got = _stats([1.0, math.inf, None, 3.0, math.nan, -math.inf])
+    assert got == {"n": 2, "mean": 2.0, "std": math.sqrt(2.0), "min": 1.0, "median": 2.0, "max": 3.0,
+                   "n_not_finite": 3}
+    json.dumps(got, allow_nan=False)
+    assert _stats([math.inf]) == {"n": 0, "n_not_finite": 1}
