@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from saev_curate.cli.common import (
     DATA_FORMATS,
@@ -26,6 +27,7 @@ from saev_curate.cli.common import (
     positive,
     traceback_arg,
 )
+from saev_curate.errors import InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -159,6 +161,10 @@ def _select(args) -> int:
     if args.report:
         check_output_path(args.report, "--report")
         check_distinct_output(args.data, args.report, "--report")
+        out, rep = (Path(str(p)).expanduser().resolve() for p in (args.out, args.report))
+        if out == rep or out in rep.parents or rep in out.parents:
+            raise InputError(f"--report {args.report} is where --out {args.out} writes the kept rows: the report "
+                             f"would overwrite them; give the report its own path (e.g. {out.name}-report.jsonl)")
     ds = load_rows(args.data)
     kept, report = select(ds, args.by, fraction=args.fraction, threshold=args.threshold,
                           descending=False if args.ascending else None, seed=args.seed, nulls=args.nulls,

@@ -298,6 +298,12 @@ def test_item10_out_paths(env, tmp_path, capsys):
     rc, err = run(capsys, "select", "--data", tmp_path / "scored.csv", "--out", tmp_path / "kept.csv",
                   "--fraction", "0.5", "--report", tmp_path / "why.csv")
     assert rc == 0 and (tmp_path / "kept.csv").is_file() and (tmp_path / "why.csv").is_file()
+    # the report on the kept rows' path would overwrite them (issue 24, item 6): refused before anything is written
+    for report in (tmp_path / "kept2.csv", tmp_path / "kept2" / "report.jsonl"):
+        out = tmp_path / ("kept2.csv" if report.suffix == ".csv" else "kept2")
+        rc, err = run(capsys, "select", "--data", tmp_path / "scored.csv", "--out", out, "--fraction", "0.5",
+                      "--report", report)
+        assert rc == 1 and "would overwrite them" in err and not out.exists(), err
 
 
 def test_item10_sae_files(env, tmp_path, capsys):
