@@ -22,7 +22,8 @@ Rules (deterministic):
 * ties in value: the earlier row ranks first;
 * null scores (None, NaN or ±inf) never rank: ``nulls="drop"`` (default) drops them with the reason in the
   report and a warning with their count, ``"keep"`` keeps them (reason recorded), ``"raise"`` raises;
-* kept rows are returned in their original order (``order="rank"`` returns them best first).
+* kept rows are returned in their original order (``order="rank"`` returns them best first);
+* a rule that keeps no row is an error naming the rule and the counts (an empty selection trains nothing).
 """
 
 from __future__ import annotations
@@ -158,6 +159,10 @@ def select(ds, by: str = "saev_score", *, fraction: float | None = None, thresho
     kept_set = set(chosen)
     if null_rows and nulls == "keep":
         kept_set.update(null_rows)
+    if n and not kept_set:
+        raise InputError(f"select: {rule} keeps no row of {n} ({len(ranked)} with a score"
+                         + (f", best {float(values[ranked[0]]):.4g}" if ranked else "") + "); give a larger "
+                         "fraction, a threshold the scores reach, or groups of at least 1/fraction rows")
     if null_rows and nulls == "drop":
         log.warning("select(by=%r): dropped %d row(s) with a null score (see the report's saev_keep_reason)",
                     column, len(null_rows))

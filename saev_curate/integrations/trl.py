@@ -141,6 +141,8 @@ class SaevRescoreCallback(TrainerCallback):
             raise ValueError(f"initial_selection={initial_selection!r}; use 'all' or 'column'")
         if sample_size is not None and sample_size < 1:
             raise ValueError(f"sample_size={sample_size!r} must be positive")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: give the rows per scoring pass, a positive integer")
         if scorer is None and (sae is None or weights is None):
             raise ValueError("SaevRescoreCallback needs a scorer, or sae= and weights=")
         if scorer is not None:
@@ -210,6 +212,9 @@ class SaevRescoreCallback(TrainerCallback):
             log.warning("SaevRescoreCallback replaces train_sampling_strategy=%r with its own sampler",
                         args.train_sampling_strategy)
         n = len(train)
+        if self.fraction is not None and _round_half_up(self.fraction * n) < 1:
+            raise ValueError(f"fraction={self.fraction} of the {n} training rows keeps no row; give at least "
+                             f"{1 / n:.3g} (one row) or fraction=None to re-score and log only")
         self.sampler = SelectionSampler(n, seed=self.seed, num_samples=self.num_samples,
                                         group_size=args.per_device_train_batch_size * max(1, args.world_size))
         self.scores = np.full(n, np.nan)

@@ -164,3 +164,13 @@ def test_selection_statistics_are_strict_json():
                    "n_not_finite": 3}
     json.dumps(got, allow_nan=False)
     assert _stats([math.inf]) == {"n": 0, "n_not_finite": 1}
+
+
+def test_an_empty_selection_is_an_error_naming_the_rule():
+    rows = [{"s": float(v), "g": "ab"[v % 2]} for v in range(12)]
+    for kwargs, rule in (({"fraction": 0.01}, "top 0.01 by s"), ({"threshold": 99.0}, "s >= 99.0"),
+                         ({"fraction": 0.04, "stratify_by": "g"}, "within each g")):
+        with pytest.raises(InputError, match="keeps no row of 12") as e:
+            select(rows, by="s", **kwargs)
+        assert rule in str(e.value) and "best 11" in str(e.value)
+    assert len(select(rows, by="s", fraction=0.05)) == 1  # 0.6 of a row rounds to one

@@ -227,6 +227,13 @@ def test_options_weighting_monitor_only_initial_column_refit(sae_w, tmp_path):
         _callback(sae_w, by="saev_score_margin")
     with pytest.raises(ValueError, match="trainer trains on"):
         _callback(sae_w, train_dataset=ds.select(range(4))).attach(trainer("dpo", "llava", ds, tmp_path / "b"))
+    # a fraction that keeps no row, and no rows per scoring pass, fail before training (issue 24, item 5)
+    with pytest.raises(ValueError, match="keeps no row"):
+        _callback(sae_w, fraction=0.05).attach(trainer("dpo", "llava", ds, tmp_path / "c"))  # 0.4 of 8 rows
+    assert _callback(sae_w, fraction=0.07).attach(trainer("dpo", "llava", ds, tmp_path / "d")).fraction == 0.07
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size"):
+            _callback(sae_w, batch_size=bad)
 
 
 def test_exported_from_the_package():
