@@ -130,13 +130,14 @@ def _fit(args) -> int:
 def _score(args) -> int:
     from saev_curate.curation.scorers import SaevScorer
     from saev_curate.curation.sharded import process_rank, score_to_disk
-    from saev_curate.io.datasets import check_distinct_output, check_output_path
+    from saev_curate.io.datasets import check_distinct_output, check_output_holds, check_output_path
 
     check_output_path(args.out)
     check_distinct_output(args.data, args.out)
     for name in ("--batch-size", "--shard-rows", "--max-length"):
         positive(name, getattr(args, name[2:].replace("-", "_")))
     ds = load_rows(args.data)
+    check_output_holds(ds, args.out)
     rank, world, local = process_rank()
     device = args.device
     if device is None:
@@ -154,7 +155,7 @@ def _score(args) -> int:
 
 def _select(args) -> int:
     from saev_curate.curation.selection import select
-    from saev_curate.io.datasets import check_distinct_output, check_output_path, save_dataset
+    from saev_curate.io.datasets import check_distinct_output, check_output_holds, check_output_path, save_dataset
 
     check_output_path(args.out)
     check_distinct_output(args.data, args.out)
@@ -166,6 +167,7 @@ def _select(args) -> int:
             raise InputError(f"--report {args.report} is where --out {args.out} writes the kept rows: the report "
                              f"would overwrite them; give the report its own path (e.g. {out.name}-report.jsonl)")
     ds = load_rows(args.data)
+    check_output_holds(ds, args.out)
     kept, report = select(ds, args.by, fraction=args.fraction, threshold=args.threshold,
                           descending=False if args.ascending else None, seed=args.seed, nulls=args.nulls,
                           return_report=True, min_usable_share=args.min_usable_share, stratify_by=args.stratify_by)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from saev_curate.errors import InputError
 
-__all__ = ["check_distinct_output", "has_image_feature", "load_local_dataset", "raw_rows", "save_dataset"]
+__all__ = ["check_distinct_output", "check_output_holds", "has_image_feature", "load_local_dataset", "raw_rows", "save_dataset"]
 
 _BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 _SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -137,10 +137,23 @@ def check_output_path(path: str | Path, flag: str = "--out") -> None:
                          "name without an extension for a save_to_disk folder")
 
 
+def check_output_holds(ds, path: str | Path, flag: str = "--out") -> None:
+    """Refuse a text format (``.csv`` / ``.json`` / ``.jsonl``) for a dataset with image columns, before any work:
+    CSV would write the image bytes as text, JSON fails on them; Parquet and save_to_disk folders keep them."""
+    suffix = Path(str(path)).suffix.lower()
+    features = getattr(ds, "features", None) or {}
+    images = [name for name, f in features.items() if has_image_feature(f)]
+    if suffix in (".csv", ".json", ".jsonl") and images:
+        raise InputError(f"{flag} {path}: a {suffix} file cannot hold the image column(s) {images}; write "
+                         f"{Path(str(path)).with_suffix('.parquet').name} or a folder (a path without an extension)")
+
+
 def save_dataset(ds, path: str | Path) -> None:
     """Write ``ds`` to a ``.parquet`` / ``.json`` / ``.jsonl`` / ``.csv`` file, or (a name without one of
-    those extensions) a save_to_disk folder; other file extensions (``.tsv``, ``.txt``, ...) are refused."""
+    those extensions) a save_to_disk folder; other file extensions (``.tsv``, ``.txt``, ...) are refused, and so
+    are text formats for image columns (:func:`check_output_holds`)."""
     check_output_path(path)
+    check_output_holds(ds, path)
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix in _SAVE_SUFFIXES:

@@ -293,15 +293,27 @@ def test_item10_out_paths(env, tmp_path, capsys):
     assert rc == 1 and "is the input dataset" in err
     rc, err = run(capsys, *_score(env, root / "data", tmp_path / "scored.tsv"))
     assert rc == 1 and "cannot write .tsv files" in err
-    rc, _ = run(capsys, *_score(env, root / "data", tmp_path / "scored.csv"))
-    assert rc == 0 and (tmp_path / "scored.csv").is_file()
-    rc, err = run(capsys, "select", "--data", tmp_path / "scored.csv", "--out", tmp_path / "kept.csv",
+    # text formats cannot hold image columns (issue 24, items 1-2): refused before scoring, nothing written
+    for suffix in (".csv", ".jsonl"):
+        rc, err = run(capsys, *_score(env, root / "data", tmp_path / f"scored{suffix}"))
+        assert rc == 1 and "cannot hold the image column(s) ['images']" in err and "scored.parquet" in err, err
+        assert not (tmp_path / f"scored{suffix}").exists() and not any(tmp_path.glob(f"scored{suffix}*"))
+    rc, _ = run(capsys, *_score(env, root / "data", tmp_path / "scored.parquet"))
+    assert rc == 0 and (tmp_path / "scored.parquet").is_file()
+    rc, err = run(capsys, "select", "--data", tmp_path / "scored.parquet", "--out", tmp_path / "kept.csv",
+                  "--fraction", "0.5")
+    assert rc == 1 and "cannot hold the image column(s)" in err and not (tmp_path / "kept.csv").exists()
+    rc, err = run(capsys, "select", "--data", tmp_path / "scored.parquet", "--out", tmp_path / "kept.parquet",
                   "--fraction", "0.5", "--report", tmp_path / "why.csv")
-    assert rc == 0 and (tmp_path / "kept.csv").is_file() and (tmp_path / "why.csv").is_file()
+    assert rc == 0 and (tmp_path / "kept.parquet").is_file() and (tmp_path / "why.csv").is_file()
+    import datasets
+
+    back = datasets.load_dataset("parquet", data_files=str(tmp_path / "kept.parquet"), split="train")
+    assert len(back) == 4 and back[0]["images"][0].size[0] > 1  # the images come back as images
     # the report on the kept rows' path would overwrite them (issue 24, item 6): refused before anything is written
-    for report in (tmp_path / "kept2.csv", tmp_path / "kept2" / "report.jsonl"):
-        out = tmp_path / ("kept2.csv" if report.suffix == ".csv" else "kept2")
-        rc, err = run(capsys, "select", "--data", tmp_path / "scored.csv", "--out", out, "--fraction", "0.5",
+    for report in (tmp_path / "kept2.parquet", tmp_path / "kept2" / "report.jsonl"):
+        out = tmp_path / ("kept2.parquet" if report.suffix == ".parquet" else "kept2")
+        rc, err = run(capsys, "select", "--data", tmp_path / "scored.parquet", "--out", out, "--fraction", "0.5",
                       "--report", report)
         assert rc == 1 and "would overwrite them" in err and not out.exists(), err
 
