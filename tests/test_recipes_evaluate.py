@@ -182,6 +182,15 @@ def test_cli_main_with_an_adapter(tmp_path, case):
     s1 = [json.loads(x)["resps"] for x in (tmp_path / "e1" / "samples_saev_heldout.jsonl").read_text().splitlines()]
     assert s0 != s1  # the adapter is on
     assert r_base["results"]["saev_heldout"]["acc,none"] == pytest.approx(sum(case[1]) / 6)
+    # one row: stderr is undefined and written as lmms-eval writes it, strict JSON (issue 24, item 8)
+    main(*make_parser().parse_args_and_config(args=[*common, "--limit", "1", "--output_dir", str(tmp_path / "e2")]))
+    doc = json.loads((tmp_path / "e2" / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert doc["results"]["saev_heldout"]["acc_stderr,none"] == "N/A"
+    # mistakes are refused before the model loads
+    for bad, named in ((["--limit", "0"], "--limit 0"), (["--sae", str(tmp_path)], "--sae and --crossmodal_weights")):
+        with pytest.raises(Exception, match=named):
+            main(*make_parser().parse_args_and_config(args=[*common, *bad, "--model_name_or_path", "/no/such/model",
+                                                            "--output_dir", str(tmp_path / "e3")]))
 
 
 def test_description_rows_report_hallucination_rate_and_recall(monkeypatch):

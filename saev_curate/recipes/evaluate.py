@@ -35,6 +35,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from saev_curate.errors import InputError
 from saev_curate.recipes.common import load_model_and_processor
 
 
@@ -172,7 +173,6 @@ def generate_answer(model, processor, row, max_new_tokens: int) -> str:
 
 def _description_sample(model, processor, row: dict, i: int, max_new_tokens: int) -> dict:
     """A description row's sample: the greedy description and its fact counts against the row's ``concept``."""
-    from saev_curate.errors import InputError
     from saev_curate.testbed.evaluate import description_scores
     from saev_curate.testbed.images import Concept
 
@@ -185,6 +185,15 @@ def _description_sample(model, processor, row: dict, i: int, max_new_tokens: int
             "target": row.get("answer"), "filtered_resps": [gen],
             **{f"facts_{k}": v for k, v in (("stated", sc["stated"]), ("false", sc["false"]),
                                             ("true", sc["true_facts"]), ("recalled", sc["recalled"]))}}
+
+
+def _strict(x):
+    """``x`` with every NaN / infinite number written as ``"N/A"``, as lmms-eval does (strict JSON has no NaN)."""
+    if isinstance(x, dict):
+        return {k: _strict(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_strict(v) for v in x]
+    return "N/A" if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def mean_stderr(values: list[float]) -> float:
@@ -299,11 +308,11 @@ def evaluate(model, processor, dataset, *, task: str = "saev_heldout", sae=None,
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        (out / "results.json").write_text(json.dumps(_strict(results), indent=2, default=str, allow_nan=False))
         if log_samples:
             with open(out / f"samples_{task}.jsonl", "w") as f:
                 for s in samples:
-                    f.write(json.dumps(s, default=str) + "\n")
+                    f.write(json.dumps(_strict(s), default=str) + "\n")
     return results
 
 
@@ -351,6 +360,12 @@ def main(eval_args, model_args) -> dict:
     """Load base + adapter and the held-out set, evaluate, write results; returns the results dict."""
     if not eval_args.dataset_name:
         raise ValueError("--dataset_name is required (a held-out set with question, image, options, answer)")
+    if eval_args.limit is not None and eval_args.limit < 1:
+        raise InputError(f"--limit {eval_args.limit}: give the number of rows to evaluate (at least 1), or leave it "
+                         "out for every row")
+    if (eval_args.sae is None) != (eval_args.crossmodal_weights is None):
+        raise InputError("--sae and --crossmodal_weights go together (the SAE-V score needs both): give both, or "
+                         "neither")
     model, processor = load_policy(model_args, eval_args.adapter, eval_args.merge_adapter)
     dataset = load_eval_dataset(eval_args)
     have_score = eval_args.sae is not None and eval_args.crossmodal_weights is not None
@@ -366,7 +381,7 @@ def main(eval_args, model_args) -> dict:
                        limit=eval_args.limit, output_dir=eval_args.output_dir, log_samples=eval_args.log_samples,
                        config=config)
     r = results["results"][eval_args.task]
-    print(json.dumps({k: v for k, v in r.items() if k.endswith(",none")}, indent=2))
+    print(json.dumps(_strict({k: v for k, v in r.items() if k.endswith(",none")}), indent=2))
     return results
 
 
