@@ -26,6 +26,7 @@ question type, the loss curves and the times.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -81,8 +82,6 @@ class TestbedConfig:
         base = TestbedConfig(seed=self.seed)
         if self == base:
             return f"v{BUILD_VERSION}-seed{self.seed}"
-        import hashlib
-
         h = hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=list).encode()).hexdigest()[:10]
         return f"v{BUILD_VERSION}-seed{self.seed}-{h}"
 
@@ -97,16 +96,34 @@ def testbed_path(config: TestbedConfig | None = None, cache_dir: str | os.PathLi
 
 
 def is_built(path: str | os.PathLike, config: TestbedConfig | None = None) -> bool:
-    """A finished build of ``config`` lies at ``path``."""
+    """A finished, intact build of ``config`` lies at ``path``."""
+    return build_problem(path, config) is None
+
+
+def build_problem(path: str | os.PathLike, config: TestbedConfig | None = None) -> str | None:
+    """Why ``path`` does not hold a finished, intact build of ``config`` (None when it does): every file the build
+    wrote is checked against the SHA-256 recorded in ``build_info.json``, so a truncated or damaged cache is found."""
     path = Path(path)
     try:
         meta = json.loads((path / "build_info.json").read_text())
     except (OSError, ValueError):
-        return False
+        return "no readable build_info.json"
     cfg = asdict(config or TestbedConfig())
     cfg["holdout_qtypes"] = list(cfg["holdout_qtypes"])
-    return (meta.get("build_version") == BUILD_VERSION and meta.get("config") == cfg
-            and (path / "config.json").is_file() and any(path.glob("*.safetensors")))
+    if meta.get("build_version") != BUILD_VERSION or meta.get("config") != cfg:
+        return "another build version or configuration"
+    files = meta.get("files")
+    if not isinstance(files, dict) or "model.safetensors" not in files:
+        return "no file digests recorded (a build from an older version)"
+    for name, digest in files.items():
+        f = path / name
+        if not f.is_file() or _sha256(f) != digest:
+            return f"{name} is missing or differs from the build's record"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -387,8 +404,11 @@ def build_testbed(config: TestbedConfig | None = None, *, cache_dir: str | os.Pa
                          "or describe")
     path = testbed_path(cfg, cache_dir)
     log = print if verbose else (lambda *a, **k: None)
-    if not force and is_built(path, cfg):
+    problem = build_problem(path, cfg)
+    if not force and problem is None:
         return path
+    if path.exists():
+        log(f"the cached testbed at {path} cannot be used ({problem}); rebuilding it")
     from saev_curate.vlm import load_vlm
 
     t0 = time.perf_counter()
@@ -463,9 +483,10 @@ def build_testbed(config: TestbedConfig | None = None, *, cache_dir: str | os.Pa
                        "projector": sum(p.numel() for p in model.model.multi_modal_projector.parameters())},
             **info_stages, "threads": torch.get_num_threads(),
             "seconds": {"total_this_run": round(time.perf_counter() - t0, 1)}}
-    (tmp / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
     for f in tmp.glob("stage*"):
         f.unlink()
+    info["files"] = {f.name: _sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+    (tmp / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import statistics
 from pathlib import Path
 
@@ -77,16 +78,27 @@ def testbed_sae(model_path: str | os.PathLike, model, processor, *, architecture
     """
     import datasets
 
+    from saev_curate.errors import SaevError
     from saev_curate.sae import load_sae
     from saev_curate.sae.training import SaevTrainConfig, train_sae
 
     model_path = Path(model_path)
     out = model_path.parent / f"{model_path.name}-sae-{architecture}-x{expansion_factor}-s{steps}-seed{seed}"
     if (out / "cfg.json").is_file() and (out / "sae_weights.safetensors").is_file():
-        return load_sae(str(out)), out
+        try:
+            return load_sae(str(out)), out
+        except SaevError as e:  # a damaged cache: trained again
+            print(f"the cached SAE at {out} cannot be loaded ({e}); training it again")
+            shutil.rmtree(out)
     data = model_path.parent / f"{model_path.name}-sae-data"
-    if not (data / "dataset_info.json").is_file():
-        datasets.Dataset.from_list(sae_training_rows()).save_to_disk(str(data))
+    try:
+        datasets.load_from_disk(str(data))
+    except Exception:  # missing or half-written: written again, atomically
+        tmp = data.with_name(data.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        datasets.Dataset.from_list(sae_training_rows()).save_to_disk(str(tmp))
+        shutil.rmtree(data, ignore_errors=True)
+        tmp.rename(data)
     kw = (dict(architecture="topk", k=k, lr=1e-3) if architecture == "topk"
           else dict(architecture="standard", lr=4e-4, l1_coefficient=5.0))
     cfg = SaevTrainConfig(model=str(model_path), dataset=str(data), layer="middle", mode="full",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from saev_curate.io.images_offline import mnist_digits
 from saev_curate.testbed import TestbedConfig as Config  # (not a pytest class)
@@ -114,6 +115,12 @@ def test_a_mini_build_is_cached_resumable_and_keyed_by_its_config(tmp_path):
     mtime = (path / "build_info.json").stat().st_mtime
     assert build_testbed(cfg, cache_dir=tmp_path / "tb", verbose=False) == path  # cached: not rebuilt
     assert (path / "build_info.json").stat().st_mtime == mtime
+    # a damaged cache (a truncated weights file) is found and rebuilt, to the same bytes (issue 24, item 4)
+    weights = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+    assert not is_built(path, cfg)
+    assert build_testbed(cfg, cache_dir=tmp_path / "tb", verbose=False) == path and is_built(path, cfg)
+    assert (path / "model.safetensors").read_bytes() == weights
     assert Config(seed=1).name() != Config().name() != cfg.name()
 
 
@@ -226,3 +233,23 @@ def test_auroc_per_task_combined_and_localisation_by_hand():
     # its blamed token 5 is not a false word; over all hallucinated rows 1 of 2 hit
     got = localisation(methods, rows)["min_token_logprob"]
     assert (got["detected"], got["n_detected"], got["all"], got["n"]) == (0.0, 1, 0.5, 2)
+
+
+def test_a_damaged_sae_cache_is_rebuilt(tmp_path):
+    """A half-written data folder (an empty dataset_info.json) or a truncated SAE file beside the model is
+    written again, not a bare JSONDecodeError / SafetensorError on every later run (issue 24, items 3-4)."""
+    from saev_curate.testbed.detection import testbed_sae
+    from saev_curate.testing import build_tiny_vlm, save_tiny_vlm
+
+    path = save_tiny_vlm("llava", tmp_path / "tiny", seed=0)
+    model, processor = build_tiny_vlm("llava", seed=0)
+    sae, out = testbed_sae(path, model, processor, steps=5, progress=False)
+    data = tmp_path / "tiny-sae-data"
+    (data / "dataset_info.json").write_text("")
+    weights = out / "sae_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    again, out2 = testbed_sae(path, model, processor, steps=5, progress=False)
+    assert out2 == out and torch.equal(again.W_enc, sae.W_enc)  # trained again, to the same weights
+    import datasets
+
+    assert len(datasets.load_from_disk(str(data))) == 3000
