@@ -59,16 +59,25 @@ def _key(doc: dict) -> str:
 
 
 def _cached(folder: Path, key: str) -> dict | None:
+    """The record of ``folder``'s finished step when it was made with ``key``; on a miss the stale record is removed
+    first, so a step killed while it rewrites the folder can never pass for the earlier, finished one."""
+    marker = folder / "pipeline_key.json"
     try:
-        doc = json.loads((folder / "pipeline_key.json").read_text())
+        doc = json.loads(marker.read_text())
     except (OSError, ValueError):
-        return None
-    return doc if doc.get("key") == key else None
+        doc = None
+    if isinstance(doc, dict) and doc.get("key") == key:
+        return doc
+    marker.unlink(missing_ok=True)
+    return None
 
 
 def _mark(folder: Path, key: str, **extra) -> None:
+    """Record that ``folder``'s step finished with ``key`` (written atomically, last)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pipeline_key.json").write_text(json.dumps({"key": key, **extra}, indent=2, default=str))
+    tmp = folder / "pipeline_key.json.tmp"
+    tmp.write_text(json.dumps({"key": key, **extra}, indent=2, default=str))
+    tmp.replace(folder / "pipeline_key.json")
 
 
 def score_column(by: str) -> str:

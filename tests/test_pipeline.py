@@ -40,3 +40,22 @@ def test_pipeline_cli_runs_end_to_end_and_reuses_its_cache(tmp_path, monkeypatch
     # another fraction re-trains the two subsets of that size, reuses the scores, the base and the full-data run
     assert main(argv[:-1] + ["0.5"]) == 0
     assert set(json.loads((out / "pipeline.json").read_text())["reused"]) == {"scores", "base", "full"}
+
+    # a run with other settings killed while it rewrites OUT/scoring leaves no valid record behind: the next run of
+    # the first settings scores again instead of failing on the half-written folder (issue 24, item 3)
+    import saev_curate.demo as demo_module
+
+    real = demo_module.run_demo
+
+    def killed(out_dir, **kw):
+        (out_dir / "scored" / "dataset_info.json").write_text("")
+        raise RuntimeError("killed while writing")
+
+    monkeypatch.setattr(demo_module, "run_demo", killed)
+    other = list(argv)
+    other[other.index("--rows") + 1] = "30"
+    assert main(other) == 1
+    monkeypatch.setattr(demo_module, "run_demo", real)
+    assert main(argv) == 0
+    reused = set(json.loads((out / "pipeline.json").read_text())["reused"])
+    assert "scores" not in reused and {"base", "full"} <= reused  # (selected and random were last run at 0.5)
