@@ -35,5 +35,6 @@ from saev_curate.recipes.dpo import main, make_parser  # noqa: E402
 __all__ = ["main", "make_parser"]
 
 if __name__ == "__main__":
-    script_args, saev_args, training_args, model_args = make_parser().parse_args_and_config()
-    main(script_args, saev_args, training_args, model_args)
+    from saev_curate.recipes.common import run_script
+
+    sys.exit(run_script(make_parser, main, prog="recipes/dpo.py"))

@@ -30,5 +30,6 @@ from saev_curate.recipes.evaluate import EvalArguments, evaluate, load_policy, m
 __all__ = ["EvalArguments", "evaluate", "load_policy", "main", "make_parser"]
 
 if __name__ == "__main__":
-    eval_args, model_args = make_parser().parse_args_and_config()
-    main(eval_args, model_args)
+    from saev_curate.recipes.common import run_script
+
+    sys.exit(run_script(make_parser, main, prog="recipes/evaluate.py"))

@@ -215,3 +215,29 @@ def test_description_rows_report_hallucination_rate_and_recall(monkeypatch):
     assert "acc,none" not in res
     with pytest.raises(Exception, match="no options and no concept"):
         ev.evaluate(stub, None, [{"question": "describe the image .", "image": _image(0)}])
+
+
+def test_recipe_mistakes_are_one_line(tmp_path, capsys):
+    """As the CLI: a user's mistake in a recipe is one line on stderr and exit code 1 (issue 24, item 11), in
+    process and as users run the script; --traceback shows the traceback."""
+    import os
+    import subprocess
+
+    from saev_curate.recipes import dpo
+    from saev_curate.recipes.common import run_script
+    from saev_curate.recipes.evaluate import main, make_parser
+
+    common = ["--model_name_or_path", str(tmp_path / "nowhere"), "--dataset_name", str(tmp_path / "data")]
+    assert run_script(make_parser, main, [*common, "--limit", "0"], prog="recipes/evaluate.py") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("recipes/evaluate.py: error: --limit 0") and err.count("\n") == 1, err
+    with pytest.raises(Exception, match="--limit 0"):
+        run_script(make_parser, main, [*common, "--limit", "0", "--traceback"])
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("learning_rate: [1e-4\n")
+    assert run_script(dpo.make_parser, dpo.main, ["--config", str(bad_yaml)], prog="recipes/dpo.py") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("recipes/dpo.py: error: ") and "--traceback" in err and "Traceback" not in err, err
+    run = subprocess.run([sys.executable, str(ROOT / "recipes" / "evaluate.py"), *common, "--limit", "0"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 1 and "Traceback" not in run.stderr and "--limit 0" in run.stderr, run.stderr[-2000:]

@@ -425,3 +425,26 @@ def args_record(**dataclasses_by_name) -> dict[str, Any]:
         except TypeError:
             out[name] = str(obj)
     return out
+
+
+def run_script(make_parser, main, argv: list[str] | None = None, *, prog: str = "recipe") -> int:
+    """A recipe as users run it: flags or ``--config file.yaml`` in, ``main(*parsed)``.  A mistake (a bad flag value,
+    a YAML error, a missing path, an option clash) is one line on stderr and exit code 1, as the CLI does;
+    ``--traceback`` shows the Python traceback instead."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    want_traceback = "--traceback" in argv
+    argv = [a for a in argv if a != "--traceback"]
+    try:
+        main(*make_parser().parse_args_and_config(args=argv))
+        return 0
+    except Exception as exc:
+        if want_traceback:
+            raise
+        from saev_curate.errors import SaevError
+
+        detail = str(exc) if isinstance(exc, SaevError) else (
+            f"{type(exc).__name__}: {exc}\n(rerun with --traceback for the full Python traceback)")
+        print(f"{prog}: error: {detail}", file=sys.stderr)
+        return 1
