@@ -11,3 +11,11 @@ class CheckpointError(SaevError, ValueError):
 
 class InputError(SaevError, ValueError):
     """A data row, model or setting cannot be used as given."""
+
+
+def error_line(exc: BaseException) -> str:
+    """How a command reports ``exc`` in one line: a user error's own message; anything else its type and message
+    with the pointer to ``--traceback``."""
+    if isinstance(exc, SaevError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}\n(rerun with --traceback for the full Python traceback)"

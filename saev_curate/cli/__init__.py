@@ -70,13 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # user-facing errors: one clear line, no traceback unless asked
         if want_traceback:
             raise
-        from saev_curate.errors import SaevError
+        from saev_curate.errors import error_line
 
-        if isinstance(exc, SaevError):
-            print(f"saev-curate: error: {exc}", file=sys.stderr)
-        else:
-            print(f"saev-curate: error: {type(exc).__name__}: {exc}\n(rerun with --traceback for the full "
-                  "Python traceback)", file=sys.stderr)
+        print(f"saev-curate: error: {error_line(exc)}", file=sys.stderr)
         return 1
 
 

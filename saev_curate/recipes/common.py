@@ -442,9 +442,7 @@ def run_script(make_parser, main, argv: list[str] | None = None, *, prog: str = 
     except Exception as exc:
         if want_traceback:
             raise
-        from saev_curate.errors import SaevError
+        from saev_curate.errors import error_line
 
-        detail = str(exc) if isinstance(exc, SaevError) else (
-            f"{type(exc).__name__}: {exc}\n(rerun with --traceback for the full Python traceback)")
-        print(f"{prog}: error: {detail}", file=sys.stderr)
+        print(f"{prog}: error: {error_line(exc)}", file=sys.stderr)
         return 1

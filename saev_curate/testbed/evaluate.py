@@ -51,19 +51,24 @@ def heldout_questions(n_per_type: int = 100, *, seed: int = 0, split: str = "tes
     return rows
 
 
+def _prompts(processor, rows: list[dict]):
+    """``rows`` (``question``, optional ``image``) as one left-padded batch of chat prompts."""
+    from saev_curate.vlm import prepare_batch
+
+    return prepare_batch(processor, [{"messages": lang.chat_prompt(r["question"], image=r.get("image") is not None),
+                                      "images": [r["image"]] if r.get("image") is not None else []} for r in rows],
+                         mode="prompt", padding_side="left")
+
+
 @torch.no_grad()
 def evaluate_accuracy(model, processor, rows: list[dict], *, batch_size: int = 64) -> dict:
     """Accuracy per question type: by likelihood over the type's answer options, and greedy (argmax
     over the whole vocabulary at the answer position; all answers are one word)."""
-    from saev_curate.vlm import prepare_batch
-
     tok = processor.tokenizer
     per: dict[str, list[tuple[bool, bool]]] = {}
     for b in range(0, len(rows), batch_size):
         chunk = rows[b:b + batch_size]
-        batch_rows = [{"messages": lang.chat_prompt(r["question"], image=r.get("image") is not None),
-                       "images": [r["image"]] if r.get("image") is not None else []} for r in chunk]
-        pb = prepare_batch(processor, batch_rows, mode="prompt", padding_side="left")
+        pb = _prompts(processor, chunk)
         logits = model(**pb.inputs).logits[:, -1]
         for i, r in enumerate(chunk):
             opts = tok.convert_tokens_to_ids(r["options"])
@@ -90,15 +95,11 @@ def heldout_descriptions(n: int = 200, *, seed: int = 0, split: str = "test") ->
 @torch.no_grad()
 def generate(model, processor, rows: list[dict], *, max_new_tokens: int = 24, batch_size: int = 64) -> list[str]:
     """Greedy answers to ``rows`` (``question`` + ``image``), decoded up to the end of the turn."""
-    from saev_curate.vlm import prepare_batch
-
     tok = processor.tokenizer
     out: list[str] = []
     for b in range(0, len(rows), batch_size):
         chunk = rows[b:b + batch_size]
-        pb = prepare_batch(processor, [{"messages": lang.chat_prompt(r["question"], image=r.get("image") is not None),
-                                        "images": [r["image"]] if r.get("image") is not None else []}
-                                       for r in chunk], mode="prompt", padding_side="left")
+        pb = _prompts(processor, chunk)
         seq = model.generate(**pb.inputs, max_new_tokens=max_new_tokens, do_sample=False,
                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         for s in seq[:, pb.inputs["input_ids"].shape[1]:].tolist():
@@ -111,11 +112,10 @@ def description_scores(text: str, concept: timg.Concept) -> dict:
     """CHAIR-style counts of one description: facts stated, false ones (an unparsed sentence counts as one
     false statement), and the image's true facts that it states."""
     stated = lang.parse_facts(text)
-    false = [f for f in stated if not lang.fact_is_true(f[0], f[1], concept)]
+    true = [f for f, v in stated if lang.fact_is_true(f, v, concept)]
     truth = lang.true_facts(concept)
-    covered = {f for f, v in stated if f is not None and lang.fact_is_true(f, v, concept)}
-    return {"stated": len(stated), "false": len(false), "true_facts": len(truth),
-            "recalled": len(covered & set(truth))}
+    return {"stated": len(stated), "false": len(stated) - len(true), "true_facts": len(truth),
+            "recalled": len(set(true) & set(truth))}
 
 
 def evaluate_descriptions(model, processor, rows: list[dict], *, batch_size: int = 64) -> dict:
