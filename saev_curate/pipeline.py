@@ -86,9 +86,12 @@ def score_column(by: str) -> str:
 
 
 def dpo_arguments(model_path, output_dir, *, steps: int, batch_size: int = 8, learning_rate: float = 5e-4,
-                  seed: int = 0, progress: bool = True, lora_r: int = 16):
+                  seed: int = 0, progress: bool = True, lora_r: int = 16, sft_weight: float = 0.0):
     """``(ModelConfig, DPOConfig)`` for LoRA DPO on a CPU: ``use_cpu``, fp32, no gradient checkpointing, no
-    ``max_length`` cut (TRL 1.16's defaults raise on a CPU-only machine or cut image tokens)."""
+    ``max_length`` cut (TRL 1.16's defaults raise on a CPU-only machine or cut image tokens). ``sft_weight > 0``
+    adds TRL's NLL loss on the chosen response with that weight (``loss_type=["sigmoid", "sft"]``, as RPO and MPO
+    do): pure DPO lowers the chosen answer's likelihood too, and on the testbed it damaged the answers it did not
+    train on within 150 steps."""
     from trl import DPOConfig, ModelConfig
 
     model_args = ModelConfig(model_name_or_path=str(model_path), dtype="float32", use_peft=True, lora_r=lora_r,
@@ -97,6 +100,8 @@ def dpo_arguments(model_path, output_dir, *, steps: int, batch_size: int = 8, le
         output_dir=str(output_dir), use_cpu=True, bf16=False, gradient_checkpointing=False, max_length=None,
         per_device_train_batch_size=batch_size, gradient_accumulation_steps=1, max_steps=steps,
         learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=0.03, beta=0.1, seed=seed,
+        loss_type=["sigmoid", "sft"] if sft_weight > 0 else ["sigmoid"],
+        loss_weights=[1.0, sft_weight] if sft_weight > 0 else None,
         data_seed=seed, save_strategy="no", report_to=[], logging_steps=max(1, steps // 4),
         dataloader_num_workers=0, disable_tqdm=not progress)
     return model_args, training_args
@@ -104,7 +109,7 @@ def dpo_arguments(model_path, output_dir, *, steps: int, batch_size: int = 8, le
 
 def train_dpo(model_path, dataset, output_dir, saev_args, *, steps: int, batch_size: int = 8,
               learning_rate: float = 5e-4, seed: int = 0, progress: bool = True, lora_r: int = 16,
-              dataset_name: str | None = None):
+              sft_weight: float = 0.0, dataset_name: str | None = None):
     """LoRA DPO with the recipe (``saev_curate.recipes.dpo.main``) on ``dataset`` selected by ``saev_args``;
     returns ``(policy, processor, selection_doc)`` (the policy: the base model with its trained adapter)."""
     import torch
@@ -115,7 +120,7 @@ def train_dpo(model_path, dataset, output_dir, saev_args, *, steps: int, batch_s
 
     model_args, training_args = dpo_arguments(model_path, output_dir, steps=steps, batch_size=batch_size,
                                               learning_rate=learning_rate, seed=seed, progress=progress,
-                                              lora_r=lora_r)
+                                              lora_r=lora_r, sft_weight=sft_weight)
     model, processor = load_vlm(str(model_path), device="cpu", dtype=torch.float32)  # a fresh base per run
     trainer = dpo_main(ScriptArguments(dataset_name=dataset_name), saev_args,
                        training_args, model_args, model=model, processor=processor, dataset=dataset)

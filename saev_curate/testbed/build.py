@@ -41,7 +41,7 @@ import torch
 
 from saev_curate.testbed import images as timg
 from saev_curate.testbed import language as lang
-from saev_curate.testbed.evaluate import evaluate_accuracy, heldout_questions
+from saev_curate.testbed.evaluate import evaluate_accuracy, evaluate_descriptions, heldout_descriptions, heldout_questions
 
 BUILD_VERSION = 4
 PATCH = 8
@@ -76,6 +76,10 @@ class TestbedConfig:
     #: question types left out of the instruction stage (a base with room to improve, for studies);
     #: ``"describe"`` leaves out the descriptions
     holdout_qtypes: tuple[str, ...] = field(default_factory=tuple)
+    #: facts that the instruction stage's descriptions state without looking (a value drawn at random, as an
+    #: annotator writing from priors would): a base that knows a fact (its questions are taught) but states it
+    #: at random in descriptions, the language-prior hallucination that preference data is built to remove
+    ungrounded_facts: tuple[str, ...] = field(default_factory=tuple)
 
     def name(self) -> str:
         """The cache folder name: ``default`` for the defaults of a seed, else a short hash."""
@@ -84,6 +88,12 @@ class TestbedConfig:
             return f"v{BUILD_VERSION}-seed{self.seed}"
         h = hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=list).encode()).hexdigest()[:10]
         return f"v{BUILD_VERSION}-seed{self.seed}-{h}"
+
+
+#: the base of the alignment study and of ``saev-curate pipeline``: a model with room to improve, whose descriptions
+#: state a scene's count and a digit's parity without looking although its questions taught both from the image
+#: (:attr:`TestbedConfig.ungrounded_facts`), so it knows the facts and still hallucinates them in long answers
+ALIGNMENT_BASE = TestbedConfig(stage2_steps=800, ungrounded_facts=("count", "parity"))
 
 
 def default_cache_root() -> Path:
@@ -108,9 +118,7 @@ def build_problem(path: str | os.PathLike, config: TestbedConfig | None = None) 
         meta = json.loads((path / "build_info.json").read_text())
     except (OSError, ValueError):
         return "no readable build_info.json"
-    cfg = asdict(config or TestbedConfig())
-    cfg["holdout_qtypes"] = list(cfg["holdout_qtypes"])
-    if meta.get("build_version") != BUILD_VERSION or meta.get("config") != cfg:
+    if meta.get("build_version") != BUILD_VERSION or meta.get("config") != _config_doc(config or TestbedConfig()):
         return "another build version or configuration"
     files = meta.get("files")
     if not isinstance(files, dict) or "model.safetensors" not in files:
@@ -120,6 +128,11 @@ def build_problem(path: str | os.PathLike, config: TestbedConfig | None = None) 
         if not f.is_file() or _sha256(f) != digest:
             return f"{name} is missing or differs from the build's record"
     return None
+
+
+def _config_doc(cfg: TestbedConfig) -> dict:
+    """``cfg`` as ``build_info.json`` stores it (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
 
 
 def _sha256(path: Path) -> str:
@@ -213,8 +226,19 @@ def _stage1_example(enc: _Encoder, item, rng) -> tuple[list[int], int, list]:
 CLAIM_QTYPES = ("digit_claim", "digit_parity", "scene_claim")
 
 
+def _description(c, ungrounded: tuple[str, ...], rng) -> str:
+    """The description the instruction stage teaches for ``c``: every fact true, except the ``ungrounded`` ones,
+    whose values are drawn at random among the values the fact takes (true by chance only)."""
+    facts = lang.true_facts(c)
+    for f in ungrounded:
+        if f in facts:
+            facts[f] = lang.any_value(f, rng)
+    return " ".join(lang.render_description(facts)[0])
+
+
 def _stage2_example(enc: _Encoder, item, rng, holdout: tuple[str, ...], claim_weight: float = 1.0,
-                    describe_share: float = 0.0, sentence_share: float = 0.0) -> tuple[list[int], int, list]:
+                    describe_share: float = 0.0, sentence_share: float = 0.0,
+                    ungrounded: tuple[str, ...] = ()) -> tuple[list[int], int, list]:
     img, c = item
     r = rng.rand()
     if r < 0.1:
@@ -224,8 +248,8 @@ def _stage2_example(enc: _Encoder, item, rng, holdout: tuple[str, ...], claim_we
         ids, start = enc.chat(q["question"], q["answer"], image=False)
         return ids, start, []
     if r < 0.18 + describe_share * 0.82 and "describe" not in holdout:
-        ids, start = enc.chat(lang.DESCRIBE_PROMPTS[rng.randint(len(lang.DESCRIBE_PROMPTS))], lang.describe(c),
-                              image=True)
+        ids, start = enc.chat(lang.DESCRIBE_PROMPTS[rng.randint(len(lang.DESCRIBE_PROMPTS))],
+                              _description(c, ungrounded, rng), image=True)
         return ids, start, [img]
     fits = [t for t in lang.QTYPES if lang.fits(t, c) and t not in holdout]
     if not fits:
@@ -402,6 +426,8 @@ def build_testbed(config: TestbedConfig | None = None, *, cache_dir: str | os.Pa
     if bad:
         raise ValueError(f"holdout_qtypes has unknown question types {sorted(bad)}; use {', '.join(lang.QTYPES)} "
                          "or describe")
+    for f in cfg.ungrounded_facts:
+        lang.any_value(f, np.random.RandomState(0))  # an InputError naming the facts that can be drawn
     path = testbed_path(cfg, cache_dir)
     log = print if verbose else (lambda *a, **k: None)
     problem = build_problem(path, cfg)
@@ -434,7 +460,7 @@ def build_testbed(config: TestbedConfig | None = None, *, cache_dir: str | os.Pa
         ("stage2", lambda: _train_lm(model, "stage 2: instruction",
                                      lambda: _stage2_example(enc, pick(), rng, cfg.holdout_qtypes,
                                                              cfg.claim_weight, cfg.describe_share,
-                                                             cfg.sentence_share),
+                                                             cfg.sentence_share, cfg.ungrounded_facts),
                                      cfg.stage2_steps, cfg, enc, pixel_of, log)),
     ]
     info_stages: dict[str, dict] = {}
@@ -474,9 +500,10 @@ def build_testbed(config: TestbedConfig | None = None, *, cache_dir: str | os.Pa
     acc = evaluate_accuracy(model, processor, heldout_questions(100, seed=0))
     log("held-out accuracy (likelihood over options / greedy): " +
         ", ".join(f"{q} {v['likelihood']:.2f}/{v['greedy']:.2f}" for q, v in acc.items()))
-    cfg_dict = asdict(cfg)
-    cfg_dict["holdout_qtypes"] = list(cfg_dict["holdout_qtypes"])
-    info = {"build_version": BUILD_VERSION, "config": cfg_dict, "heldout_accuracy": acc,
+    desc = evaluate_descriptions(model, processor, heldout_descriptions(200, seed=0))
+    log(f"held-out descriptions: hallucination rate {desc['hallucination_rate']:.3f}, recall {desc['recall']:.3f}")
+    info = {"build_version": BUILD_VERSION, "config": _config_doc(cfg), "heldout_accuracy": acc,
+            "heldout_descriptions": {k: desc[k] for k in ("hallucination_rate", "recall", "exact", "by_kind")},
             "image_tokens_per_image": N_IMAGE_TOKENS,
             "params": {"text": sum(p.numel() for p in model.model.language_model.parameters()),
                        "vision": sum(p.numel() for p in model.model.vision_tower.parameters()),

@@ -27,6 +27,7 @@ import re
 
 import numpy as np
 
+from saev_curate.errors import InputError
 from saev_curate.testbed.images import BRIGHTNESS, COLOURS, MAX_COUNT, SHAPES, SIDES, SIZES, Concept
 
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -249,6 +250,20 @@ def render_description(facts: dict[str, object]) -> tuple[list[str], list[str | 
 def describe(c: Concept) -> str:
     """The full, true description of ``c``."""
     return " ".join(render_description(true_facts(c))[0])
+
+
+def any_value(fact: str, rng: np.random.RandomState):
+    """A value of ``fact`` drawn uniformly among those it takes (for ``digit``, ``parity``, ``count``, ``colour``,
+    ``shape``, ``size``, ``brightness``)."""
+    if fact == "digit":
+        return int(rng.randint(10))
+    if fact == "count":
+        return int(rng.randint(1, MAX_COUNT + 1))
+    choices = {"parity": ("odd", "even"), "colour": tuple(COLOURS), "shape": SHAPES, "size": SIZES,
+               "brightness": BRIGHTNESS}
+    if fact not in choices:
+        raise InputError(f"fact {fact!r} cannot be drawn at random; use one of digit, count, {', '.join(choices)}")
+    return choices[fact][rng.randint(len(choices[fact]))]
 
 
 def false_value(fact: str, value, rng: np.random.RandomState):
