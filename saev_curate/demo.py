@@ -57,11 +57,13 @@ def check_job_arguments(*, rows: int, defect_rate: float, fraction: float, by: s
 def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae: str | None = None,
              rows: int = 600, defect_rate: float = 0.3, sae_steps: int = 1000, architecture: str = "topk",
              n_reference: int = 1000, fraction: float = 0.5, by: str = DEFAULT_BY, seed: int = 0,
-             progress: bool = True, split: str = "test", report: bool = True) -> DemoResult:
+             progress: bool = True, split: str = "test", report: bool = True, mix: dict[str, float] | None = None,
+             describe_share: float = 0.5) -> DemoResult:
     """Build/take the model and an SAE, fit ω, score every row with every method, select, report.
 
     ``split``: the testbed images the rows are drawn from (``saev-curate pipeline`` trains on ``"dev"`` rows and
-    evaluates on ``"test"`` questions); ``report=False`` skips the HTML page (the pipeline writes its own).
+    evaluates on ``"test"`` items); ``report=False`` skips the HTML page (the pipeline writes its own); ``mix`` and
+    ``describe_share``: the defect kinds and the share of description rows (:func:`~saev_curate.testbed.data.defect_rows`).
     """
     import datasets
 
@@ -85,7 +87,7 @@ def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae
                                          seed=seed, progress=progress)
     else:
         sae_model, sae_dir = load_sae(sae), Path(sae)
-    data = defect_rows(rows, defect_rate=defect_rate, split=split, seed=seed)
+    data = defect_rows(rows, defect_rate=defect_rate, split=split, seed=seed, mix=mix, describe_share=describe_share)
     labels = [r["defect"] for r in data]
     print(f"{len(data)} preference rows over {split}-split images, {sum(lab != 'none' for lab in labels)} with a defect")
     ds = datasets.Dataset.from_list(data)

@@ -137,7 +137,7 @@ def write_score_report(rows: Sequence[dict[str, Any]], path: str | Path, *, by: 
 
     ``auroc``: an optional ``{method: {defect kind: AUROC}}`` table shown first (``highlight`` shades one row).
     ``cut``: a selection threshold marked on the histogram (labelled ``cut_label``). ``sections``: HTML blocks
-    placed after the summary (the pipeline's accuracy table).
+    placed first, right under the title (the pipeline's "what selection bought").
     """
     rows = [dict(r) for r in rows]
     scored = [r for r in rows if r.get(by) is not None and not (isinstance(r[by], float) and math.isnan(r[by]))]
@@ -172,7 +172,7 @@ def write_score_report(rows: Sequence[dict[str, Any]], path: str | Path, *, by: 
         return "".join(out) + "</table>"
 
     ranked = sorted(scored, key=lambda r: float(r[by]), reverse=True)
-    body = [f"<h1>{html.escape(title)}</h1><ul>{''.join(summary)}</ul>", *sections,
+    body = [f"<h1>{html.escape(title)}</h1>", *sections, f"<ul>{''.join(summary)}</ul>",
             _auroc_html(auroc, highlight) if auroc else "",
             f"<h2>Distribution of {html.escape(by)}" + (f" by {html.escape(label)}" if label else "") + "</h2>",
             _histogram_svg(groups, cut=cut, cut_label=cut_label),

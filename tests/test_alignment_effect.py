@@ -76,14 +76,17 @@ def test_paired_test_against_a_hand_computed_t():
     assert study.paired_test([1.0, 1.0], [2.0, 2.0])["p"] == 1.0  # constant negative differences
 
 
-def test_preregistered_methods_are_the_detection_benchmarks_dev_top_three():
+def test_preregistered_methods_and_the_pipeline_defaults_follow_the_detection_benchmarks_dev_split():
+    from saev_curate.pipeline import DEFAULT_BY
     from saev_curate.testbed.data import ALIGNMENT_MIX
 
     detection = json.loads(Path(study.DETECTION_RESULTS).read_text())
-    assert list(study.DEV_TOP_SAEV) == study.dev_top_saev(detection, ALIGNMENT_MIX)
+    assert list(study.DEV_TOP_SAEV) == study.dev_ranking(detection, ALIGNMENT_MIX, prefix="saev_")[:3]
     assert list(study.COMBINED) == detection["combined"]["topk"]
-    # the choice is a weighted mean over the mix, checked by hand on a two-method, two-kind table
+    # the main job ranks by the best method on its data, and by the best SAE-V variant beside it
+    assert DEFAULT_BY == (study.dev_ranking(detection, ALIGNMENT_MIX)[0], study.DEV_TOP_SAEV[0])
+    # the ranking is a weighted mean over the mix, checked by hand on a three-method, two-kind table
     toy = {"dev_choices": {"topk": {"dev_auroc": {"saev_a": {"k1": 1.0, "k2": 0.0}, "saev_b": {"k1": 0.4, "k2": 0.8},
                                                   "ppl": {"k1": 1.0, "k2": 1.0}}}}}
-    assert study.dev_top_saev(toy, {"k1": 3.0, "k2": 1.0}, n=2) == ["saev_a", "saev_b"]  # 0.75 vs 0.5; ppl not SAE-V
-    assert study.dev_top_saev(toy, {"k1": 1.0, "k2": 3.0}, n=1) == ["saev_b"]  # 0.25 vs 0.7
+    assert study.dev_ranking(toy, {"k1": 3.0, "k2": 1.0}, prefix="saev_") == ["saev_a", "saev_b"]  # 0.75 vs 0.5
+    assert study.dev_ranking(toy, {"k1": 1.0, "k2": 3.0}) == ["ppl", "saev_b", "saev_a"]  # 1, 0.7, 0.25

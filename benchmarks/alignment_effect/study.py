@@ -21,7 +21,7 @@ pre-registered in ``PREREGISTRATION.md``; the earlier one-word study is kept in 
 - Scores: every method once per data set with the pre-alignment model and its topk SAE-V (``testbed_sae``, seed
   0); ω and the read-outs fitted on the data set itself (1,000 reference rows at most, seed 42, as the paper).
 - Methods: the paper's ``saev_score``; the three SAE-V variants the detection benchmark's dev split ranks first on
-  this data's defect mix (:func:`dev_top_saev`, fixed in :data:`DEV_TOP_SAEV` when the study was pre-registered);
+  this data's defect mix (:func:`dev_ranking`, fixed in :data:`DEV_TOP_SAEV` when the study was pre-registered);
   ``combined`` (the detection benchmark's rank average of an SAE-V column and a likelihood column); mean response
   perplexity and minimum token log-probability; random; and, as the ceiling rather than a method, an oracle that
   keeps clean rows first by reading the ``defect`` label.
@@ -53,7 +53,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DETECTION_RESULTS = HERE.parent / "defect_detection" / "results" / "results.json"
-#: the top three SAE-V variants of the detection benchmark's dev split on this study's defect mix (:func:`dev_top_saev`
+#: the top three SAE-V variants of the detection benchmark's dev split on this study's defect mix (:func:`dev_ranking`
 #: over ``benchmarks/defect_detection/results/`` at commit 8db8723), fixed when the study was pre-registered
 DEV_TOP_SAEV = ("saev_token_readout_min_margin", "saev_token_readout_min_chosen", "saev_answer_readout_margin")
 #: the detection benchmark's ``combined`` column for the topk SAE: (SAE-V column, likelihood column), rank-averaged
@@ -90,13 +90,13 @@ def _save(path: Path, doc) -> None:
     tmp.replace(path)
 
 
-def dev_top_saev(detection: dict, mix: dict[str, float], n: int = 3, sae: str = "topk") -> list[str]:
-    """The ``n`` SAE-V variants (``saev_*``) with the highest dev-split AUROC of the detection benchmark, averaged over
-    the defect kinds of ``mix`` weighted by their shares."""
+def dev_ranking(detection: dict, mix: dict[str, float], *, prefix: str = "", sae: str = "topk") -> list[str]:
+    """The detection benchmark's methods (those named ``prefix...``; ``saev_`` for the SAE-V variants) by their
+    dev-split AUROC averaged over the defect kinds of ``mix`` weighted by their shares, best first."""
     dev = detection["dev_choices"][sae]["dev_auroc"]
     total = sum(mix.values())
-    mean = {m: sum(w * a[k] for k, w in mix.items()) / total for m, a in dev.items() if m.startswith("saev_")}
-    return sorted(mean, key=mean.get, reverse=True)[:n]
+    mean = {m: sum(w * a[k] for k, w in mix.items()) / total for m, a in dev.items() if m.startswith(prefix)}
+    return sorted(mean, key=mean.get, reverse=True)
 
 
 def default_methods() -> list[str]:

@@ -226,16 +226,6 @@ def _stage1_example(enc: _Encoder, item, rng) -> tuple[list[int], int, list]:
 CLAIM_QTYPES = ("digit_claim", "digit_parity", "scene_claim")
 
 
-def _description(c, ungrounded: tuple[str, ...], rng) -> str:
-    """The description the instruction stage teaches for ``c``: every fact true, except the ``ungrounded`` ones,
-    whose values are drawn at random among the values the fact takes (true by chance only)."""
-    facts = lang.true_facts(c)
-    for f in ungrounded:
-        if f in facts:
-            facts[f] = lang.any_value(f, rng)
-    return " ".join(lang.render_description(facts)[0])
-
-
 def _stage2_example(enc: _Encoder, item, rng, holdout: tuple[str, ...], claim_weight: float = 1.0,
                     describe_share: float = 0.0, sentence_share: float = 0.0,
                     ungrounded: tuple[str, ...] = ()) -> tuple[list[int], int, list]:
@@ -249,7 +239,7 @@ def _stage2_example(enc: _Encoder, item, rng, holdout: tuple[str, ...], claim_we
         return ids, start, []
     if r < 0.18 + describe_share * 0.82 and "describe" not in holdout:
         ids, start = enc.chat(lang.DESCRIBE_PROMPTS[rng.randint(len(lang.DESCRIBE_PROMPTS))],
-                              _description(c, ungrounded, rng), image=True)
+                              lang.describe(c, ungrounded, rng), image=True)
         return ids, start, [img]
     fits = [t for t in lang.QTYPES if lang.fits(t, c) and t not in holdout]
     if not fits:

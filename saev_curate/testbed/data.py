@@ -174,12 +174,14 @@ def defect_rows(n: int = 1000, *, defect_rate: float = 0.3, mix: dict[str, float
 #: rest (``omitted_detail`` is a control that states nothing false, not a defect to filter)
 ALIGNMENT_MIX = {"hallucinated_detail": 4.0, "image_prompt_mismatch": 1.0, "chosen_contradicts_image": 1.0,
                  "corrupted_image": 1.0, "off_topic_prompt": 1.0}
+ALIGNMENT_DESCRIBE_SHARE = 0.8
 
 
 def alignment_rows(n: int = 400, *, defect_rate: float = 0.3, seed: int = 0, split: str = "dev") -> list[dict]:
     """Long-answer preference data for DPO (the alignment study's and the pipeline's): 80% of clean rows are
     description pairs, the rest one-word questions; defects drawn by :data:`ALIGNMENT_MIX`."""
-    return defect_rows(n, defect_rate=defect_rate, mix=ALIGNMENT_MIX, split=split, seed=seed, describe_share=0.8)
+    return defect_rows(n, defect_rate=defect_rate, mix=ALIGNMENT_MIX, split=split, seed=seed,
+                       describe_share=ALIGNMENT_DESCRIBE_SHARE)
 
 
 def neutral_rows(rows: list[dict]) -> list[dict]:

@@ -120,14 +120,16 @@ def description_scores(text: str, concept: timg.Concept) -> dict:
 
 def evaluate_descriptions(model, processor, rows: list[dict], *, batch_size: int = 64) -> dict:
     """Hallucination rate and recall of greedy descriptions of ``rows`` (:func:`heldout_descriptions`), overall and
-    per image kind, with a few examples."""
+    per image kind, with a few examples and each image's counts (``per_image``: :func:`description_scores`)."""
     texts = generate(model, processor, rows, batch_size=batch_size)
     per: dict[str, list[dict]] = {}
+    per_image = []
     examples = []
     for r, t in zip(rows, texts):
         c = timg.Concept.from_dict(r["concept"])
         sc = description_scores(t, c)
         per.setdefault(c.kind, []).append(sc)
+        per_image.append(sc)
         if len(examples) < 8:
             examples.append({"kind": c.kind, "truth": r["answer"], "generated": t, **sc})
 
@@ -138,8 +140,8 @@ def evaluate_descriptions(model, processor, rows: list[dict], *, batch_size: int
                 "exact": float(np.mean([x["false"] == 0 and x["recalled"] == x["true_facts"] for x in v])),
                 "n": len(v)}
 
-    return {**agg([x for v in per.values() for x in v]), "by_kind": {k: agg(v) for k, v in sorted(per.items())},
-            "examples": examples}
+    return {**agg(per_image), "by_kind": {k: agg(v) for k, v in sorted(per.items())}, "examples": examples,
+            "per_image": per_image}
 
 
 def evaluate_sentence_answers(model, processor, rows: list[dict], *, batch_size: int = 64) -> dict:

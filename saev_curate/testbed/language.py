@@ -247,9 +247,14 @@ def render_description(facts: dict[str, object]) -> tuple[list[str], list[str | 
     return words, tags
 
 
-def describe(c: Concept) -> str:
-    """The full, true description of ``c``."""
-    return " ".join(render_description(true_facts(c))[0])
+def describe(c: Concept, ungrounded: tuple[str, ...] = (), rng: np.random.RandomState | None = None) -> str:
+    """The full, true description of ``c``; with ``ungrounded`` facts, those are stated with values drawn at random
+    (:func:`any_value`, ``rng``), as an annotator who did not look would."""
+    facts = true_facts(c)
+    for f in ungrounded:
+        if f in facts:
+            facts[f] = any_value(f, rng)
+    return " ".join(render_description(facts)[0])
 
 
 def any_value(fact: str, rng: np.random.RandomState):

@@ -253,3 +253,39 @@ def test_a_damaged_sae_cache_is_rebuilt(tmp_path):
     import datasets
 
     assert len(datasets.load_from_disk(str(data))) == 3000
+
+
+def test_ungrounded_facts_are_stated_at_random_and_the_rest_true():
+    from saev_curate.errors import InputError
+
+    rng = np.random.RandomState(0)
+    scenes = [c for _, c in timg.sample_images("dev", 300, seed=1) if c.kind == "scene"]
+    same = []
+    for c in scenes:
+        assert lang.describe(c) == lang.describe(c, (), rng)  # nothing ungrounded: the true description
+        stated = dict(lang.parse_facts(lang.describe(c, ("count",), rng)))
+        truth = lang.true_facts(c)
+        assert all(stated[f] == truth[f] for f in truth if f != "count")  # only the count is drawn
+        same.append(stated["count"] == c.count)
+    # drawn uniformly among 1..4: right by chance a quarter of the time
+    assert len(same) > 60 and 0.12 < np.mean(same) < 0.4, np.mean(same)
+    draws = [lang.any_value("parity", rng) for _ in range(400)]
+    assert set(draws) == {"odd", "even"} and 0.4 < draws.count("odd") / 400 < 0.6
+    with pytest.raises(InputError, match="position"):
+        lang.any_value("position", rng)
+    with pytest.raises(InputError, match="position"):  # refused before anything is built
+        build_testbed(Config(ungrounded_facts=("position",)))
+
+
+def test_alignment_rows_follow_their_mix():
+    from saev_curate.testbed import alignment_rows
+    from saev_curate.testbed.data import ALIGNMENT_MIX
+
+    rows = alignment_rows(400, defect_rate=0.3, seed=5)
+    labels = [r["defect"] for r in rows]
+    assert sum(lab != "none" for lab in labels) == 120 and set(labels) <= {"none", *ALIGNMENT_MIX}
+    assert 0.38 < labels.count("hallucinated_detail") / 120 < 0.62  # half of the defects by the mix's weights
+    clean = [r for r in rows if r["defect"] == "none"]
+    assert 0.7 < np.mean([r["task"] == "describe" for r in clean]) < 0.9  # 80% description pairs
+    for kind in {r["image_kind"] for r in rows}:  # no stratum is all defective (the study stratifies by kind)
+        assert any(r["defect"] == "none" for r in rows if r["image_kind"] == kind)
