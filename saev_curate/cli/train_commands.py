@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from trl import TrlParser
 
-    from saev_curate.sae.training import SaevTrainConfig, train_sae
+    from saev_curate.sae.training.config import SaevTrainConfig
 
     parser = TrlParser((SaevTrainConfig,), prog="saev-curate train-sae",
                        description="Train an SAE on a VLM's layer-L activations (flags or --config cfg.yaml).")
@@ -79,6 +79,8 @@ def _train(args: argparse.Namespace) -> int:
         from saev_curate.errors import InputError
 
         raise InputError(f"train-sae: {exc}; `saev-curate train-sae --help` lists every option") from None
+    from saev_curate.sae.training.pipeline import train_sae
+
     sae = train_sae(config)
     print(f"saved {sae} to {config.output_dir}")
     return 0

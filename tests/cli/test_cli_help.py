@@ -33,3 +33,18 @@ def test_every_flag_has_help_and_data_out_are_the_vocabulary():
             assert {"--data", "--dataset"} <= flags, name
         if name in ("fit-weights", "score", "select", "cache-activations", "eval-sae", "demo", "train-sae"):
             assert "--out" in flags, name
+
+
+def test_help_of_every_command_imports_no_torch():
+    """`--help` is instant: no torch, transformers or datasets import (checked in a fresh interpreter, as a user
+    runs it; issue 24, item 12)."""
+    import subprocess
+    import sys
+
+    names = [""] + sorted({n.split()[0] for n, _ in _commands(build_parser())})
+    code = ("import sys\nfrom saev_curate.cli import main\nfor name in sys.argv[1:]:\n"
+            "    try:\n        main(([name] if name else []) + ['--help'])\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, check=True).stdout
+    assert len(names) > 8 and "usage: saev-curate train-sae" in out
+    assert out.strip().splitlines()[-1] == "[]", out[-300:]

@@ -4,55 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from saev_curate.errors import InputError
 from saev_curate.sae.model import SAE
-from saev_curate.sae.training.activations import ActivationCache, ActivationStream, StreamConfig
-from saev_curate.sae.training.trainer import TrainConfig, train_on_activations
-
-
-@dataclass
-class SaevTrainConfig(TrainConfig):
-    """TrainConfig (the SAE recipe) plus where its activations come from."""
-
-    model: str = field(default="", metadata={'help': 'local VLM folder (or a hub id already in the cache)'})
-    dataset: str = field(default="",
-        metadata={'help': 'training rows: a save_to_disk folder, .parquet/.json/.jsonl/.csv files '
-                  '(a file, folder or glob), or a cached hub id', 'aliases': ['--data']})
-    dataset_split: str | None = field(default=None, metadata={'help': 'split of a DatasetDict (default train)'})
-    max_rows: int | None = field(default=None, metadata={'help': 'use only the first N rows'})
-    layer: str = field(default="middle",
-        metadata={'help': "decoder layer: index, 'middle' (n_layers // 2) or a hook name (blocks.16.hook_resid_post)"})
-    mode: str = field(default="full",
-        metadata={'help': 'text shown with the images: prompt | chosen | rejected | full'})
-    max_length: int | None = field(default=None,
-        metadata={'help': 'tokens per row; text is truncated, image tokens never are'})
-    model_batch_size: int = field(default=8, metadata={'help': 'rows per forward pass of the VLM'})
-    model_dtype: str | None = field(default=None,
-        metadata={'help': 'VLM dtype: float32, bfloat16, float16 (default: float32 on CPU)'})
-    exclude_special_tokens: bool = field(default=True,
-        metadata={'help': 'leave BOS/EOS/chat markers out of the training tokens'})
-    max_image_text_ratio: float | None = field(default=None,
-        metadata={'help': 'subsample image tokens to at most this many per text token'})
-    buffer_tokens: int = field(default=65_536,
-        metadata={'help': 'shuffle-buffer size: tokens from many rows mix before a batch is cut'})
-    activation_cache: str | None = field(default=None,
-        metadata={'help': 'folder for one pass of activations: written on first use, reused (and resumed from) after'})
-    cache_shard_tokens: int = field(default=65_536, metadata={'help': 'tokens per activation-cache shard'})
-    max_image_pixels: int | None = field(default=None,
-        metadata={'help': 'images with more pixels are that row\'s error (decompression bombs; default 89,478,485)'})
-    min_usable_share: float | None = field(default=None,
-        metadata={'help': 'fail when fewer than this share of rows can be used (default 0.5; 0: only when none)'})
-
-    def stream_config(self, layer: int) -> StreamConfig:
-        names = {f.name for f in fields(StreamConfig)}
-        values = {k: getattr(self, k) for k in names if hasattr(self, k) and k != "layer"}
-        return StreamConfig(layer=layer, **values)
-
-    def trainer_config(self) -> TrainConfig:
-        return TrainConfig(**{f.name: getattr(self, f.name) for f in fields(TrainConfig)})
+from saev_curate.sae.training.activations import ActivationCache, ActivationStream
+from saev_curate.sae.training.config import SaevTrainConfig, TrainConfig
+from saev_curate.sae.training.trainer import train_on_activations
 
 
 def train_sae(config: SaevTrainConfig, *, model=None, processor=None, dataset=None, progress: bool = True) -> SAE:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
@@ -20,66 +20,7 @@ from tqdm.auto import tqdm
 from saev_curate.errors import InputError
 from saev_curate.sae.model import SAE, SAEConfig
 from saev_curate.sae.sparse import sparse_decode, topk_encode
-
-
-@dataclass
-class TrainConfig:
-    """One SAE training run. Defaults are the SAE-V paper's recipe (method doc, section 2)."""
-
-    output_dir: str = field(default="sae-out",
-        metadata={'help': 'folder for the trained SAE (SAELens layout) and its resumable checkpoints', 'aliases': ['--out', '--output']})
-    architecture: str = field(default="standard",
-        metadata={'help': "'standard' (ReLU + decoder-norm-weighted L1: the paper) or 'topk'"})
-    expansion_factor: int = field(default=16,
-        metadata={'help': "d_sae = expansion_factor x d_in (default 16, the paper's)"})
-    d_sae: int | None = field(default=None, metadata={'help': 'number of SAE features; overrides expansion_factor'})
-    k: int = field(default=32, metadata={'help': 'active features per token (topk only)'})
-    total_steps: int = field(default=30_000, metadata={'help': 'training steps'})
-    batch_size: int = field(default=4096, metadata={'help': 'tokens per step'})
-    lr: float = field(default=5e-5, metadata={'help': 'Adam learning rate'})
-    adam_beta1: float = field(default=0.9, metadata={'help': 'Adam beta1'})
-    adam_beta2: float = field(default=0.999, metadata={'help': 'Adam beta2'})
-    lr_warmup_steps: int = field(default=0, metadata={'help': 'linear learning-rate warm-up steps'})
-    lr_decay_fraction: float = field(default=0.2,
-        metadata={'help': 'linear decay to 0 over this last share of steps (default 0.2)'})
-    l1_coefficient: float = field(default=5.0, metadata={'help': 'L1 coefficient lambda (standard only)'})
-    l1_warmup_fraction: float = field(default=0.05,
-        metadata={'help': 'linear warm-up of the L1 coefficient over this first share of steps'})
-    grad_clip: float = field(default=1.0, metadata={'help': 'gradient-norm clip'})
-    apply_b_dec_to_input: bool = field(default=False,
-        metadata={'help': 'subtract b_dec from the input before encoding'})
-    normalize_input: bool = field(default=True,
-        metadata={'help': 'scale inputs to norm sqrt(d_in) (estimated on data); the scale is folded in at save'})
-    scale_estimation_batches: int = field(default=8, metadata={'help': 'batches used to estimate the input scale'})
-    aux_k_coefficient: float = field(default=1 / 32,
-        metadata={'help': 'topk: weight of the AuxK loss on dead latents'})
-    dead_after_tokens: int = field(default=10_000_000,
-        metadata={'help': 'a latent that has not fired for this many tokens counts as dead'})
-    normalize_decoder: bool | None = field(default=None,
-        metadata={'help': 'unit-norm decoder rows (default: on for topk, off for standard)'})
-    checkpoint_every: int | None = field(default=1000,
-        metadata={'help': 'steps between resumable checkpoints (None: none)'})
-    keep_checkpoints: int = field(default=2, metadata={'help': 'checkpoints kept on disk'})
-    seed: int = field(default=0, metadata={'help': 'seed of initialisation and data order'})
-    device: str = field(default="cpu", metadata={'help': 'device to train on: cpu, cuda, cuda:1'})
-    model_name: str | None = field(default=None,
-        metadata={'help': 'provenance written into the saved SAE: model name (default: --model)'})
-    hook_name: str | None = field(default=None,
-        metadata={'help': 'provenance: hook name (default: blocks.L.hook_resid_post)'})
-    hook_layer: int | None = field(default=None,
-        metadata={'help': 'provenance: decoder layer (default: the resolved --layer)'})
-    dataset_path: str | None = field(default=None, metadata={'help': 'provenance: dataset (default: --data)'})
-    context_size: int | None = field(default=None,
-        metadata={'help': 'provenance: tokens per row (default: max_length)'})
-
-    def __post_init__(self) -> None:
-        if self.architecture not in ("standard", "topk"):
-            raise InputError(f"train: architecture must be 'standard' or 'topk', got {self.architecture!r}")
-        for name in ("total_steps", "batch_size", "expansion_factor"):
-            if getattr(self, name) <= 0:
-                raise InputError(f"train: {name} must be positive, got {getattr(self, name)}")
-        if not 0 <= self.lr_decay_fraction <= 1 or not 0 <= self.l1_warmup_fraction <= 1:
-            raise InputError("train: lr_decay_fraction and l1_warmup_fraction must lie in [0, 1]")
+from saev_curate.sae.training.config import TrainConfig
 
 
 class ActivationSource(Protocol):
