@@ -41,10 +41,11 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 KEY_VERSION = 2
 
 
-#: the main job's default ranking columns: the detection benchmark's dev-split best method on the job's data
-#: (:data:`~saev_curate.testbed.data.ALIGNMENT_MIX`, topk SAE; ``benchmarks/defect_detection/results``) and, beside
-#: it, the best SAE-V variant there (also the alignment study's pre-registered column)
-DEFAULT_BY = ("min_token_logprob", "saev_token_readout_min_margin")
+#: the main job's default ranking columns, from the detection benchmark's dev split on the job's defect mix
+#: (:data:`~saev_curate.testbed.data.ALIGNMENT_MIX`, topk SAE; ``benchmarks/defect_detection/results``): its best
+#: SAE-V variant (the alignment study's pre-registered column; the histogram and cut show it) and, beside it, its
+#: best method of any kind (a likelihood baseline that needs no SAE)
+DEFAULT_BY = ("saev_token_readout_min_margin", "min_token_logprob")
 #: training seeds of every DPO run (error bars: the spread over seeds beside a bootstrap over held-out items)
 DEFAULT_SEEDS = (0, 1)
 

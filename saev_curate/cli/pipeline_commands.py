@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fraction", type=_inner_share, default=0.5, help="share of rows kept (default 0.5)")
     p.add_argument("--by", nargs="+", default=None,
                    help=f"method(s) to rank by, one selection each (default: {' '.join(DEFAULT_BY)}: the detection "
-                        "benchmark's best method on this data and its best SAE-V variant)")
+                        "benchmark's best SAE-V variant on this data and its best method of any kind)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
                    help=f"training seeds: every DPO run once per seed (default {' '.join(map(str, DEFAULT_SEEDS))})")
     p.add_argument("--dpo-steps", type=positive_int, default=80,
