@@ -387,7 +387,8 @@ def effect_section(result: PipelineResult) -> str:
     rows = []
     for name, p in result.policies.items():
         shade = ' style="background:#eef3fb"' if name.startswith("selected") else ""
-        per_seed = " / ".join(_pct(s["exact"]) for s in p["by_seed"].values()) if len(result.seeds) > 1 else ""
+        per_seed = " / ".join(_pct(s["exact"]) for s in p["by_seed"].values()) if len(result.seeds) > 1 and \
+            name != "base" else ""  # the base is one model, not one per seed
         cells = "".join(f"<td>{_pct(p['mean'][m])}</td>" for m in METRICS)
         rows.append(f"<tr{shade}><td>{html.escape(p['label'])}</td><td>{p['train_rows']}</td>"
                     f"<td>{_pct(p.get('defect_share'))}</td><td>{p['steps']}</td>{cells}<td>{per_seed}</td></tr>")
