@@ -190,18 +190,20 @@ def _worker_init() -> None:
 
 
 def evaluate_policy(model, processor, n_eval: int) -> dict:
-    """The policy's scores: fact precision, recall and exact share of greedy descriptions of ``n_eval`` held-out
-    images, and likelihood accuracy on ``n_eval // 15`` held-out questions per type (seed 0, test split)."""
-    from saev_curate.pipeline import accuracy_of, eval_rows
-    from saev_curate.recipes.evaluate import evaluate
-    from saev_curate.testbed import evaluate_descriptions, heldout_descriptions
+    """The policy's scores, as the main job computes them (``saev_curate.pipeline.policy_scores``): exact-description
+    rate, fact precision (1 - hallucination rate) and recall of greedy descriptions of ``n_eval`` held-out images,
+    and likelihood accuracy on ``n_eval // 15`` held-out questions per type (seed 0, test split)."""
+    import shutil
+    import tempfile
 
-    d = evaluate_descriptions(model, processor, heldout_descriptions(n_eval, seed=0))
-    qa = accuracy_of(evaluate(model, processor, eval_rows(max(1, n_eval // 15), seed=0), task="testbed_heldout",
-                              max_new_tokens=0, progress=False))
-    return {"precision": 1 - d["hallucination_rate"], "recall": d["recall"], "exact": d["exact"],
-            "qa_acc": qa["acc"], "by_kind": {k: 1 - v["hallucination_rate"] for k, v in d["by_kind"].items()},
-            "examples": d["examples"][:3]}
+    from saev_curate.pipeline import metrics_of, policy_scores
+
+    tmp = Path(tempfile.mkdtemp(prefix="alignment-effect-eval-"))
+    try:
+        m = metrics_of(policy_scores(model, processor, n_eval, max(1, n_eval // 15), tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"exact": m["exact"], "precision": 1 - m["hallucination_rate"], "recall": m["recall"], "qa_acc": m["qa_acc"]}
 
 
 def run_cell(spec: dict) -> dict:
