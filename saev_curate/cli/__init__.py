@@ -39,10 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_dialect(argv: list[str]) -> list[str]:
+    """``--flag_name`` and ``--flag-name`` both work everywhere: long option names are read with hyphens (the
+    spelling ``--help`` shows); values, and everything after a bare ``--``, are left as they are. The recipes'
+    TrlParser already takes both spellings."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            arg = name.replace("_", "-") + eq + value
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. A user's mistake (a bad path, flag, file or data) prints one line naming the problem
     and the fix and returns 1; ``--traceback`` (on any command) shows the Python traceback instead."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = one_dialect(list(sys.argv[1:] if argv is None else argv))
     want_traceback = "--traceback" in argv
     parser = build_parser()
     try:

@@ -48,3 +48,19 @@ def test_help_of_every_command_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, check=True).stdout
     assert len(names) > 8 and "usage: saev-curate train-sae" in out
     assert out.strip().splitlines()[-1] == "[]", out[-300:]
+
+
+def test_one_flag_dialect_both_spellings_everywhere():
+    """Every option is spelled with hyphens in `--help`, and the underscore spelling reaches the same option
+    (issue 24, item 12)."""
+    from saev_curate.cli import one_dialect
+
+    parser = build_parser()
+    for name, sub in _commands(parser):
+        for action in sub._actions:
+            assert all("_" not in s for s in action.option_strings), (name, action.option_strings)
+    assert one_dialect(["demo", "--defect_rate=0.2", "--by", "saev_score", "--n_reference", "16", "--", "--a_b"]) == \
+        ["demo", "--defect-rate=0.2", "--by", "saev_score", "--n-reference", "16", "--", "--a_b"]
+    under = parser.parse_args(one_dialect(["pipeline", "--defect_rate", "0.2", "--n_eval", "7", "--dpo_steps=3"]))
+    hyphen = parser.parse_args(["pipeline", "--defect-rate", "0.2", "--n-eval", "7", "--dpo-steps=3"])
+    assert vars(under) == vars(hyphen) and under.n_eval == 7 and under.dpo_steps == 3
