@@ -238,6 +238,10 @@ def run_pipeline(out_dir: str | Path = "saev-pipeline", *, model: str | None = N
                         ("--eval-per-type", eval_per_type)):
         if value <= 0:
             raise InputError(f"{name} {value} must be positive")
+    if not learning_rate > 0:
+        raise InputError(f"--learning-rate {learning_rate:g} must be positive")
+    if not sft_weight >= 0:
+        raise InputError(f"--sft-weight {sft_weight:g} must be 0 (pure DPO) or positive")
     if not seeds or len(set(seeds)) != len(seeds):
         raise InputError(f"--seeds {seeds}: give one or more distinct training seeds")
     start = time.perf_counter()

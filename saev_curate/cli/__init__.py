@@ -65,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "passthrough", False):  # commands with their own parser (TrlParser) take the rest
             args.args = [a for a in rest if a != "--traceback"]
         elif rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+            from saev_curate.cli.common import check_known_flags
+
+            sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+            check_known_flags(args.command, sub, rest)
+            sub.error(f"unrecognized arguments: {' '.join(rest)}")  # not a flag: a stray value
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

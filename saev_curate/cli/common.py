@@ -94,3 +94,23 @@ def share(text: str) -> float:
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"{value} is not a share in (0, 1]")
     return value
+
+
+def check_known_flags(command: str, parser: argparse.ArgumentParser, argv: list[str], extra: tuple[str, ...] = ()) -> None:
+    """Unknown flags of ``command`` are one clear error naming the closest known ones and the command's own
+    ``--help`` (not the top-level usage, not a traceback)."""
+    import difflib
+
+    from saev_curate.errors import InputError
+
+    known = {o for a in parser._actions for o in a.option_strings} | {"--help", *extra}
+    unknown = [a.split("=", 1)[0] for a in argv if a.startswith("--") and a.split("=", 1)[0] not in known]
+    if not unknown:
+        return
+    hints = []
+    for flag in unknown:
+        close = difflib.get_close_matches(flag, sorted(known), n=2, cutoff=0.5)
+        close = close or [k for k in sorted(known) if flag.strip("-") in k][:2]
+        hints.append(f"{flag} (did you mean {' or '.join(close)}?)" if close else flag)
+    raise InputError(f"{command}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+                     f"`saev-curate {command} --help` lists every option")

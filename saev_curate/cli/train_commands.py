@@ -8,6 +8,7 @@ import sys
 from saev_curate.cli.common import (
     DATA_FORMATS,
     batch_size_arg,
+    check_known_flags,
     data_arg,
     layer_arg,
     load_rows,
@@ -72,7 +73,7 @@ def _train(args: argparse.Namespace) -> int:
 
     parser = TrlParser((SaevTrainConfig,), prog="saev-curate train-sae",
                        description="Train an SAE on a VLM's layer-L activations (flags or --config cfg.yaml).")
-    _check_known_flags(parser, args.args)
+    check_known_flags("train-sae", parser, args.args, extra=("--config",))
     try:
         (config,) = parser.parse_args_and_config(args=args.args)
     except (ValueError, TypeError, FileNotFoundError, OSError) as exc:  # a bad --config file or value
@@ -84,24 +85,6 @@ def _train(args: argparse.Namespace) -> int:
     sae = train_sae(config)
     print(f"saved {sae} to {config.output_dir}")
     return 0
-
-
-def _check_known_flags(parser, argv: list[str]) -> None:
-    """Unknown flags are one clear error naming the closest known ones (not a ValueError traceback)."""
-    import difflib
-
-    from saev_curate.errors import InputError
-
-    known = {o for a in parser._actions for o in a.option_strings} | {"--config", "--help"}
-    unknown = [a.split("=", 1)[0] for a in argv if a.startswith("--") and a.split("=", 1)[0] not in known]
-    if unknown:
-        hints = []
-        for flag in unknown:
-            close = difflib.get_close_matches(flag, sorted(known), n=2, cutoff=0.5)
-            close = close or [k for k in sorted(known) if flag.strip("-") in k][:2]
-            hints.append(f"{flag} (did you mean {' or '.join(close)}?)" if close else flag)
-        raise InputError(f"train-sae: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
-                         "`saev-curate train-sae --help` lists every option")
 
 
 def _cache(args: argparse.Namespace) -> int:

@@ -409,9 +409,12 @@ def test_item03_a_decompression_bomb_given_as_a_path_is_a_row_error(env, tmp_pat
     assert "over the limit of 89,478,485" in out["saev_error"][0] and out["saev_error"][1] is None
 
 
-@pytest.mark.parametrize("command", ["demo", "pipeline"])
-@pytest.mark.parametrize("flag, value, named", [("--defect-rate", "1.5", "--defect-rate 1.5"),
-                                                 ("--by", "saev_banana", "--by 'saev_banana'")])
+@pytest.mark.parametrize("command, flag, value, named", [
+    *[(c, "--defect-rate", "1.5", "--defect-rate 1.5") for c in ("demo", "pipeline")],
+    *[(c, "--by", "saev_banana", "--by 'saev_banana'") for c in ("demo", "pipeline")],
+    ("pipeline", "--learning-rate", "-1", "--learning-rate -1 must be positive"),
+    ("pipeline", "--sft-weight", "-0.5", "--sft-weight -0.5 must be 0 (pure DPO) or positive"),
+    ("pipeline", "--seeds", "3 3", "--seeds [3, 3]: give one or more distinct")])
 def test_main_jobs_refuse_bad_arguments_before_building_anything(tmp_path, monkeypatch, capsys, command, flag, value,
                                                                  named):
     """With an empty cache a job's first step is the 9-minute testbed build: a bad argument must stop it first."""
@@ -424,8 +427,16 @@ def test_main_jobs_refuse_bad_arguments_before_building_anything(tmp_path, monke
     monkeypatch.setattr(build, "build_testbed", no_build)
     monkeypatch.setattr(testbed, "build_testbed", no_build)
     monkeypatch.setenv("SAEV_CACHE", str(tmp_path / "empty"))
-    rc, err = run(capsys, command, "--out", tmp_path / "out", flag, value)
+    rc, err = run(capsys, command, "--out", tmp_path / "out", flag, *value.split())
     assert rc == 1 and named in err and err.count("\n") == 1, err
+
+
+def test_an_unknown_flag_names_the_command_and_the_closest_flags(capsys):
+    """Before any data is read: the command's own options, not the top-level usage (issue 24, item 11)."""
+    rc, err = run(capsys, "select", "--data", "missing", "--out", "o", "--by", "s", "--fraction", "0.5",
+                  "--repport", "r")
+    assert rc == 1 and "select: unknown option --repport (did you mean --report" in err
+    assert "`saev-curate select --help` lists every option" in err and "missing" not in err
 
 
 def test_version(capsys):
