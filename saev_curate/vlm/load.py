@@ -125,6 +125,9 @@ def load_vlm(path, *, dtype=None, device=None, quantization=None, trust_remote_c
         model = AutoModelForImageTextToText.from_pretrained(path_s, **kwargs)
     except (OSError, ValueError) as e:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        if not os.path.exists(path_s) and (os.path.isabs(path_s) or path_s.startswith((".", "~")) or path_s.count("/") > 1):
+            raise InputError(f"no such model folder: {path_s!r}; give a local VLM folder (save_pretrained layout) "
+                             "or a hub id (owner/name)") from None
         where = "local folder" if os.path.isdir(path_s) else "hub id"
         hint = " (HF_HUB_OFFLINE=1 is set: only already-cached hub ids load)" if offline and where == "hub id" else ""
         raise InputError(f"could not load a vision-language model from {where} {path_s!r}{hint}: {e}") from e

@@ -445,3 +445,12 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"saev-curate {version('saev-curate')}"
+
+
+def test_a_missing_model_folder_is_not_called_a_hub_id(tmp_path, capsys):
+    """Issue 24, item 11: a path that does not exist is named as a missing folder, not a hub id."""
+    (tmp_path / "d.jsonl").write_text(json.dumps({"prompt": "hi", "image": None}) + "\n")
+    for model in (tmp_path / "no-such-model", "./no-such-model"):
+        rc, err = run(capsys, "score", "--model", model, "--sae", "s", "--weights", "w", "--data",
+                      tmp_path / "d.jsonl", "--out", tmp_path / "o")
+        assert rc == 1 and "no such model folder" in err and "hub id (owner/name)" in err and "Repo id" not in err
