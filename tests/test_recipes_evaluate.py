@@ -241,3 +241,28 @@ def test_recipe_mistakes_are_one_line(tmp_path, capsys):
     run = subprocess.run([sys.executable, str(ROOT / "recipes" / "evaluate.py"), *common, "--limit", "0"],
                          capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 1 and "Traceback" not in run.stderr and "--limit 0" in run.stderr, run.stderr[-2000:]
+
+
+def test_a_missing_image_is_that_rows_error_not_the_evaluations_end(tiny, case, tmp_path):
+    """Issue 24, item 8: the other rows are evaluated exactly as without the bad one; the bad row is listed with its
+    reason; when no row is readable the run is one error naming the most common reason."""
+    import datasets
+
+    from saev_curate.errors import InputError
+    from saev_curate.recipes.evaluate import evaluate
+
+    model, processor = tiny
+    rows = []
+    for i, (r, _) in enumerate(case[0]):  # images as files, so that one of them can be missing
+        r["image"].save(tmp_path / f"{i}.png")
+        rows.append({**r, "image": str(tmp_path / f"{i}.png")})
+    good = evaluate(model, processor, datasets.Dataset.from_list(rows[1:]), task="toy", max_new_tokens=0)
+    broken = [{**rows[0], "image": str(tmp_path / "gone.png")}] + rows[1:]
+    res = evaluate(model, processor, datasets.Dataset.from_list(broken), task="toy", max_new_tokens=0)
+    assert res["results"]["toy"]["acc,none"] == pytest.approx(good["results"]["toy"]["acc,none"])
+    assert res["n-samples"]["toy"] == {"original": 6, "effective": 5}
+    (err,) = res["row_errors"]["toy"]
+    assert err["doc_id"] == 0 and "gone.png" in err["error"]
+    with pytest.raises(InputError, match="no row of toy could be evaluated: 6 rows"):
+        evaluate(model, processor, datasets.Dataset.from_list([{**r, "image": str(tmp_path / "x.png")} for r in rows]),
+                 task="toy", max_new_tokens=0)

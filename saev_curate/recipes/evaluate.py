@@ -66,12 +66,11 @@ class EvalArguments:
 
 
 def _image_of(row: dict):
-    img = row["images"][0] if row.get("images") else row.get("image")
-    if isinstance(img, (str, Path)):
-        from PIL import Image
+    """The row's image as RGB (None for a text-only row); an unreadable one raises ``RowError`` (that row's error)."""
+    from saev_curate.vlm.rows.images import load_image
 
-        img = Image.open(img)
-    return img.convert("RGB") if img is not None else None
+    img = row["images"][0] if row.get("images") else row.get("image")
+    return load_image(img) if img is not None else None
 
 
 def gold_index(row: dict) -> int:
@@ -252,7 +251,16 @@ def evaluate(model, processor, dataset, *, task: str = "saev_heldout", sae=None,
         rows_iter = tqdm(rows, desc=f"evaluate {task}", unit="q")
     else:
         rows_iter = rows
+    from saev_curate.vlm.rows.images import RowError
+
+    row_errors: dict[int, str] = {}
     for i, row in enumerate(rows_iter):
+        try:  # an unreadable image is this row's error, not the evaluation's end; decoded once
+            img = _image_of(row)
+        except RowError as e:
+            row_errors[i] = str(e)
+            continue
+        row = {**row, "images": [img] if img is not None else None}
         if not row.get("options"):
             samples.append(_description_sample(model, processor, row, i, max(max_new_tokens, 48)))
             continue
@@ -272,8 +280,15 @@ def evaluate(model, processor, dataset, *, task: str = "saev_heldout", sae=None,
     model.train(was_training)
 
     metrics = [m for m in ("acc", "acc_norm", "exact_match") if any(m in s for s in samples)]
+    if not samples and row_errors:
+        from collections import Counter
+
+        (reason, count), = Counter(row_errors.values()).most_common(1)
+        raise InputError(f"no row of {task} could be evaluated: {len(row_errors)} rows have an unreadable image, "
+                         f"most often ({count}): {reason}")
     if sae is not None and weights is not None:
-        scores = saev_scores(model, processor, rows, sae, weights, layer, delta)
+        scores = saev_scores(model, processor, [r for i, r in enumerate(rows) if i not in row_errors], sae, weights,
+                             layer, delta)
         for s, v in zip(samples, scores):
             s["saev_score"] = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
         metrics.append("saev_score")
@@ -301,6 +316,7 @@ def evaluate(model, processor, dataset, *, task: str = "saev_heldout", sae=None,
         "n-shot": {task: 0},
         "higher_is_better": {task: {m: m != "hallucination_rate" for m in metrics}},
         "n-samples": {task: {"original": len(dataset), "effective": n}},
+        "row_errors": {task: [{"doc_id": i, "error": e} for i, e in row_errors.items()]},
         "config": {"model": "saev-curate", "batch_size": 1, "limit": limit, **(config or {})},
         "date": t0,
         "total_evaluation_time_seconds": str(time.time() - t0),
