@@ -10,6 +10,8 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from saev_curate.lazy import lazy_exports
+
 try:
     __version__ = version("saev-curate")
 except PackageNotFoundError:  # a source tree that was never installed
@@ -40,23 +42,14 @@ _MODULES: dict[str, tuple[str, ...]] = {
 # Moved to saev_curate.testing (test support, not public API); still reachable here for one release.
 _DEPRECATED: dict[str, str] = {"build_tiny_vlm": "saev_curate.testing", "save_tiny_vlm": "saev_curate.testing"}
 
-_EXPORTS: dict[str, str] = {name: module for module, names in _MODULES.items() for name in names}
-__all__ = sorted(_EXPORTS)
+__all__, _exported = lazy_exports(__name__, _MODULES)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
     if name in _DEPRECATED:
         import warnings
 
         warnings.warn(f"saev_curate.{name} moved to {_DEPRECATED[name]}.{name} (test support, not public API)",
                       DeprecationWarning, stacklevel=2)
         return getattr(importlib.import_module(_DEPRECATED[name]), name)
-    raise AttributeError(f"module 'saev_curate' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return _exported(name)
