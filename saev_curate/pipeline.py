@@ -203,6 +203,7 @@ def difference(a: list[dict], b: list[dict], *, n_boot: int = 1000, seed: int = 
     ``a`` and ``b``: :func:`policy_scores` items, one per seed."""
     import numpy as np
 
+    a, b = ([{k: np.asarray(v, dtype=float) for k, v in x.items()} for x in side] for side in (a, b))  # once
     n, q = len(a[0]["exact"]), len(a[0]["qa"])
     point = {m: float(np.mean([metrics_of(x)[m] - metrics_of(y)[m] for x, y in zip(a, b)])) for m in METRICS}
     rng = np.random.default_rng(seed)
