@@ -30,7 +30,9 @@ _MODULES: dict[str, tuple[str, ...]] = {
                         "load_vlm", "prepare_batch", "resolve_layer"),
     # curation: cross-modal weights (stages 1-2), scorers (stage 3 and baselines), selection, sharded scoring
     "saev_curate.curation.crossmodal": ("CrossModalWeights",),
-    "saev_curate.curation.scorers": ("ClipScorer", "ResponsePerplexityScorer", "SaevScorer", "Scorer",
+    "saev_curate.curation.methods": ("METHODS", "RECOMMENDED", "Method", "default_by", "get_method"),
+    "saev_curate.curation.config": ("ScoreConfig",),
+    "saev_curate.curation.scorers": ("ClipScorer", "MethodScorer", "ResponsePerplexityScorer", "SaevScorer", "Scorer",
                                      "score_activations"),
     "saev_curate.curation.selection": ("select", "selection_report"),
     "saev_curate.curation.sharded": ("score_to_disk",),

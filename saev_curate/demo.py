@@ -35,9 +35,11 @@ class DemoResult:
     seconds: float
 
 
-#: the default ranking column: the detection benchmark's best variant that reads image and prompt only (it needs
-#: no response and no model that already knows the task; see README, "Does the score find bad rows?")
-DEFAULT_BY = "saev_pair_agreement"
+def default_demo_by() -> str:
+    """The demo's ranking method when none is named: the methods table's recommendation for its preference rows."""
+    from saev_curate.curation.methods import default_by
+
+    return default_by(shape="preference")
 
 
 def check_job_arguments(*, rows: int, defect_rate: float, fraction: float, by: str) -> None:
@@ -51,12 +53,13 @@ def check_job_arguments(*, rows: int, defect_rate: float, fraction: float, by: s
     if not 0 < fraction <= 1:
         raise InputError(f"--fraction {fraction}: give the share of rows to keep, in (0, 1]")
     if by not in SAEV_METHODS and by not in BASELINES:
-        raise InputError(f"--by {by!r}: use one of {', '.join([*SAEV_METHODS, *BASELINES])}")
+        raise InputError(f"--by {by!r}: the job compares the methods of the table it can compute; use one of "
+                         f"{', '.join([*SAEV_METHODS, *BASELINES])}")
 
 
 def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae: str | None = None,
              rows: int = 600, defect_rate: float = 0.3, sae_steps: int = 1000, architecture: str = "topk",
-             n_reference: int = 1000, fraction: float = 0.5, by: str = DEFAULT_BY, seed: int = 0,
+             n_reference: int = 1000, fraction: float = 0.5, by: str | None = None, seed: int = 0,
              progress: bool = True, split: str = "test", report: bool = True, mix: dict[str, float] | None = None,
              describe_share: float = 0.5) -> DemoResult:
     """Build/take the model and an SAE, fit ω, score every row with every method, select, report.
@@ -76,6 +79,7 @@ def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae
     from saev_curate.testbed.detection import auroc_table, method_scores, testbed_sae
     from saev_curate.vlm.load import load_vlm
 
+    by = by or default_demo_by()
     check_job_arguments(rows=rows, defect_rate=defect_rate, fraction=fraction, by=by)
     start = time.perf_counter()
     out = Path(out_dir)

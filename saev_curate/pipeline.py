@@ -41,11 +41,14 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 KEY_VERSION = 2
 
 
-#: the main job's default ranking columns, from the detection benchmark's dev split on the job's defect mix
-#: (:data:`~saev_curate.testbed.data.ALIGNMENT_MIX`, topk SAE; ``benchmarks/defect_detection/results``): its best
-#: SAE-V variant (the alignment study's pre-registered column; the histogram and cut show it) and, beside it, its
-#: best method of any kind (a likelihood baseline that needs no SAE)
-DEFAULT_BY = ("saev_token_readout_min_margin", "min_token_logprob")
+def default_pipeline_by() -> tuple[str, str]:
+    """The main job's ranking methods when none are named, from the methods table's recommendations for preference
+    rows: the best SAE-V method (the histogram and cut show it) and, beside it, the best method of any kind."""
+    from saev_curate.curation.methods import default_by
+
+    return default_by(shape="preference", saev_only=True), default_by(shape="preference")
+
+
 #: training seeds of every DPO run (error bars: the spread over seeds beside a bootstrap over held-out items)
 DEFAULT_SEEDS = (0, 1)
 
@@ -229,7 +232,7 @@ def run_pipeline(out_dir: str | Path = "saev-pipeline", *, model: str | None = N
     from saev_curate.recipes.common import SaevArguments
     from saev_curate.testbed.data import ALIGNMENT_DESCRIBE_SHARE, ALIGNMENT_MIX
 
-    bys = [by] if isinstance(by, str) else list(by or DEFAULT_BY)
+    bys = [by] if isinstance(by, str) else list(by or default_pipeline_by())
     seeds = list(seeds)
     for b in bys:
         check_job_arguments(rows=rows, defect_rate=defect_rate, fraction=fraction, by=b)

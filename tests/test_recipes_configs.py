@@ -40,7 +40,7 @@ def test_cpu_configs_build_on_this_machine(path):
     assert train.use_cpu and not train.bf16 and not train.gradient_checkpointing
     assert train.max_length is None  # never cuts image tokens
     assert model.dtype == "float32" and model.use_peft
-    assert saev.select_by == "saev_score" and saev.select_fraction == 0.5
+    assert saev.select_by == "auto" and saev.select_fraction == 0.5
     assert type(train).__name__ == ("DPOConfig" if path.name.startswith("dpo_") else "SFTConfig")
 
 

@@ -23,20 +23,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="reference rows for the cross-modal weights (default 1000, the paper's)")
     demo.add_argument("--fraction", type=share, default=0.5, help="share of rows kept (default 0.5)")
     demo.add_argument("--by", default=None,
-                      help="method to rank by (default: saev_pair_agreement, the best SAE-V variant that reads image "
-                           "and prompt only; saev_answer_readout_chosen reads the chosen response too and is better "
-                           "on mismatched, flipped and off-topic rows when the model knows the task)")
+                      help="method to rank by (default: the methods table's recommendation for preference rows; "
+                           "`saev-curate methods` lists them)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the rows and the SAE (default 0)")
     traceback_arg(demo)
     demo.set_defaults(func=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from saev_curate.demo import DEFAULT_BY, run_demo
+    from saev_curate.demo import run_demo
 
     r = run_demo(args.out, model=args.model, sae=args.sae, rows=args.rows, defect_rate=args.defect_rate,
                  sae_steps=args.sae_steps, architecture=args.architecture, n_reference=args.n_reference,
-                 fraction=args.fraction, by=args.by or DEFAULT_BY, seed=args.seed)
+                 fraction=args.fraction, by=args.by, seed=args.seed)
     kinds = list(next(iter(r.auroc.values())))
     print("\nAUROC of clean rows against each defect kind (1.0 = perfect, 0.5 = chance):")
     print(f"{'method':28s}" + "".join(f"{k[:24]:>26s}" for k in kinds))

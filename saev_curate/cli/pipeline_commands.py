@@ -15,7 +15,7 @@ def _inner_share(text: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from saev_curate.pipeline import DEFAULT_BY, DEFAULT_SEEDS
+    from saev_curate.pipeline import DEFAULT_SEEDS, default_pipeline_by
 
     p = sub.add_parser("pipeline", help="the whole flow offline on the testbed: model, SAE, scores, selection, LoRA "
                                         "DPO on the selection / all rows / random rows per seed, the trained "
@@ -29,8 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--defect-rate", type=float, default=0.3, help="share of rows with a defect (default 0.3)")
     p.add_argument("--fraction", type=_inner_share, default=0.5, help="share of rows kept (default 0.5)")
     p.add_argument("--by", nargs="+", default=None,
-                   help=f"method(s) to rank by, one selection each (default: {' '.join(DEFAULT_BY)}: the detection "
-                        "benchmark's best SAE-V variant on this data and its best method of any kind)")
+                   help=f"method(s) to rank by, one selection each (default: {' '.join(default_pipeline_by())}: the "
+                        "methods table's recommendations for preference rows, the best SAE-V method and the best "
+                        "of any kind)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
                    help=f"training seeds: every DPO run once per seed (default {' '.join(map(str, DEFAULT_SEEDS))})")
     p.add_argument("--dpo-steps", type=positive_int, default=80,

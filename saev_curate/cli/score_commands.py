@@ -27,6 +27,7 @@ from saev_curate.cli.common import (
     positive,
     traceback_arg,
 )
+from saev_curate.curation.config import add_score_args, score_config_from_args
 from saev_curate.errors import InputError
 
 
@@ -49,34 +50,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     max_image_pixels_arg(fit)
     fit.set_defaults(func=_fit)
 
-    score = sub.add_parser("score", help="add saev_* score columns to a dataset (resumable, sharded)")
-    _model_args(score)
-    score.add_argument("--weights", required=True, help="folder written by fit-weights")
+    score = sub.add_parser("score", help="add score columns of any methods of the table (resumable, sharded)")
+    _model_args(score, sae_required=False)
+    score.add_argument("--weights", default=None, help="folder written by fit-weights (with --sae)")
     data_arg(score, help="dataset to score: " + DATA_FORMATS)
     out_arg(score, help="output: a folder (save_to_disk), or a .parquet / .json / .jsonl file")
-    batch_size_arg(score)
+    score.add_argument("--methods", nargs="+", default=None,
+                       help="methods of the table to compute (`saev-curate methods` lists them; default: every "
+                            "SAE-V column of one pass and the likelihood columns the data's shape allows; without "
+                            "--sae, the methods that need no SAE, e.g. response_perplexity)")
     score.add_argument("--shard-rows", type=int, default=1000, help="rows per resumable shard (default 1000)")
-    score.add_argument("--delta", type=float, default=1.0,
-                       help="activation threshold for a feature to count as active on a modality (default 1.0)")
-    score.add_argument("--feature-set", choices=("cooccur", "any"), default="cooccur",
-                       help="cooccur: features active on both image and text tokens (the paper's code); any: "
-                            "features active on any token (Algorithm 1)")
-    score.add_argument("--responses", choices=("auto", "yes", "no"), default="auto",
-                       help="also score with the chosen/rejected response shown (auto: for preference rows)")
-    max_length_arg(score)
+    add_score_args(score)
     min_usable_share_arg(score)
-    max_image_pixels_arg(score)
     score.set_defaults(func=_score)
+
+    methods = sub.add_parser("methods", help="list the methods table: columns, which way is cleaner, what each needs")
+    methods.set_defaults(func=_methods)
 
     sel = sub.add_parser("select", help="keep the top rows of a scored dataset")
     data_arg(sel, help="scored dataset: " + DATA_FORMATS)
     out_arg(sel, help="kept rows: a folder (save_to_disk), or a .parquet / .json / .jsonl file")
-    sel.add_argument("--by", default="saev_score", help="score column, method name (saev, saev_mean, saev_margin, "
-                                                       "cooccur_l0, l0, ppl, clip) or random")
+    sel.add_argument("--by", default=None,
+                     help="method of the table (its direction decides: response_perplexity keeps the lowest), any "
+                          "numeric column, or random (default: the table's recommendation for the data's shape)")
     group = sel.add_mutually_exclusive_group(required=True)
     group.add_argument("--fraction", type=float, help="keep the top fraction of all rows, e.g. 0.5")
     group.add_argument("--threshold", type=float, help="keep rows whose value is at least this")
-    sel.add_argument("--ascending", action="store_true", help="keep the lowest values instead")
+    sel.add_argument("--ascending", action="store_true",
+                     help="keep the lowest values, whatever the method's direction")
     sel.add_argument("--stratify-by", default=None,
                      help="with --fraction: keep that fraction of each value of this column (a task or source "
                           "column), so the kept rows keep the data's mix")
@@ -90,10 +91,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     sel.set_defaults(func=_select)
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def _model_args(p: argparse.ArgumentParser, *, sae_required: bool = True) -> None:
     model_arg(p)
-    p.add_argument("--sae", required=True, help="SAE folder (SAELens or sparsify layout)")
-    layer_arg(p, default=None, help="decoder layer or hook name (default: the SAE's own)")
+    p.add_argument("--sae", required=sae_required, help="SAE folder (SAELens or sparsify layout)")
+    if sae_required:
+        layer_arg(p, default=None, help="decoder layer or hook name (default: the SAE's own)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: a GPU when there is one)")
     p.add_argument("--dtype", default=None, help="model dtype: float32, bfloat16, float16 (default: float32 on CPU)")
     traceback_arg(p)
@@ -128,14 +130,17 @@ def _fit(args) -> int:
 
 
 def _score(args) -> int:
-    from saev_curate.curation.scorers import SaevScorer
+    from saev_curate.curation.scorers import MethodScorer
     from saev_curate.curation.sharded import process_rank, score_to_disk
     from saev_curate.io.datasets import check_distinct_output, check_output_holds, check_output_path
 
     check_output_path(args.out)
     check_distinct_output(args.data, args.out)
-    for name in ("--batch-size", "--shard-rows", "--max-length"):
-        positive(name, getattr(args, name[2:].replace("-", "_")))
+    positive("--shard-rows", args.shard_rows)
+    config = score_config_from_args(args)
+    if (args.sae is None) != (args.weights is None):
+        raise InputError("--sae and --weights go together (the SAE and the cross-modal weights fitted for it); give "
+                         "both, or neither to compute methods that need no SAE (--methods response_perplexity)")
     ds = load_rows(args.data)
     check_output_holds(ds, args.out)
     rank, world, local = process_rank()
@@ -144,12 +149,18 @@ def _score(args) -> int:
         import torch
 
         device = f"cuda:{local % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
-    responses = {"auto": "auto", "yes": True, "no": False}[args.responses]
-    scorer = SaevScorer(args.model, None, args.sae, args.weights, parse_layer(args.layer), delta=args.delta,
-                        feature_set=args.feature_set, responses=responses, max_length=args.max_length,
-                        device=device, dtype=args.dtype)
-    score_to_disk(scorer, ds, args.out, batch_size=args.batch_size, shard_rows=args.shard_rows,
+    scorer = MethodScorer(args.model, None, args.sae, args.weights, methods=args.methods, config=config,
+                          device=device, dtype=args.dtype)
+    scorer.methods_for(list(ds.column_names))  # a method the data's shape cannot give fails before any forward
+    score_to_disk(scorer, ds, args.out, batch_size=config.score_batch_size, shard_rows=args.shard_rows,
                   rank=rank, world=world, progress=True, min_usable_share=args.min_usable_share)
+    return 0
+
+
+def _methods(args) -> int:
+    from saev_curate.curation.methods import table_text
+
+    print(table_text())
     return 0
 
 

@@ -3,13 +3,14 @@
 (The module is `selection`, not `select`, so that importing it never shadows the function
 `saev_curate.select` with a module attribute of the same name.)
 
-    kept = select(ds, by="saev_score", fraction=0.5)
-    kept, report = select(ds, by="saev_cooccur_l0", fraction=0.1, return_report=True)
+    kept = select(ds, fraction=0.5)   # by the recommended method for the data's shape
+    kept, report = select(ds, by="saev_token_readout_min_margin", fraction=0.1, return_report=True)
     report.to_json("why.jsonl")      # one record per input row: kept?, rank, value, reason
 
-``by`` is a score column, a method name a scorer declares in its ``SELECT`` (``"saev"``, ``"saev_mean"``,
-``"saev_margin"``, ``"cooccur_l0"``, ``"l0"``, ``"ppl"``, ``"clip"``: see
-:func:`~saev_curate.curation.scorers.base.selection_methods`), or ``"random"`` (seeded).
+``by`` is a method of the table (:mod:`saev_curate.curation.methods`: its column and which direction is
+cleaner, so ``by="response_perplexity"`` keeps the *lowest* perplexity), an old alias (``"saev"``, ``"ppl"``), any
+numeric column (higher kept), ``"random"`` (seeded), or None: :func:`~saev_curate.curation.methods.default_by`,
+the detection benchmark's recommendation for the data's shape (prompt-only, SFT or preference rows).
 
 Rules (deterministic):
 
@@ -32,7 +33,7 @@ import logging
 import math
 from typing import Any
 
-from saev_curate.curation.scorers.base import selection_methods
+from saev_curate.curation.methods import default_by, resolve_by
 from saev_curate.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,9 @@ def _column_values(ds, column: str) -> list:
     if column not in names:
         scored = [c for c in names if c.startswith("saev_")]
         raise InputError(f"column {column!r} is not in the dataset (columns: {names}); "
-                         + ("score the dataset first (SaevScorer / baselines)" if not scored
-                            else f"score columns present: {scored}"))
+                         + ("score the dataset first (MethodScorer / saev-curate score --methods)" if not scored
+                            else f"score columns present: {scored}; score it with the method, or pass one of "
+                                 "them as by="))
     return list(ds[column])
 
 
@@ -72,7 +74,7 @@ def rank_rows(values: list, *, descending: bool = True) -> list[int]:
     return sorted(idx, key=lambda i: (sign * float(values[i]), i))
 
 
-def select(ds, by: str = "saev_score", *, fraction: float | None = None, threshold: float | None = None,
+def select(ds, by: str | None = None, *, fraction: float | None = None, threshold: float | None = None,
            descending: bool | None = None, seed: int = 0, nulls: str = "drop", order: str = "original",
            return_report: bool = False, min_usable_share: float | None = None, stratify_by: str | None = None):
     """Keep the best rows of ``ds`` by ``by``; see the module docstring for the rules.
@@ -98,6 +100,8 @@ def select(ds, by: str = "saev_score", *, fraction: float | None = None, thresho
         raise InputError("stratify_by= keeps a fraction of each group: pass fraction=, not threshold=")
     is_list = isinstance(ds, list)
     n = len(ds)
+    if by is None:
+        by = default_by(list(ds[0]) if is_list and ds else [] if is_list else ds.column_names)
     groups = None
     if stratify_by is not None:
         if is_list and any(stratify_by not in r for r in ds):
@@ -117,8 +121,11 @@ def select(ds, by: str = "saev_score", *, fraction: float | None = None, thresho
         for r, i in enumerate(perm):
             values[i] = r + 1
     else:
-        column, default_desc = selection_methods().get(by, (by, True))
+        column, default_desc = resolve_by(by)
         desc = default_desc if descending is None else bool(descending)
+        if is_list and any(column not in r for r in ds):
+            raise InputError(f"column {column!r} (by={by!r}) is missing from some rows; score them with that method "
+                             "(MethodScorer(methods=[...]) or saev-curate score --methods) or pass by=<a column they have>")
         values = [r[column] for r in ds] if is_list else _column_values(ds, column)
         ranked = rank_rows(values, descending=desc)
 
@@ -201,12 +208,12 @@ def select(ds, by: str = "saev_score", *, fraction: float | None = None, thresho
     return kept, Dataset.from_list(report, features=feats)
 
 
-def selection_report(ds, by: str = "saev_score", **kwargs):
+def selection_report(ds, by: str | None = None, **kwargs):
     """Only the per-row report of :func:`select` (same arguments)."""
     return select(ds, by, return_report=True, **kwargs)[1]
 
 
-def fraction_sweep(ds, by: str = "saev_score", fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+def fraction_sweep(ds, by: str | None = None, fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
                    **kwargs) -> dict[float, Any]:
     """The paper's cumulative top-X% subsets: ``{fraction: kept rows}``."""
     return {f: select(ds, by, fraction=f, **kwargs) for f in fractions}

@@ -11,7 +11,7 @@ and/or once before the first step):
 
 1. rank 0 takes the training rows (all, or a seeded sample of ``sample_size``), runs the **current
    policy** (LoRA adapters active; eval mode and no grad, train mode restored) up to the SAE's
-   layer, and scores them with SAE-V (:func:`saev_curate.score_activations`, the scorer's settings);
+   layer, and scores them through the scorers' own path (:class:`saev_curate.MethodScorer`, ``by``'s method);
    with ``refit_reference=N`` it first re-fits ω on N seeded rows (:meth:`CrossModalWeights.fit`);
 2. the new selection (top ``fraction`` by ``by``, or ``weighting="softmax"`` sampling weights) is
    broadcast to every rank and handed to the :class:`SelectionSampler`: the dataloader draws only
@@ -48,6 +48,8 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from saev_curate.curation.config import ScoreConfig
+from saev_curate.curation.methods import default_by, get_method
 from saev_curate.integrations.sampler import SelectionSampler
 
 log = logging.getLogger(__name__)
@@ -56,9 +58,6 @@ __all__ = ["SaevRescoreCallback", "STATE_FILE"]
 
 STATE_FILE = "saev_rescore_state"  # .json (metadata) + .npz (arrays), in each checkpoint folder
 _STATE_VERSION = 1
-_SCORE_KEYS = ("score", "score_mean", "cooccur_l0", "l0", "l0_image", "l0_text", "score_content", "grounding",
-               "pair_agreement")
-_ALIASES = {"saev": "score", "saev_mean": "score_mean", "cooccur_l0": "cooccur_l0", "l0": "l0"}
 
 
 def _round_half_up(x: float) -> int:
@@ -92,8 +91,9 @@ class SaevRescoreCallback(TrainerCallback):
             used, never its model (the trainer's policy is).  A scorer built from in-memory objects
             costs nothing; one built from paths loads its model once to reach the SAE, so rather pass
             ``sae=`` and ``weights=``.
-        sae, weights, layer, delta, feature_set, max_length, exclude_special_tokens: the scorer's
-            parts instead of ``scorer`` (objects or folders).
+        sae, weights, layer: the scorer's parts instead of ``scorer`` (objects or folders).
+        config, options: a :class:`~saev_curate.ScoreConfig` and/or its fields by name (``delta=``,
+            ``max_length=``, ``delta_rel=``, ...), as every entry point takes them.
         train_dataset: the rows to score, row ``i`` being row ``i`` of the trainer's training set
             (default: the trainer's ``train_dataset``; TRL keeps vision datasets row for row).
         processor: default: the trainer's ``processing_class``.
@@ -103,9 +103,9 @@ class SaevRescoreCallback(TrainerCallback):
             the earlier row, null scores never kept).  ``weighting="softmax"`` (with ``fraction=None``):
             instead draw every scored row with probability ∝ exp(score / ``temperature``).  Neither
             (``fraction=None``): monitor only, the scores are logged and the selection never changes.
-        by: a score column (``saev_score``, ``saev_score_mean``, ``saev_cooccur_l0``, ``saev_l0``, or beyond
-            the paper ``saev_pair_agreement`` / ``saev_grounding`` / ``saev_score_content``) or
-            method name (``saev``, ``saev_mean``, ``cooccur_l0``, ``l0``); higher is better.
+        by: a method of the table (:mod:`saev_curate.curation.methods`: any SAE-V column, ``response_perplexity``,
+            ...; its direction decides which rows are kept); default: the table's recommendation for the training
+            rows' shape.
         sample_size: score a seeded sample of N rows per re-score (others keep their last score).
         refit_reference: re-fit ω on this many seeded rows with the policy before each re-score.
         initial_selection: ``"all"`` (default: the run draws exactly what a run without the callback
@@ -119,12 +119,11 @@ class SaevRescoreCallback(TrainerCallback):
 
     def __init__(self, scorer=None, *, train_dataset=None, every_n_steps: int | None = None,
                  at_epoch_end: bool = False, at_train_begin: bool = False, fraction: float | None = 0.5,
-                 by: str = "saev_score", weighting: str | None = None, temperature: float = 1.0,
+                 by: str | None = None, weighting: str | None = None, temperature: float = 1.0,
                  sample_size: int | None = None, refit_reference: int | None = None,
                  initial_selection: str = "all", num_samples: int | None = None, seed: int | None = None,
                  batch_size: int = 8, processor=None, sae=None, weights=None, layer: int | str | None = None,
-                 delta: float | None = None, feature_set: str | None = None, max_length: int | None = None,
-                 exclude_special_tokens: bool | None = None):
+                 config: ScoreConfig | None = None, **options: Any):
         from saev_curate import CrossModalWeights, load_sae
 
         if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):
@@ -145,28 +144,22 @@ class SaevRescoreCallback(TrainerCallback):
             raise ValueError(f"batch_size={batch_size!r}: give the rows per scoring pass, a positive integer")
         if scorer is None and (sae is None or weights is None):
             raise ValueError("SaevRescoreCallback needs a scorer, or sae= and weights=")
-        if scorer is not None:
-            settings = dict(scorer.settings)
+        if scorer is not None:  # its SAE, weights, layer and settings; never its model (the trainer's policy is)
+            s = scorer.settings
+            config = ScoreConfig.of(config, delta=s["delta"], feature_set=s["feature_set"], max_length=s["max_length"],
+                                    exclude_special_tokens=s["exclude_special_tokens"], delta_rel=s.get("delta_rel"),
+                                    control_prompt=s.get("control_prompt"))
             sae = scorer.sae if sae is None else sae
             weights = scorer.weights if weights is None else weights
             layer = scorer.layer if layer is None else layer
-        else:
-            settings = {"delta": 1.0, "feature_set": "cooccur", "max_length": None,
-                        "exclude_special_tokens": False, "prefix": "saev_"}
-        for key, value in (("delta", delta), ("feature_set", feature_set), ("max_length", max_length),
-                           ("exclude_special_tokens", exclude_special_tokens)):
-            if value is not None:
-                settings[key] = value
-        self.settings = settings
+        self.config = ScoreConfig.of(config, **options)
+        self.prefix = scorer.prefix if scorer is not None else "saev_"
         self.sae = load_sae(sae) if isinstance(sae, (str, os.PathLike)) else sae
         self.weights = CrossModalWeights.load(weights) if isinstance(weights, (str, os.PathLike)) else weights
-        self.layer = layer
-        prefix = settings.get("prefix", "saev_")
-        key = _ALIASES.get(by, by[len(prefix):] if by.startswith(prefix) else by)
-        if key not in _SCORE_KEYS:
-            raise ValueError(f"by={by!r}: use one of {', '.join(prefix + k for k in _SCORE_KEYS)} "
-                             f"or {', '.join(_ALIASES)}")
-        self.by, self.by_key = prefix + key, key
+        self.layer = layer if layer is not None else self.config.layer_value
+        self.by_arg = by
+        self.method = None if by is None else get_method(by)  # an unknown method fails here, not at the first step
+        self.by = None if by is None else self._column(self.method)
         self.every_n_steps, self.at_epoch_end, self.at_train_begin = every_n_steps, at_epoch_end, at_train_begin
         self.fraction, self.weighting, self.temperature = fraction, weighting, float(temperature)
         self.sample_size, self.refit_reference = sample_size, refit_reference
@@ -177,7 +170,7 @@ class SaevRescoreCallback(TrainerCallback):
 
         self.trainer = None
         self.sampler: SelectionSampler | None = None
-        self.scores: np.ndarray | None = None  # last `by` value per row (NaN: never scored / no score)
+        self.scores: np.ndarray | None = None  # last `by` value per row, higher = cleaner (NaN: no score)
         self.last_rescore_step = -1
         self.n_rescores = 0
         self.last_metrics: dict[str, float] = {}
@@ -202,6 +195,10 @@ class SaevRescoreCallback(TrainerCallback):
             raise ValueError("SaevRescoreCallback needs a trainer with a map-style train_dataset (with a length)")
         if self.train_dataset is None:
             self.train_dataset = train
+        if self.method is None:  # the methods table's recommendation for the training rows' shape
+            self.method = get_method(default_by(getattr(self.train_dataset, "column_names", None)
+                                                or list(self.train_dataset[0])))
+            self.by = self._column(self.method)
         if len(self.train_dataset) != len(train):
             raise ValueError(
                 f"train_dataset has {len(self.train_dataset)} rows but the trainer trains on {len(train)} "
@@ -222,7 +219,7 @@ class SaevRescoreCallback(TrainerCallback):
             names = getattr(self.train_dataset, "column_names", None) or []
             if self.by not in names:
                 raise ValueError(f"initial_selection='column' needs a {self.by!r} column in the dataset")
-            values = np.array([np.nan if v is None else float(v) for v in self.train_dataset[self.by]])
+            values = self._cleaner(np.array([np.nan if v is None else float(v) for v in self.train_dataset[self.by]]))
             self.scores = values
             sel = self._selection_from(values)
             if sel is not None:
@@ -255,8 +252,7 @@ class SaevRescoreCallback(TrainerCallback):
 
         policy = _unwrap(model)
         # validates the SAE against the policy, the weights against the SAE, and resolves the layer
-        probe = SaevScorer(policy, self.processor, self.sae, self.weights, self.layer,
-                           delta=self.settings["delta"], feature_set=self.settings["feature_set"])
+        probe = SaevScorer(policy, self.processor, self.sae, self.weights, self.layer, config=self.config)
         self.layer = probe.layer
         device = next(policy.parameters()).device
         if device.type != "meta" and next(self.sae.parameters()).device != device:
@@ -310,68 +306,47 @@ class SaevRescoreCallback(TrainerCallback):
             return [ds[i] for i in indices]
         return batch_to_rows(ds[indices])
 
+    def _column(self, method) -> str:
+        if method.column is None:
+            raise ValueError(f"by={method.name!r}: the callback re-scores by a score column; random needs no callback")
+        return self.prefix + method.column.removeprefix("saev_")
+
+    def _cleaner(self, values: np.ndarray) -> np.ndarray:
+        """``by`` values oriented so that higher is cleaner (the table's direction: perplexity is flipped)."""
+        return values if self.method.higher_is_cleaner else -values
+
     @torch.no_grad()
     def _score_rows(self, model, indices: list[int], weights) -> tuple[np.ndarray, dict[str, float]]:
-        """``by`` values of ``indices`` (NaN where a row has no score) and the scoring metrics."""
-        from saev_curate import capture_activations, prepare_batch, score_activations
-        from saev_curate.curation.agreement import (
-            AGREEMENT_COLUMNS,
-            batch_agreement,
-            feature_thresholds,
-            template_token_ids,
-        )
+        """``by`` values of ``indices`` (higher = cleaner; NaN where a row has no score) and the scoring metrics,
+        through the scorers' own path (:class:`~saev_curate.MethodScorer`) with the current policy."""
+        from saev_curate import MethodScorer
+        from saev_curate.curation.scorers.saev import Reconstruction
 
-        sae, s = self.sae, self.settings
+        scorer = MethodScorer(model, self.processor, self.sae, weights, methods=[self.method.name, "saev_score"],
+                              config=ScoreConfig.of(self.config, layer=self.layer), prefix=self.prefix)
+        recon = Reconstruction()
+        scorer.parts["saev"].reconstruction = recon
         values = np.full(len(indices), np.nan)
         score_sum, n_score, n_errors = 0.0, 0, 0
-        sse = 0.0
-        x_sum = x_sq = None
-        n_tok = 0
-        sae_dev = next(sae.parameters()).device
+        short = self.by.removeprefix(self.prefix)
         for start in range(0, len(indices), self.batch_size):
             chunk = indices[start:start + self.batch_size]
-            prep = prepare_batch(self.processor, self._rows(chunk), mode="prompt", max_length=s["max_length"],
-                                 on_error="record")
-            if prep.inputs is None or not prep.kept:
-                n_errors += len(chunk)
-                continue
-            n_errors += len(chunk) - len(prep.kept)
-            acts = capture_activations(model, prep, self.layer,
-                                       exclude_special_tokens=s["exclude_special_tokens"], processor=self.processor)
-            resid = acts.resid.float()
-            cols = score_activations(sae, weights.omega, resid, acts.image_mask, acts.text_mask,
-                                     acts.attention_mask, delta=s["delta"], feature_set=s["feature_set"])
-            if self.by_key in AGREEMENT_COLUMNS:  # beyond the paper: content tokens only (and feature pairs)
-                if getattr(self, "_template_ids", None) is None:
-                    self._template_ids = template_token_ids(self.processor)
-                thresholds = feature_thresholds(weights.d_sae, s["delta"], None, None)
-                cols.update({k: v for k, v in batch_agreement(sae, weights, acts, self._template_ids, thresholds,
-                                                              resid=resid).items() if k != "error"})
-            for j, row in enumerate(prep.kept):
-                v = cols[self.by_key][j]
-                if v is None:
+            rows = self._rows(chunk)
+            cols = scorer.score_rows(rows, list(rows[0]) if rows else [])
+            for j, (v, sc) in enumerate(zip(cols[short], cols["score"])):
+                if v is None or (isinstance(v, float) and math.isnan(v)):
                     n_errors += 1
                     continue
-                values[start + row] = float(v)
-                if cols["score"][j] is not None:
-                    score_sum += float(cols["score"][j])
+                values[start + j] = float(v)
+                if sc is not None:
+                    score_sum += float(sc)
                     n_score += 1
-            valid = (acts.image_mask | acts.text_mask).to(resid.device)
-            x = resid[valid].to(sae_dev)
-            for c in range(0, x.shape[0], 4096):
-                xc = x[c:c + 4096]
-                recon = sae.decode(sae.encode(xc)).float()
-                sse += float(((recon - xc) ** 2).sum())
-                xs, xq = xc.double().sum(0), (xc.double() ** 2).sum(0)
-                x_sum = xs if x_sum is None else x_sum + xs
-                x_sq = xq if x_sq is None else x_sq + xq
-                n_tok += xc.shape[0]
+        values = self._cleaner(values)
         metrics = {"saev/n_scored": float(np.count_nonzero(~np.isnan(values))), "saev/n_errors": float(n_errors)}
         if n_score:
             metrics["saev/score_mean"] = score_sum / n_score
-        if n_tok > 1:
-            sst = float((x_sq - x_sum ** 2 / n_tok).sum())
-            metrics["saev/explained_variance"] = 1.0 - sse / sst if sst > 0 else float("nan")
+        if recon.n > 1:
+            metrics["saev/explained_variance"] = recon.explained_variance()
         return values, metrics
 
     def _sample_indices(self, n: int) -> list[int]:
@@ -399,8 +374,8 @@ class SaevRescoreCallback(TrainerCallback):
 
                 weights = CrossModalWeights.fit(policy, self.processor, self.sae, self.train_dataset, self.layer,
                                                 n_reference=self.refit_reference, seed=int(self.seed),
-                                                batch_size=self.batch_size, max_length=self.settings["max_length"],
-                                                exclude_special_tokens=self.settings["exclude_special_tokens"])
+                                                batch_size=self.batch_size, max_length=self.config.score_max_length,
+                                                exclude_special_tokens=self.config.exclude_special_tokens)
                 self.weights = weights
             indices = self._sample_indices(self.sampler.n_rows)
             values, metrics = self._score_rows(policy, indices, weights)

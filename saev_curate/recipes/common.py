@@ -10,9 +10,11 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from saev_curate.curation.config import ScoreConfig
 
 log = logging.getLogger("saev_curate.recipes")
 
@@ -21,8 +23,9 @@ WEIGHTS_DIR = "crossmodal_weights"  # output_dir/crossmodal_weights: ω fitted b
 
 
 @dataclass
-class SaevArguments:
-    """SAE-V curation before training: score the rows (or read existing scores) and keep the best."""
+class SaevArguments(ScoreConfig):
+    """SAE-V curation before training: score the rows (or read existing scores) and keep the best. The scoring
+    options (layer, δ, ``delta_rel``, ``control_prompt``, ...) are :class:`~saev_curate.ScoreConfig`'s."""
 
     sae: str | None = field(
         default=None,
@@ -37,26 +40,17 @@ class SaevArguments:
     n_reference: int = field(
         default=1000, metadata={"help": "Reference rows for fitting ω when no weights are given (paper: 1,000)."})
     reference_seed: int = field(default=42, metadata={"help": "Seed drawing the reference rows (paper: 42)."})
-    layer: str | None = field(
-        default=None,
-        metadata={"help": "Decoder layer the SAE reads (an index or 'middle'); default: the SAE's own metadata."},
-    )
-    delta: float = field(
-        default=1.0, metadata={"help": "Activation threshold δ for a feature to count as active (paper code: 1)."})
-    score_max_length: int | None = field(
-        default=None,
-        metadata={"help": "Truncate scored text to this many tokens (image tokens are never cut); paper code: 256."},
-    )
-    score_batch_size: int = field(default=8, metadata={"help": "Rows per scoring batch."})
     select_by: str = field(
-        default="saev_score",
-        metadata={"help": "Score column or method to rank by: saev_score, saev_cooccur_l0, saev_l0, "
-                          "saev_score_margin, any numeric column, or 'random' (seeded; needs no scores)."},
+        default="auto",
+        metadata={"help": "Method of the table to rank by (`saev-curate methods` lists them, with the direction "
+                          "that is cleaner), any numeric column, 'random' (seeded; needs no scores), or 'auto': the "
+                          "recommendation for the data's shape (preference rows: response_perplexity)."},
     )
     select_fraction: float | None = field(
         default=None, metadata={"help": "Keep the top fraction of rows, e.g. 0.5 (paper: 0.1 ... 1.0)."})
     select_threshold: float | None = field(
-        default=None, metadata={"help": "Keep rows whose score is >= this value (instead of a fraction)."})
+        default=None, metadata={"help": "Keep rows whose score is this good or better (>= where higher is "
+                                        "cleaner, <= for perplexity), instead of a fraction."})
     select_seed: int = field(default=0, metadata={"help": "Seed for select_by='random'."})
     rescore_every_n_steps: int | None = field(
         default=None,
@@ -65,12 +59,17 @@ class SaevArguments:
     )
 
     def __post_init__(self):
+        super().__post_init__()
         if self.select_fraction is not None and self.select_threshold is not None:
             raise ValueError("give select_fraction or select_threshold, not both")
         if self.select_fraction is not None and not 0 < self.select_fraction <= 1:
             raise ValueError(f"select_fraction={self.select_fraction} must be in (0, 1]")
         if self.rescore_every_n_steps is not None and self.rescore_every_n_steps <= 0:
             raise ValueError("rescore_every_n_steps must be a positive number of steps")
+
+    def score_config(self) -> ScoreConfig:
+        """The scoring options alone."""
+        return ScoreConfig(**{f.name: getattr(self, f.name) for f in fields(ScoreConfig)})
 
     @property
     def selects(self) -> bool:
@@ -143,26 +142,30 @@ def load_train_dataset(script_args):
     return load_dataset(name, name=script_args.dataset_config, split=script_args.dataset_train_split)
 
 
-def _cache_key(dataset, model_args, saev_args) -> str:
+def _cache_key(dataset, model_args, saev_args, methods: list[str]) -> str:
     doc = {"data": getattr(dataset, "_fingerprint", None), "n": len(dataset),
            "model": model_args.model_name_or_path, "revision": model_args.model_revision,
            "quant": [model_args.load_in_4bit, model_args.load_in_8bit], "dtype": model_args.dtype,
-           **{k: getattr(saev_args, k) for k in ("sae", "crossmodal_weights", "n_reference", "reference_seed",
-                                                 "layer", "delta", "score_max_length")}}
+           "methods": methods, **saev_args.score_config().to_dict(),
+           **{k: getattr(saev_args, k) for k in ("sae", "crossmodal_weights", "n_reference", "reference_seed")}}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def _layer(saev_args):
-    layer = saev_args.layer
-    return int(layer) if isinstance(layer, str) and layer.lstrip("-").isdigit() else layer
+def resolve_select_by(select_by: str, columns) -> str:
+    """``select_by`` with ``auto`` replaced by the methods table's recommendation for the data's shape."""
+    from saev_curate.curation.methods import default_by
+
+    return default_by(columns) if select_by == "auto" else select_by
 
 
 def is_scored(dataset) -> bool:
     return any(c.startswith("saev_") and c != "saev_error" for c in dataset.column_names)
 
 
-def score_dataset(dataset, model, processor, saev_args, model_args, output_dir):
-    """Attach ``saev_*`` columns with the (pre-alignment) policy; returns ``(scored, source)``.
+def score_dataset(dataset, model, processor, saev_args, model_args, output_dir, by: str | None = None):
+    """Attach ``saev_*`` columns with the (pre-alignment) policy: with an SAE, every SAE-V and likelihood column
+    (:data:`~saev_curate.curation.scorers.DEFAULT_METHODS`) plus ``by``; without one, ``by``'s columns (a method that
+    needs no SAE, such as ``response_perplexity``); returns ``(scored, source)``.
 
     The scored rows are saved to ``output_dir/saev_scored``: under ``accelerate launch`` the main process scores
     and saves first and the other processes load its result; a rerun with the same inputs reuses it.
@@ -170,14 +173,18 @@ def score_dataset(dataset, model, processor, saev_args, model_args, output_dir):
     import datasets
     from accelerate import PartialState
 
-    from saev_curate import CrossModalWeights, SaevScorer, load_sae
+    from saev_curate import CrossModalWeights, MethodScorer, load_sae
+    from saev_curate.curation.methods import find_method
+    from saev_curate.curation.scorers import DEFAULT_METHODS
 
     state = PartialState()
     out = Path(output_dir)
-    cache, key = out / SCORED_DIR, _cache_key(dataset, model_args, saev_args)
-    source = {"kind": "computed", "sae": saev_args.sae, "layer": saev_args.layer, "delta": saev_args.delta,
-              "score_max_length": saev_args.score_max_length, "model": model_args.model_name_or_path,
-              "scored_dataset": str(cache), "cache_key": key}
+    method = None if by is None else find_method(by)
+    extra = [] if method is None or method.column is None else [method.name]
+    methods = list(dict.fromkeys([*DEFAULT_METHODS, *extra])) if saev_args.sae else extra
+    cache, key = out / SCORED_DIR, _cache_key(dataset, model_args, saev_args, methods)
+    source = {"kind": "computed", "sae": saev_args.sae, "methods": methods, **saev_args.score_config().to_dict(),
+              "model": model_args.model_name_or_path, "scored_dataset": str(cache), "cache_key": key}
     with state.main_process_first():
         key_file = cache / "saev_cache_key.json"
         if key_file.is_file() and json.loads(key_file.read_text()).get("key") == key:
@@ -190,12 +197,16 @@ def score_dataset(dataset, model, processor, saev_args, model_args, output_dir):
 
         if torch.cuda.is_available() and getattr(model, "hf_device_map", None) is None:
             model.to(state.device)  # score on this process's GPU (a quantized model is already placed)
-        sae = load_sae(saev_args.sae)
-        if saev_args.crossmodal_weights:
+        sae = weights = None
+        if not saev_args.sae:
+            pass
+        elif saev_args.crossmodal_weights:
+            sae = load_sae(saev_args.sae)
             weights = CrossModalWeights.load(saev_args.crossmodal_weights)
             source["crossmodal_weights"] = saev_args.crossmodal_weights
         else:
-            weights = CrossModalWeights.fit(model, processor, sae, dataset, _layer(saev_args),
+            sae = load_sae(saev_args.sae)
+            weights = CrossModalWeights.fit(model, processor, sae, dataset, saev_args.score_config().layer_value,
                                             n_reference=saev_args.n_reference, seed=saev_args.reference_seed,
                                             batch_size=saev_args.score_batch_size,
                                             max_length=saev_args.score_max_length)
@@ -206,8 +217,9 @@ def score_dataset(dataset, model, processor, saev_args, model_args, output_dir):
                                                       "seed": saev_args.reference_seed}
         was_training = model.training
         model.eval()
-        scorer = SaevScorer(model, processor, sae, weights, _layer(saev_args), delta=saev_args.delta,
-                            max_length=saev_args.score_max_length)
+        scorer = MethodScorer(model, processor, sae, weights, methods=extra if not saev_args.sae else
+                              None if not extra or extra[0] in DEFAULT_METHODS else methods,
+                              config=saev_args.score_config())
         scored = scorer.map(dataset, batch_size=saev_args.score_batch_size)
         model.train(was_training)
         source["scorer_fingerprint"] = scorer.fingerprint()
@@ -247,34 +259,38 @@ def curate(dataset, model, processor, saev_args, model_args, output_dir, *, data
     if {"question", "chosen", "rejected"} <= cols and "prompt" not in cols:  # RLAIF-V: TRL's preference names
         dataset = dataset.rename_column("question", "prompt")
     n = len(dataset)
-    if is_scored(dataset):
-        source = {"kind": "dataset columns", "dataset": dataset_name}
-        if saev_args.sae:
-            log.info("dataset already has saev_* columns: selecting on them, not re-scoring")
-    elif saev_args.sae:
-        dataset, source = score_dataset(dataset, model, processor, saev_args, model_args, output_dir)
+    from saev_curate.curation.methods import find_method, resolve_by
+
+    by = resolve_select_by(saev_args.select_by, dataset.column_names)
+    column = None if by == "random" else resolve_by(by)[0]
+    method = find_method(by)
+    if column is None or column in dataset.column_names:
+        source = {"kind": "dataset columns" if column else "none", "dataset": dataset_name}
+        if saev_args.sae and column:
+            log.info("dataset already has the %s column: selecting on it, not re-scoring", column)
+    elif saev_args.sae or (method is not None and "sae" not in method.needs and saev_args.selects):
+        dataset, source = score_dataset(dataset, model, processor, saev_args, model_args, output_dir, by)
         source["dataset"] = dataset_name
-    elif saev_args.select_by == "random" or not saev_args.selects:
+    elif not saev_args.selects:
         source = {"kind": "none", "dataset": dataset_name}
     else:
-        raise ValueError(f"select_by={saev_args.select_by!r} needs scores: pass --sae (and --crossmodal_weights) to "
-                         "score the rows, or a dataset that already has the score column")
+        raise ValueError(f"select_by={by!r} needs its column {column!r}: pass --sae (and --crossmodal_weights) to "
+                         "score the rows, or a dataset that already has the column")
 
-    doc: dict[str, Any] = {"n_rows": n, "by": saev_args.select_by if saev_args.selects else "all",
+    doc: dict[str, Any] = {"n_rows": n, "by": by if saev_args.selects else "all",
                            "fraction": saev_args.select_fraction, "threshold": saev_args.select_threshold,
                            "scores_source": source}
+    if saev_args.select_by == "auto":
+        doc["by_from"] = "auto: the methods table's recommendation for this data's shape"
     if not saev_args.selects:
         kept, kept_idx = dataset, list(range(n))
-        col = saev_args.select_by if saev_args.select_by in dataset.column_names else None
-        values = dataset[col] if col else []
+        values = dataset[column] if column in dataset.column_names else []
     else:
-        kept, report = select(dataset, by=saev_args.select_by, fraction=saev_args.select_fraction,
+        kept, report = select(dataset, by=by, fraction=saev_args.select_fraction,
                               threshold=saev_args.select_threshold, seed=saev_args.select_seed, return_report=True)
         kept_idx = [r for r, k in zip(report["row_index"], report["saev_keep"]) if k]
-        values = report["value"]
-        if saev_args.select_by == "random":
-            values = []
-        doc["seed"] = saev_args.select_seed if saev_args.select_by == "random" else None
+        values = [] if by == "random" else report["value"]
+        doc["seed"] = saev_args.select_seed if by == "random" else None
     kept_set = set(kept_idx)
     doc["n_kept"] = len(kept_idx)
     doc["kept_fraction"] = len(kept_idx) / n if n else 0.0
@@ -410,7 +426,7 @@ def attach_rescore_callback(trainer, scored, saev_args, output_dir):
     from_column = saev_args.selects and saev_args.select_by in scored.column_names
     callback = callback_cls(
         sae=saev_args.sae, weights=saev_args.crossmodal_weights or str(Path(output_dir) / WEIGHTS_DIR),
-        layer=_layer(saev_args), delta=saev_args.delta, max_length=saev_args.score_max_length,
+        layer=saev_args.score_config().layer_value, delta=saev_args.delta, max_length=saev_args.score_max_length,
         every_n_steps=saev_args.rescore_every_n_steps, fraction=saev_args.select_fraction, by=saev_args.select_by,
         train_dataset=scored, initial_selection="column" if from_column else "all")
     return callback.attach(trainer)

@@ -17,51 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
+from saev_curate.curation.methods import METHODS, SAEV, methods_for
 from saev_curate.testbed.data import DEFECT_KINDS, NEUTRAL_PROMPT, defect_rows
 
-#: method -> (scorer column, sign): the SAE-V family first, then the baselines
-SAEV_METHODS = {
-    "saev_score": ("saev_score", 1),  # the paper's code (δ = 1, co-occurring features, unnormalised sum)
-    "saev_score_mean": ("saev_score_mean", 1),  # the paper's figure: activation-weighted mean
-    "saev_score_any": ("saev_score_any", 1),  # Algorithm 1: features active on any token
-    "saev_score_chosen": ("saev_score_chosen", 1),
-    "saev_score_rejected": ("saev_score_rejected", 1),
-    "saev_score_margin": ("saev_score_margin", 1),
-    "saev_score_content": ("saev_score_content", 1),  # beyond the paper: content tokens only
-    "saev_grounding": ("saev_grounding", 1),
-    "saev_grounding_vs_control": ("saev_grounding_vs_control", 1),
-    "saev_grounding_margin": ("saev_grounding_margin", 1),
-    "saev_pair_agreement": ("saev_pair_agreement", 1),  # beyond the paper: npmi of text/image feature pairs
-    "saev_pair_agreement_margin": ("saev_pair_agreement_margin", 1),
-    # beyond the paper: npmi of (response feature, answer-slot feature) pairs, chosen minus rejected
-    "saev_answer_agreement_margin": ("saev_answer_agreement_margin", 1),
-    # beyond the paper: naive-Bayes read-out of the answer slot's SAE features, chosen response / chosen - rejected
-    "saev_answer_readout_chosen": ("saev_answer_readout_chosen", 1),
-    "saev_answer_readout_margin": ("saev_answer_readout_margin", 1),
-    # beyond the paper, per response token: the token read-out's lift (features at the position before the token) /
-    # the answer-pair npmi, minimum over the response
-    "saev_token_readout_min_chosen": ("saev_token_readout_min_chosen", 1),
-    "saev_token_readout_min_margin": ("saev_token_readout_min_margin", 1),
-    "saev_answer_agreement_min_chosen": ("saev_answer_agreement_min_chosen", 1),
-    "saev_answer_agreement_min_margin": ("saev_answer_agreement_min_margin", 1),
-}
-BASELINES = {
-    "cooccur_l0": ("saev_cooccur_l0", 1),
-    "l0": ("saev_l0", 1),
-    "image_only_control": ("saev_score_control", 1),  # the paper's score with fixed neutral text
-    "response_perplexity": ("saev_ppl", -1),  # the model's own perplexity of the chosen response
-    "min_token_logprob": ("saev_min_token_logprob", 1),  # its least likely content token (a localiser)
-    "random": (None, 1),
-}
-LIKELIHOOD = ("response_perplexity", "min_token_logprob")
+#: method -> (scorer column, sign), from the methods table: the SAE-V families first, then the baselines (a CLIP
+#: score needs another model; the difficulty family is a baseline reversed)
+SAEV_METHODS = {m.name: (m.column, 1 if m.higher_is_cleaner else -1) for m in METHODS.values() if m.family in SAEV}
+BASELINES = {m.name: (m.column, 1 if m.higher_is_cleaner else -1) for m in METHODS.values()
+             if m.family == "baseline" and "clip" not in m.needs}
+LIKELIHOOD = tuple(n for n in BASELINES if METHODS[n].needs == frozenset({"response"}))
 #: where each method's blame lands (an index among the chosen response's tokens)
-BLAME = {"saev_token_readout_min": "saev_blame_token", "min_token_logprob": "saev_min_token_index"}
-PROMPT_ONLY = ("saev_score", "saev_score_mean", "saev_score_any", "saev_score_content", "saev_grounding",
-               "saev_grounding_vs_control", "saev_pair_agreement")
-RESPONSE_AWARE = ("saev_score_chosen", "saev_score_rejected", "saev_score_margin", "saev_grounding_margin",
-                  "saev_pair_agreement_margin", "saev_answer_agreement_margin", "saev_answer_readout_chosen",
-                  "saev_answer_readout_margin", "saev_token_readout_min_chosen", "saev_token_readout_min_margin",
-                  "saev_answer_agreement_min_chosen", "saev_answer_agreement_min_margin")
+BLAME = {m.name.removesuffix("_chosen"): m.blame for m in METHODS.values() if m.blame}
+PROMPT_ONLY = tuple(methods_for("prompt_only", families=SAEV))
+RESPONSE_AWARE = tuple(n for n in SAEV_METHODS if n not in PROMPT_ONLY)
 
 
 def sae_training_rows(n: int = 3000, seed: int = 100) -> list[dict]:
@@ -124,12 +92,15 @@ def method_scores(model, processor, sae, weights, rows: list[dict], *, delta_rel
     ``perplexity``: the response-perplexity columns when already computed (they do not depend on
     the SAE); otherwise they are computed here.
     """
-    from saev_curate.curation.scorers import ResponsePerplexityScorer, SaevScorer
+    from saev_curate.curation.scorers import MethodScorer
 
-    main = _scored(SaevScorer(model, processor, sae, weights, control_prompt=NEUTRAL_PROMPT, delta_rel=delta_rel), rows)
-    anyf = _scored(SaevScorer(model, processor, sae, weights, feature_set="any", responses=False), rows)
-    main["saev_score_any"] = anyf["saev_score"]
-    main.update(perplexity if perplexity is not None else _scored(ResponsePerplexityScorer(model, processor), rows))
+    scored = [n for n, (col, _) in {**SAEV_METHODS, **BASELINES}.items() if col is not None]
+    if perplexity is not None:
+        scored = [n for n in scored if n not in LIKELIHOOD]
+    main = _scored(MethodScorer(model, processor, sae, weights, methods=scored, control_prompt=NEUTRAL_PROMPT,
+                                delta_rel=delta_rel), rows)
+    if perplexity is not None:
+        main.update(perplexity)
     rng = np.random.RandomState(seed)
     main["random"] = rng.rand(len(rows)).tolist()
     out = {}

@@ -9,7 +9,7 @@ import pytest
 from scoring_rows import LAYER, make_rows, make_sae
 
 from saev_curate.curation.crossmodal import CrossModalWeights
-from saev_curate.curation.scorers import SaevScorer, Scorer, selection_methods
+from saev_curate.curation.scorers import SaevScorer, Scorer
 from saev_curate.errors import InputError
 
 
@@ -17,8 +17,6 @@ class Parity(Scorer):
     """Scores even numbers; odd ones are errors. Declares its columns once."""
 
     COLUMNS = {"half": "float64", "count": "int64", "error": "string"}
-    SELECT = {"parity_half": ("half", True)}
-
     def score_rows(self, rows, keys):
         ok = [r["x"] % 2 == 0 for r in rows]
         return {"half": [r["x"] / 2 if g else None for r, g in zip(rows, ok)],
@@ -35,7 +33,6 @@ def test_types_are_fixed_when_the_first_batch_has_only_nulls_or_no_errors():
     assert first_null.features["saev_half"] == datasets.Value("float64")  # first batch: scores all None
     assert first_null.features["saev_count"] == datasets.Value("int64")
     assert first_null["saev_half"] == [None, None, 1.0]
-    assert selection_methods()["parity_half"] == ("saev_half", True)  # declared, not hard-coded
 
 
 def test_map_refuses_a_list_with_a_hint():

@@ -59,8 +59,10 @@ def test_nulls_policy_and_errors():
     with pytest.raises(InputError):
         select(ds, fraction=1.5)
     rows = [{"saev_score": v} for v in (1.0, None, 3.0)]
-    assert select(rows, fraction=0.34) == [{"saev_score": 3.0}]
-    assert [r["saev_keep"] for r in selection_report(rows, fraction=0.34)] == [False, False, True]
+    assert select(rows, by="saev_score", fraction=0.34) == [{"saev_score": 3.0}]
+    with pytest.raises(InputError, match="saev_pair_agreement"):  # the default for prompt-only rows, not present
+        select(rows, fraction=0.34)
+    assert [r["saev_keep"] for r in selection_report(rows, "saev_score", fraction=0.34)] == [False, False, True]
 
 
 def test_response_perplexity_baseline_matches_a_direct_computation(tiny_vlm):

@@ -8,9 +8,8 @@ columns. The base owns everything that is not scoring:
   ``features`` and returns every column as a typed Arrow-backed list, so the output types are fixed
   whatever a batch holds. A plain ``ds.map(scorer, batched=True)`` therefore works without
   ``features=`` even when the first batch has no error (or no score) at all;
-* **selection**: ``SELECT`` names the columns :func:`~saev_curate.curation.selection.select` may rank
-  by (``{"saev": ("score", True)}``: method name -> short column, higher is better); every subclass
-  is registered when it is defined, so selection never hard-codes a scorer;
+* **not selection**: which column ranks rows, and which way, is the methods table's
+  (:mod:`saev_curate.curation.methods`); a scorer only computes;
 * **objects and pickling**: models, processors, SAEs, weights are given as objects or paths (roles).
   Pickling keeps paths and content fingerprints only (a small, deterministic state: ``datasets``'
   fingerprint of the map, hence cache hits); in-memory objects go to a process-wide registry keyed
@@ -36,22 +35,13 @@ import torch
 
 from saev_curate.errors import InputError, SaevError
 
-__all__ = ["Scorer", "TypedColumn", "rows_of", "selection_methods"]
+__all__ = ["Scorer", "TypedColumn", "rows_of"]
 
 # Live objects of scorers built from in-memory models, keyed by role and content fingerprint: a pickled
 # scorer carries only the key, so forked `num_proc` workers find them without pickling a model.
 _LIVE: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
 # The process that imported this module; a scorer unpickled in another pid is in a forked worker.
 _IMPORT_PID = os.getpid()
-# method name -> (full column name, descending), filled by every Scorer subclass's SELECT
-_SELECT_METHODS: dict[str, tuple[str, bool]] = {}
-
-
-def selection_methods() -> dict[str, tuple[str, bool]]:
-    """Method names :func:`select` accepts for ``by=``, from every scorer's ``SELECT`` declaration."""
-    import saev_curate.curation.scorers  # noqa: F401 - defines (hence registers) the library's scorers
-
-    return dict(_SELECT_METHODS)
 
 
 class TypedColumn(list):
@@ -102,8 +92,6 @@ class Scorer:
 
     #: short column name -> Arrow type, in output order (declare once per subclass)
     COLUMNS: ClassVar[dict[str, str]] = {}
-    #: selection method name -> (short column, descending)
-    SELECT: ClassVar[dict[str, tuple[str, bool]]] = {}
     #: role -> fingerprint function for in-memory objects of that role
     FINGERPRINTS: ClassVar[dict[str, Callable[[Any], str]]] = {}
     #: roles a path-built scorer must load before scoring
@@ -111,11 +99,6 @@ class Scorer:
     DEFAULT_PREFIX: ClassVar[str] = "saev_"
     DEFAULT_BATCH_SIZE: ClassVar[int] = 8
     VERSION: ClassVar[int] = 1
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        for method, (short, descending) in cls.SELECT.items():
-            _SELECT_METHODS[method] = (cls.DEFAULT_PREFIX + short, descending)
 
     def __init__(self, *, prefix: str | None = None, device: str | None = None, **settings: Any):
         self.settings: dict[str, Any] = {**settings, "prefix": self.DEFAULT_PREFIX if prefix is None else prefix}
@@ -241,8 +224,29 @@ class Scorer:
         self.bind()
 
     def load_role(self, role: str, path: str | None, device: str | None) -> None:
-        """Load ``role`` from ``path`` into ``self._objs`` (may load related roles too)."""
-        raise InputError(f"{type(self).__name__} cannot load a {role} from a path; pass the object")
+        """Load ``role`` from ``path`` into ``self._objs``: the library's roles (``model``, with its processor when
+        none was given; ``processor``; ``sae``; ``weights``); a subclass with other roles overrides this."""
+        if role == "model":
+            from saev_curate.vlm.load import load_vlm
+
+            model, processor = load_vlm(path, dtype=self.settings.get("dtype"), device=device)
+            self._objs["model"] = model
+            if self._specs.get("processor", {}).get("kind") == "none":
+                self._objs["processor"] = processor
+        elif role == "processor":
+            from saev_curate.vlm.load import load_processor  # handles Qwen2-VL without video processor
+
+            self._objs["processor"] = load_processor(path)
+        elif role == "sae":
+            from saev_curate.sae.io import load_sae
+
+            self._objs["sae"] = load_sae(path, device=device)
+        elif role == "weights":
+            from saev_curate.curation.crossmodal import CrossModalWeights
+
+            self._objs["weights"] = CrossModalWeights.load(path)
+        else:
+            raise InputError(f"{type(self).__name__} cannot load a {role} from a path; pass the object")
 
     def bind(self) -> None:
         """Check the loaded objects against each other (after :meth:`setup` loaded them)."""

@@ -16,7 +16,6 @@ class ClipScorer(Scorer):
     (``transformers`` ``CLIPModel`` + processor).  Column ``saev_clip_score``."""
 
     COLUMNS = {"clip_score": "float64", "clip_error": "string"}
-    SELECT = {"clip": ("clip_score", True)}
     ROLES = ("clip",)
     DEFAULT_BATCH_SIZE = 32
 

@@ -35,7 +35,6 @@ class ResponsePerplexityScorer(Scorer):
 
     COLUMNS = {"ppl": "float64", "min_token_logprob": "float64", "min_token_index": "int64",
                "min_token_text": "string", "ppl_error": "string"}
-    SELECT = {"ppl": ("ppl", True), "min_token_logprob": ("min_token_logprob", True)}
     FINGERPRINTS = {"model": module_fingerprint, "processor": processor_fingerprint}
     ROLES = ("model", "processor")
 
@@ -50,17 +49,6 @@ class ResponsePerplexityScorer(Scorer):
     @property
     def mode(self) -> str:
         return self.settings["mode"]
-
-    def load_role(self, role: str, path: str | None, device: str | None) -> None:
-        from saev_curate.vlm.load import load_processor, load_vlm
-
-        if role == "model":
-            model, processor = load_vlm(path, device=device)
-            self._objs["model"] = model
-            if self._specs["processor"]["kind"] == "none":
-                self._objs["processor"] = processor
-        else:
-            self._objs["processor"] = load_processor(path)
 
     def _template_ids(self) -> set[int]:
         """Ids the chat template writes (computed once per loaded scorer; never pickled)."""

@@ -68,16 +68,17 @@ from saev_curate.curation.agreement import (
     template_token_ids,
 )
 from saev_curate.curation.capture import capture_rows
+from saev_curate.curation.config import FEATURE_SETS, ScoreConfig
 from saev_curate.curation.crossmodal import CLASS_NAMES, CrossModalWeights, flatten_tokens
+from saev_curate.curation.methods import data_shape
 from saev_curate.curation.scorers.base import Scorer
 from saev_curate.devices import module_device
 from saev_curate.errors import InputError
 from saev_curate.io.fingerprint import module_fingerprint, processor_fingerprint, sae_fingerprint
 from saev_curate.vlm.layers import resolve_sae_layer
 
-__all__ = ["SaevScorer", "score_activations"]
+__all__ = ["Reconstruction", "SaevScorer", "saev_columns", "score_activations", "shows_responses"]
 
-FEATURE_SETS = ("cooccur", "any")
 BASE_COLUMNS = ("score", "score_mean", "cooccur_l0", "l0", "l0_image", "l0_text", "score_content", "grounding",
                 "pair_agreement")
 RESPONSE_PARTS = ("score", "grounding", "pair_agreement", "answer_agreement", "answer_readout", "token_readout_min",
@@ -196,51 +197,34 @@ class SaevScorer(Scorer):
                "blame_features": "string",
                "score_control": "float64", "grounding_control": "float64", "grounding_vs_control": "float64",
                "error": "string"}
-    SELECT = {"saev": ("score", True), "saev_mean": ("score_mean", True), "saev_margin": ("score_margin", True),
-              "cooccur_l0": ("cooccur_l0", True), "l0": ("l0", True), "saev_content": ("score_content", True),
-              "grounding": ("grounding", True), "grounding_margin": ("grounding_margin", True),
-              "grounding_vs_control": ("grounding_vs_control", True), "pair_agreement": ("pair_agreement", True),
-              "pair_agreement_margin": ("pair_agreement_margin", True),
-              "answer_agreement_margin": ("answer_agreement_margin", True),
-              "answer_readout_chosen": ("answer_readout_chosen", True),
-              "answer_readout_margin": ("answer_readout_margin", True),
-              "token_readout_min_chosen": ("token_readout_min_chosen", True),
-              "token_readout_min_margin": ("token_readout_min_margin", True),
-              "answer_agreement_min_chosen": ("answer_agreement_min_chosen", True)}
     FINGERPRINTS = {"model": module_fingerprint, "processor": processor_fingerprint, "sae": sae_fingerprint,
                     "weights": lambda w: w.fingerprint()}
     ROLES = ("model", "sae", "weights", "processor")
 
-    def __init__(self, model, processor, sae, weights, layer: int | str | None = None, *, delta: float = 1.0,
-                 feature_set: str = "cooccur", responses: bool | str = "auto", max_length: int | None = None,
-                 exclude_special_tokens: bool = False, prefix: str = "saev_", device: str | None = None,
-                 dtype: str | None = None, delta_rel: float | None = None, control_prompt: str | None = None,
-                 max_image_pixels: int | None = None):
-        if feature_set not in FEATURE_SETS:
-            raise InputError(f"feature_set={feature_set!r}; use one of {', '.join(FEATURE_SETS)}")
-        if responses not in (True, False, "auto"):
-            raise InputError(f"responses={responses!r}; use True, False or 'auto'")
-        if not isinstance(delta, (int, float)) or not math.isfinite(delta):
-            raise InputError(f"delta={delta!r} must be a finite number")
-        if delta_rel is not None and not (isinstance(delta_rel, (int, float)) and 0 < delta_rel <= 1):
-            raise InputError(f"delta_rel={delta_rel!r}: give a share of each feature's top activation in (0, 1], "
-                             "or None for one delta")
-        if control_prompt is not None and (not isinstance(control_prompt, str) or not control_prompt.strip()):
-            raise InputError(f"control_prompt={control_prompt!r}: give a fixed neutral question (e.g. 'Describe "
-                             "the image.') or None")
-        super().__init__(prefix=prefix, device=device, delta=float(delta), feature_set=feature_set,
-                         responses=responses, max_length=max_length,
-                         exclude_special_tokens=bool(exclude_special_tokens), dtype=dtype,
-                         delta_rel=None if delta_rel is None else float(delta_rel), control_prompt=control_prompt,
-                         max_image_pixels=max_image_pixels)
+    def __init__(self, model, processor, sae, weights, layer: int | str | None = None, *,
+                 config: ScoreConfig | None = None, prefix: str = "saev_", device: str | None = None,
+                 dtype: str | None = None, **options: Any):
+        """``config``: a :class:`~saev_curate.curation.config.ScoreConfig` (δ, ``delta_rel``, ``feature_set``,
+        ``responses``, ``control_prompt``, max length, ...); ``options`` override its fields by name
+        (``SaevScorer(..., delta=0.5)``); ``layer`` given here wins over ``config.layer``."""
+        cfg = ScoreConfig.of(config, **options)
+        if layer is not None:
+            cfg = ScoreConfig.of(cfg, layer=layer)
+        super().__init__(prefix=prefix, device=device, delta=cfg.delta, feature_set=cfg.feature_set,
+                         responses=cfg.responses_value, max_length=cfg.score_max_length,
+                         exclude_special_tokens=cfg.exclude_special_tokens, dtype=dtype, delta_rel=cfg.delta_rel,
+                         control_prompt=cfg.control_prompt, max_image_pixels=cfg.max_image_pixels)
         for role, obj in (("model", model), ("processor", processor), ("sae", sae), ("weights", weights)):
             self.add_role(role, obj, optional=role == "processor")
-        self._layer_arg = layer
+        self._layer_arg = layer = cfg.layer_value
         self.layer: int | None = None
-        if isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0:
+        if isinstance(layer, int) and layer >= 0:
             self.layer = layer
         if "model" in self._objs and "sae" in self._objs:
             self.bind()
+
+    #: set to a :class:`Reconstruction` to accumulate the SAE's fit on the scored rows' tokens (the callback does)
+    reconstruction: "Reconstruction | None" = None
 
     # -------------------------------------------------------------- state, loading, checks
     def state(self) -> dict[str, Any]:
@@ -248,25 +232,6 @@ class SaevScorer(Scorer):
 
     def restore_state(self, state: dict[str, Any]) -> None:
         self._layer_arg, self.layer = state["layer_arg"], state["layer"]
-
-    def load_role(self, role: str, path: str | None, device: str | None) -> None:
-        if role == "model":
-            from saev_curate.vlm.load import load_vlm
-
-            model, processor = load_vlm(path, dtype=self.settings["dtype"], device=device)
-            self._objs["model"] = model
-            if self._specs["processor"]["kind"] == "none":
-                self._objs["processor"] = processor
-        elif role == "sae":
-            from saev_curate.sae.io import load_sae
-
-            self._objs["sae"] = load_sae(path, device=device)
-        elif role == "weights":
-            self._objs["weights"] = CrossModalWeights.load(path)
-        elif role == "processor":
-            from saev_curate.vlm.load import load_processor  # handles Qwen2-VL without video processor
-
-            self._objs["processor"] = load_processor(path)
 
     def bind(self) -> None:
         model, sae = self._objs["model"], self._objs["sae"]
@@ -300,17 +265,11 @@ class SaevScorer(Scorer):
 
     # -------------------------------------------------------------- columns
     def columns_for(self, keys: list[str] | None = None) -> dict[str, str]:
-        skip = () if self._responses_for(keys or []) else RESPONSE_COLUMNS
-        if self.settings["control_prompt"] is None:
-            skip = (*skip, *CONTROL_COLUMNS)
-        return {k: v for k, v in self.COLUMNS.items() if k not in skip}
+        return saev_columns(keys or [], responses=self.settings["responses"],
+                            control_prompt=self.settings["control_prompt"])
 
     def _responses_for(self, keys) -> bool:
-        r = self.settings["responses"]
-        if r != "auto":
-            return bool(r)
-        keys = set(keys)
-        return {"chosen", "rejected"} <= keys or {"response_1", "response_2"} <= keys
+        return shows_responses(keys, self.settings["responses"])
 
     # -------------------------------------------------------------- scoring
     def _agreement_setup(self) -> tuple[set[int], Tensor]:
@@ -341,6 +300,8 @@ class SaevScorer(Scorer):
         cols = score_activations(sae, weights.omega, acts.resid, acts.image_mask, acts.text_mask,
                                  acts.attention_mask, delta=self.settings["delta"],
                                  feature_set=self.settings["feature_set"])
+        if mode == "prompt" and self.reconstruction is not None:
+            self.reconstruction.add(sae, acts.resid[acts.image_mask | acts.text_mask])
         template_ids, thresholds = self._agreement_setup()
         skip = None
         if prompt_lens is not None:
@@ -420,6 +381,48 @@ class SaevScorer(Scorer):
 
     def __repr__(self) -> str:
         return f"SaevScorer(layer={self.layer if self.layer is not None else self._layer_arg}, {self.settings})"
+
+
+class Reconstruction:
+    """Running explained variance of an SAE on the tokens it is shown (``1 - SSE / SST`` over all of them)."""
+
+    def __init__(self, chunk: int = 4096):
+        self.sse, self.n, self.chunk = 0.0, 0, chunk
+        self.x_sum: Tensor | None = None
+        self.x_sq: Tensor | None = None
+
+    @torch.no_grad()
+    def add(self, sae, x: Tensor) -> None:
+        x = x.float().to(module_device(sae))
+        for c in range(0, x.shape[0], self.chunk):
+            xc = x[c:c + self.chunk]
+            self.sse += float(((sae.decode(sae.encode(xc)).float() - xc) ** 2).sum())
+            xs, xq = xc.double().sum(0), (xc.double() ** 2).sum(0)
+            self.x_sum = xs if self.x_sum is None else self.x_sum + xs
+            self.x_sq = xq if self.x_sq is None else self.x_sq + xq
+            self.n += xc.shape[0]
+
+    def explained_variance(self) -> float:
+        if self.n < 2:
+            return float("nan")
+        sst = float((self.x_sq - self.x_sum ** 2 / self.n).sum())
+        return 1.0 - self.sse / sst if sst > 0 else float("nan")
+
+
+def shows_responses(keys, responses: bool | str) -> bool:
+    """Whether rows with columns ``keys`` are also scored with their chosen / rejected response shown."""
+    if responses != "auto":
+        return bool(responses)
+    return data_shape(keys) == "preference"
+
+
+def saev_columns(keys, *, responses: bool | str = "auto", control_prompt: str | None = None) -> dict[str, str]:
+    """The short columns (-> Arrow type) :class:`SaevScorer` writes for a dataset with columns ``keys``: the
+    response columns only when responses are shown, the control columns only with a control prompt."""
+    skip = () if shows_responses(keys, responses) else RESPONSE_COLUMNS
+    if control_prompt is None:
+        skip = (*skip, *CONTROL_COLUMNS)
+    return {k: v for k, v in SaevScorer.COLUMNS.items() if k not in skip}
 
 
 def _with_prompt(row: dict, text: str) -> dict:
