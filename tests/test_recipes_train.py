@@ -187,6 +187,30 @@ def test_dpo_qlora_4bit_on_cpu(tmp_path):
     assert sel["by"] == "random" and sel["n_kept"] == 4 and sel["scores_source"]["kind"] == "none"
 
 
+def test_dpo_scores_and_trains_rlaif_v_rows(work, tmp_path):
+    """RLAIF-V rows as they are (question/image/chosen/rejected): scored with SAE-V (chosen and rejected too), the
+    top half kept, DPO-trained; the saved scores keep the user's columns."""
+    import datasets
+    from scoring_rows import make_rlaif_v_rows
+
+    from saev_curate.recipes.dpo import main
+
+    root, model = work
+    rows = make_rlaif_v_rows(4, seed=3)
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "data"))
+    out = tmp_path / "out"
+    args = parse("dpo", CONFIGS / "dpo_testbed_cpu.yaml", cpu_overrides(
+        model, tmp_path / "data", out, "--sae", str(root / "sae"), "--n_reference", "4", "--delta", "0",
+        "--score_batch_size", "4"))
+    trainer = main(*args)
+    assert trainer.state.global_step == 2 and lora_b_norm(out) > 0
+    scored = datasets.load_from_disk(str(out / "saev_scored"))
+    assert scored["question"] == [r["question"] for r in rows] and "prompt" not in scored.column_names
+    assert all(v is not None for c in ("saev_score", "saev_score_margin") for v in scored[c])
+    sel = json.loads((out / "selection.json").read_text())
+    assert sel["n_rows"] == 4 and sel["n_kept"] == 2
+
+
 def test_row_shapes_become_trl_rows():
     import datasets
 
