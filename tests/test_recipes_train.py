@@ -214,6 +214,7 @@ def test_dpo_scores_and_trains_rlaif_v_rows(work, tmp_path):
 def test_row_shapes_become_trl_rows():
     import datasets
 
+    from saev_curate.errors import InputError
     from saev_curate.recipes.common import to_preference_rows, to_sft_rows
 
     img = _image(0)
@@ -225,12 +226,24 @@ def test_row_shapes_become_trl_rows():
     assert set(p) == {"prompt", "chosen", "rejected", "image"}
     assert p["prompt"] == [{"role": "user", "content": "q?"}] and p["chosen"][0]["content"] == "r2"
     assert p["rejected"] == [{"role": "assistant", "content": "r1"}]
-    assert to_preference_rows(rlaif)[0]["chosen"][0]["content"] == "c"
+    r = to_preference_rows(rlaif)[0]
+    assert set(r) == {"prompt", "chosen", "rejected", "image"} and r["prompt"] == [{"role": "user", "content": "q?"}]
+    assert r["chosen"] == [{"role": "assistant", "content": "c"}] and r["rejected"][0]["content"] == "r"
+    assert to_sft_rows(rlaif)[0]["completion"] == [{"role": "assistant", "content": "c"}]
     assert set(to_preference_rows(trl)[0]) == {"prompt", "chosen", "rejected", "images"}
     s = to_sft_rows(aa)[0]
     assert set(s) == {"prompt", "completion", "image"} and s["completion"][0]["content"] == "r2"
-    with pytest.raises(ValueError, match="no known row shape"):
+    with pytest.raises(InputError, match=r"DPO training: unrecognised row format \(columns: \['text'\]\); accepted "
+                                         r"formats: prompt/chosen/rejected \(TRL preference\), question/chosen/"
+                                         r"rejected \(RLAIF-V\), question/response_1/response_2/overall_response "
+                                         r"\(Align-Anything\)$"):
         to_preference_rows(datasets.Dataset.from_list([{"text": "x"}]))
+    with pytest.raises(InputError, match=r"row 0: 'overall_response' must be 1 or 2 .* got 3"):
+        to_preference_rows(aa.map(lambda _: {"overall_response": 3}))
+    with pytest.raises(InputError, match=r"look like TRL preference rows but lack rejected"):
+        to_preference_rows(datasets.Dataset.from_list([{"prompt": "p", "chosen": "c"}]))
+    with pytest.raises(InputError, match=r"SFT training: the columns \['images', 'texts'\] are interleaved rows"):
+        to_sft_rows(datasets.Dataset.from_list([{"texts": ["x", None], "images": [None, img]}]))
 
 
 def test_dpo_script_under_accelerate_launch_two_processes(work, tmp_path):
