@@ -39,3 +39,9 @@ def make_sae(d_in: int, d_sae: int = 192, *, seed: int = 0, scale: float = 2.5, 
         sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) * scale)
         sae.b_enc.fill_(bias)
     return sae
+
+
+def make_rlaif_v_rows(n: int, seed: int = 0) -> list[dict]:
+    """RLAIF-V-shaped rows (``question``, ``image``, ``chosen``, ``rejected``; strings), every row with an image."""
+    return [{"question": r["prompt"], "image": r["images"][0], "chosen": r["chosen"], "rejected": r["rejected"]}
+            for r in make_rows(n, seed, with_bad=False)]

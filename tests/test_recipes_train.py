@@ -187,9 +187,34 @@ def test_dpo_qlora_4bit_on_cpu(tmp_path):
     assert sel["by"] == "random" and sel["n_kept"] == 4 and sel["scores_source"]["kind"] == "none"
 
 
+def test_dpo_scores_and_trains_rlaif_v_rows(work, tmp_path):
+    """RLAIF-V rows as they are (question/image/chosen/rejected): scored with SAE-V (chosen and rejected too), the
+    top half kept, DPO-trained; the saved scores keep the user's columns."""
+    import datasets
+    from scoring_rows import make_rlaif_v_rows
+
+    from saev_curate.recipes.dpo import main
+
+    root, model = work
+    rows = make_rlaif_v_rows(4, seed=3)
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "data"))
+    out = tmp_path / "out"
+    args = parse("dpo", CONFIGS / "dpo_testbed_cpu.yaml", cpu_overrides(
+        model, tmp_path / "data", out, "--sae", str(root / "sae"), "--n_reference", "4", "--delta", "0",
+        "--score_batch_size", "4"))
+    trainer = main(*args)
+    assert trainer.state.global_step == 2 and lora_b_norm(out) > 0
+    scored = datasets.load_from_disk(str(out / "saev_scored"))
+    assert scored["question"] == [r["question"] for r in rows] and "prompt" not in scored.column_names
+    assert all(v is not None for c in ("saev_score", "saev_score_margin") for v in scored[c])
+    sel = json.loads((out / "selection.json").read_text())
+    assert sel["n_rows"] == 4 and sel["n_kept"] == 2
+
+
 def test_row_shapes_become_trl_rows():
     import datasets
 
+    from saev_curate.errors import InputError
     from saev_curate.recipes.common import to_preference_rows, to_sft_rows
 
     img = _image(0)
@@ -201,12 +226,24 @@ def test_row_shapes_become_trl_rows():
     assert set(p) == {"prompt", "chosen", "rejected", "image"}
     assert p["prompt"] == [{"role": "user", "content": "q?"}] and p["chosen"][0]["content"] == "r2"
     assert p["rejected"] == [{"role": "assistant", "content": "r1"}]
-    assert to_preference_rows(rlaif)[0]["chosen"][0]["content"] == "c"
+    r = to_preference_rows(rlaif)[0]
+    assert set(r) == {"prompt", "chosen", "rejected", "image"} and r["prompt"] == [{"role": "user", "content": "q?"}]
+    assert r["chosen"] == [{"role": "assistant", "content": "c"}] and r["rejected"][0]["content"] == "r"
+    assert to_sft_rows(rlaif)[0]["completion"] == [{"role": "assistant", "content": "c"}]
     assert set(to_preference_rows(trl)[0]) == {"prompt", "chosen", "rejected", "images"}
     s = to_sft_rows(aa)[0]
     assert set(s) == {"prompt", "completion", "image"} and s["completion"][0]["content"] == "r2"
-    with pytest.raises(ValueError, match="no known row shape"):
+    with pytest.raises(InputError, match=r"DPO training: unrecognised row format \(columns: \['text'\]\); accepted "
+                                         r"formats: prompt/chosen/rejected \(TRL preference\), question/chosen/"
+                                         r"rejected \(RLAIF-V\), question/response_1/response_2/overall_response "
+                                         r"\(Align-Anything\)$"):
         to_preference_rows(datasets.Dataset.from_list([{"text": "x"}]))
+    with pytest.raises(InputError, match=r"row 0: 'overall_response' must be 1 or 2 .* got 3"):
+        to_preference_rows(aa.map(lambda _: {"overall_response": 3}))
+    with pytest.raises(InputError, match=r"look like TRL preference rows but lack rejected"):
+        to_preference_rows(datasets.Dataset.from_list([{"prompt": "p", "chosen": "c"}]))
+    with pytest.raises(InputError, match=r"SFT training: the columns \['images', 'texts'\] are interleaved rows"):
+        to_sft_rows(datasets.Dataset.from_list([{"texts": ["x", None], "images": [None, img]}]))
 
 
 def test_dpo_script_under_accelerate_launch_two_processes(work, tmp_path):

@@ -1,7 +1,8 @@
 """What `dpo.py` and `sft.py` share: SAE-V arguments, model loading, dataset loading, score + select.
 
 Everything here uses only the public names of ``saev_curate`` (``load_local_dataset``, ``load_sae``,
-``CrossModalWeights``, ``SaevScorer``, ``select``), so the recipes read like a user's own script.
+``CrossModalWeights``, ``SaevScorer``, ``select``) and of its row module (``to_trl_preference``, ``to_trl_sft``:
+which row formats exist and their TRL names), so the recipes read like a user's own script.
 """
 
 from __future__ import annotations
@@ -255,9 +256,6 @@ def curate(dataset, model, processor, saev_args, model_args, output_dir, *, data
     """
     from saev_curate import select
 
-    cols = set(dataset.column_names)
-    if {"question", "chosen", "rejected"} <= cols and "prompt" not in cols:  # RLAIF-V: TRL's preference names
-        dataset = dataset.rename_column("question", "prompt")
     n = len(dataset)
     from saev_curate.curation.methods import find_method, resolve_by
 
@@ -325,64 +323,32 @@ def _assistant(text) -> list[dict]:
     return text if isinstance(text, list) else [{"role": "assistant", "content": text}]
 
 
-def _image_column(cols) -> list[str]:
-    return ["images"] if "images" in cols else ["image"] if "image" in cols else []
-
-
-def _preference(row: dict) -> tuple[Any, Any, Any]:
-    if "response_1" in row and "overall_response" in row:  # Align-Anything text-image-to-text
-        best = int(row["overall_response"])
-        if best not in (1, 2):
-            raise ValueError(f"overall_response must be 1 or 2, got {row['overall_response']!r}")
-        return row["question"], row[f"response_{best}"], row[f"response_{3 - best}"]
-    prompt = row["prompt"] if "prompt" in row else row["question"]  # TRL preference / RLAIF-V
-    return prompt, row["chosen"], row["rejected"]
-
-
-def _check_columns(cols: set, want: str):
-    ok = ({"prompt", "chosen", "rejected"} <= cols or {"question", "chosen", "rejected"} <= cols
-          or {"question", "response_1", "response_2", "overall_response"} <= cols
-          or (want == "sft" and ("messages" in cols or {"prompt", "completion"} <= cols)))
-    if not ok:
-        shapes = ("prompt/chosen/rejected (TRL), question/chosen/rejected (RLAIF-V), "
-                  "question/response_1/response_2/overall_response (Align-Anything)")
-        if want == "sft":
-            shapes = "messages, prompt/completion, " + shapes
-        raise ValueError(f"dataset columns {sorted(cols)} match no known row shape: {shapes}")
-
-
 def to_preference_rows(dataset):
-    """TRL conversational preference rows (``prompt``/``chosen``/``rejected`` + ``image(s)``); other columns go."""
-    cols = set(dataset.column_names)
-    _check_columns(cols, "dpo")
-    keep = _image_column(cols)
+    """TRL conversational preference rows (``prompt``/``chosen``/``rejected`` + ``image(s)``); other columns go.
 
-    def fn(row):
-        prompt, chosen, rejected = _preference(row)
+    The row formats and their TRL names come from ``saev_curate.vlm.rows.conversations.to_trl_preference``."""
+    from saev_curate.vlm.rows.conversations import to_trl_preference
+
+    def fn(prompt, chosen, rejected):
         return {"prompt": _user(prompt), "chosen": _assistant(chosen), "rejected": _assistant(rejected)}
 
-    drop = [c for c in dataset.column_names if c not in keep]
-    return _with_image_feature(dataset.map(fn, remove_columns=drop, desc="preference rows"))
+    rows = to_trl_preference(dataset)
+    return _with_image_feature(rows.map(fn, input_columns=["prompt", "chosen", "rejected"], desc="preference rows"))
 
 
 def to_sft_rows(dataset):
     """TRL conversational SFT rows: ``messages`` kept, else ``prompt``/``completion`` (a preference row's chosen
-    response is its completion) + ``image(s)``; other columns go."""
-    cols = set(dataset.column_names)
-    _check_columns(cols, "sft")
-    keep = _image_column(cols)
-    if "messages" in cols:
-        return _with_image_feature(dataset.remove_columns([c for c in dataset.column_names
-                                                           if c not in keep + ["messages"]]))
+    response is its completion) + ``image(s)``; other columns go (``...conversations.to_trl_sft``)."""
+    from saev_curate.vlm.rows.conversations import to_trl_sft
 
-    def fn(row):
-        if "completion" in row:
-            return {"prompt": _user(row["prompt"]), "completion": _assistant(row["completion"])}
-        prompt, chosen, _ = _preference(row)
-        return {"prompt": _user(prompt), "completion": _assistant(chosen)}
+    rows = to_trl_sft(dataset)
+    if "messages" in rows.column_names:
+        return _with_image_feature(rows)
 
-    drop = [c for c in dataset.column_names if c not in keep]
-    return _with_image_feature(dataset.map(fn, remove_columns=drop, desc="sft rows"))
+    def fn(prompt, completion):
+        return {"prompt": _user(prompt), "completion": _assistant(completion)}
+
+    return _with_image_feature(rows.map(fn, input_columns=["prompt", "completion"], desc="sft rows"))
 
 
 def _with_image_feature(dataset):

@@ -79,6 +79,25 @@ def test_cli_fit_score_resume_select(workdir, monkeypatch, tmp_path, capsys):
     assert len(lines) == 8 and sum(x["saev_keep"] for x in lines) == 4
 
 
+def test_cli_scores_rlaif_v_rows(workdir, tmp_path):
+    """RLAIF-V rows (what recipes/dpo.py trains on) fit weights and score through the CLI as they are."""
+    import datasets
+    from scoring_rows import make_rlaif_v_rows
+
+    r = workdir
+    datasets.Dataset.from_list(make_rlaif_v_rows(4, seed=5)).save_to_disk(str(tmp_path / "data"))
+    common = ["--model", str(r / "model"), "--sae", str(r / "sae"), "--layer", "2", "--data", str(tmp_path / "data"),
+              "--batch-size", "4"]
+    assert main(["fit-weights", *common, "--out", str(tmp_path / "w"), "--n-reference", "4"]) == 0
+    assert main(["score", *common, "--weights", str(tmp_path / "w"), "--out", str(tmp_path / "scored"),
+                 "--device", "cpu"]) == 0
+    scored = datasets.load_from_disk(str(tmp_path / "scored"))
+    assert scored["question"] == [row["question"] for row in make_rlaif_v_rows(4, seed=5)]  # columns kept as given
+    assert all(e is None for e in scored["saev_error"])
+    for column in ("saev_score", "saev_score_margin"):
+        assert all(v is not None for v in scored[column]), (column, scored[column])
+
+
 def test_sharded_processes_join_in_row_order(workdir, tmp_path):
     """What `accelerate launch` does: process p scores shards p, p+n, ...; process 0 joins them."""
     import datasets

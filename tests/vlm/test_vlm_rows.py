@@ -41,7 +41,21 @@ ROW_FORMATS = {
     "trl_pref_image_col": lambda im: {"prompt": Q, "chosen": CH, "rejected": RJ, "image": im},
     "align_anything": lambda im: {"question": Q, "image": im, "response_1": RJ, "response_2": CH,
                                   "overall_response": "2"},
+    "rlaif_v": lambda im: {"question": Q, "image": im, "chosen": CH, "rejected": RJ},
 }
+
+
+@pytest.mark.parametrize("mode", ["prompt", "chosen", "rejected"])
+def test_rlaif_v_row_is_the_trl_preference_row(mode, images):
+    """RLAIF-V (question/image/chosen/rejected strings) is TRL's preference row under other names."""
+    from saev_curate.vlm.rows.conversations import row_to_conversation
+
+    im = images[0]
+    rlaif = {"question": Q, "image": im, "chosen": CH, "rejected": RJ, "idx": 7}
+    trl = {"prompt": Q, "images": [im], "chosen": CH, "rejected": RJ}
+    want = [_user(1, Q)] + {"prompt": [], "chosen": [_asst(CH)], "rejected": [_asst(RJ)]}[mode]
+    assert row_to_conversation(rlaif, mode) == (want, [im], mode == "prompt")
+    assert row_to_conversation(trl, mode) == row_to_conversation(rlaif, mode)
 
 
 @pytest.mark.parametrize("fmt", sorted(ROW_FORMATS))

@@ -8,6 +8,7 @@ from saev_curate.lazy import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
     "saev_curate.vlm.rows.batch": ("PreparedBatch", "prepare_batch"),
-    "saev_curate.vlm.rows.conversations": ("MODES", "batch_to_rows", "row_to_conversation"),
+    "saev_curate.vlm.rows.conversations": ("MODES", "ROW_FORMATS", "batch_to_rows", "row_format",
+                                           "row_to_conversation", "to_trl_preference", "to_trl_sft"),
     "saev_curate.vlm.rows.images": ("MAX_ASPECT_RATIO", "RowError", "load_image"),
 })

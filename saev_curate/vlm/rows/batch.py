@@ -121,7 +121,7 @@ def prepare_batch(
             except RowError as e:
                 if (require_images and isinstance(row, Mapping) and "messages" not in row
                         and not any(c in row for c in IMAGE_COLUMNS)):
-                    raise RowError(f"{e}; and {_no_image_reason(row)}") from None
+                    raise RowError(f"{e}; and {_no_image_reason(row, name_columns=False)}") from None
                 raise
             if require_images and not refs:
                 raise RowError(_no_image_reason(row))
@@ -212,7 +212,8 @@ def prepare_batch(
 IMAGE_COLUMNS = ("images", "image")
 
 
-def _no_image_reason(row) -> str:
+def _no_image_reason(row, name_columns: bool = True) -> str:
+    """Why a row has no image and how to fix it; ``name_columns=False`` where the message already names them."""
     col = next((c for c in IMAGE_COLUMNS if c in row), None)
     if col is not None:
         return (f"the image is missing (column {col!r} is {row[col]!r:.80}); fix the row or drop it "
@@ -222,7 +223,7 @@ def _no_image_reason(row) -> str:
                  None)
     hint = (f"; rename it: ds.rename_column({guess!r}, 'image')" if guess else "")
     return (f"the row has no image: images are read from a column 'images' (a list) or 'image', or from "
-            f"image parts of 'messages'; this row has columns {cols}{hint}")
+            f"image parts of 'messages'{f'; this row has columns {cols}' if name_columns else ''}{hint}")
 
 
 def _over_context(out, good: list[int], max_context: int, max_length: int | None) -> dict[int, str]:

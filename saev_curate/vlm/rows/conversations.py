@@ -6,6 +6,7 @@ Accepted rows (no reshaping needed):
   ``images`` (list) or ``image``.
 * TRL SFT: ``messages`` (conversational, ``{"type": "image"}`` parts) with ``images``; or
   ``prompt`` / ``completion``.
+* RLAIF-V: ``question``, ``image``, ``chosen``, ``rejected`` (TRL preference under another prompt name).
 * Align-Anything text-image-to-text: ``question``, ``image``, ``response_1``, ``response_2``,
   ``overall_response`` (1 or 2: the preferred response).
 * Interleaved documents (OBELICS style): ``texts`` and ``images`` lists of equal length, one of
@@ -15,16 +16,143 @@ Accepted rows (no reshaping needed):
 ending with the generation prompt), ``"chosen"`` (prompt + preferred response), ``"rejected"``
 (prompt + the other response) or ``"full"`` (the whole conversation; for preference rows the
 chosen one).  Interleaved documents have no responses and render the same in every mode.
+
+:data:`ROW_FORMATS` is the one list of formats; :func:`to_trl_preference` / :func:`to_trl_sft` give TRL's trainers
+the same rows under TRL's column names, so what the recipes train on is what the scorer reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from saev_curate.errors import InputError
 from saev_curate.vlm.rows.images import RowError
 
+if TYPE_CHECKING:
+    from datasets import Dataset
+
 MODES = ("prompt", "chosen", "rejected", "full")
+
+# Every accepted row format: name -> the columns a dataset of it has (images: ``images`` or ``image``, optional).
+ROW_FORMATS: dict[str, tuple[str, ...]] = {
+    "TRL preference": ("prompt", "chosen", "rejected"),
+    "RLAIF-V": ("question", "chosen", "rejected"),
+    "Align-Anything": ("question", "response_1", "response_2", "overall_response"),
+    "TRL SFT": ("messages",),
+    "TRL prompt-completion": ("prompt", "completion"),
+    "interleaved": ("texts", "images"),
+}
+PREFERENCE_FORMATS = ("TRL preference", "RLAIF-V", "Align-Anything")
+SFT_FORMATS = ("TRL SFT", "TRL prompt-completion", *PREFERENCE_FORMATS)  # preference rows: the chosen response
+
+
+def _recognise(columns: Iterable[str]) -> str | None:
+    """The ``ROW_FORMATS`` name that a row's keys (or a dataset's columns) are in, None for none.
+
+    Lenient on purpose: a row missing a response is still recognised, so its error names what is missing; a
+    ``prompt`` alone counts as a (prompt-only) TRL preference row.
+    """
+    c = set(columns)
+    if {"texts", "images"} <= c:
+        return "interleaved"
+    if "messages" in c:
+        return "TRL SFT"
+    if "question" in c and c & {"response_1", "response_2"}:
+        return "Align-Anything"
+    if "prompt" in c:
+        return "TRL prompt-completion" if "completion" in c and not c & {"chosen", "rejected"} else "TRL preference"
+    if "question" in c and c & {"chosen", "rejected"}:
+        return "RLAIF-V"
+    return None
+
+
+def _formats_text(names: Iterable[str]) -> str:
+    return ", ".join(f"{'/'.join(ROW_FORMATS[n])} ({n})" for n in names)
+
+
+def _unrecognised(columns: Iterable[str], names: Iterable[str] = tuple(ROW_FORMATS), *, short: bool = False) -> str:
+    """``short``: the accepted formats by their columns only (a row's error: it is stored with every row)."""
+    accepted = ", ".join("/".join(ROW_FORMATS[n]) for n in names) if short else _formats_text(names)
+    return f"unrecognised row format (columns: {sorted(columns)}); accepted formats: {accepted}"
+
+
+def row_format(columns: Iterable[str]) -> str:
+    """The name (a :data:`ROW_FORMATS` key) of the row format of a row's keys or a dataset's column names.
+
+    Raises ``InputError`` naming the columns found and the accepted formats when they match none.
+    """
+    columns = list(columns)
+    name = _recognise(columns)
+    if name is None:
+        raise InputError(_unrecognised(columns))
+    return name
+
+
+def _dataset_format(columns: list[str], allowed: tuple[str, ...], trainer: str) -> str:
+    name = _recognise(columns)
+    if name is None:
+        raise InputError(f"{trainer} training: {_unrecognised(columns, allowed)}")
+    if name not in allowed:
+        raise InputError(f"{trainer} training: the columns {sorted(columns)} are {name} rows, which {trainer} "
+                         f"training cannot use; accepted formats: {_formats_text(allowed)}")
+    missing = [c for c in ROW_FORMATS[name] if c not in columns]
+    if missing:
+        raise InputError(f"{trainer} training: the columns {sorted(columns)} look like {name} rows but lack "
+                         f"{', '.join(missing)}; accepted formats: {_formats_text(allowed)}")
+    return name
+
+
+def _image_columns(columns: list[str]) -> list[str]:
+    return ["images"] if "images" in columns else ["image"] if "image" in columns else []
+
+
+def _preferred(raw) -> int | None:
+    """Align-Anything's ``overall_response`` as 1 or 2 (the preferred response); None when it is neither."""
+    try:
+        pref = int(raw)
+    except (TypeError, ValueError):
+        return None
+    return pref if pref in (1, 2) else None
+
+
+def to_trl_preference(dataset: Dataset) -> Dataset:
+    """A preference ``datasets.Dataset`` under TRL's names: ``prompt``, ``chosen``, ``rejected`` and its image
+    column (``images`` or ``image``); other columns are dropped, values kept as they are (strings or messages).
+
+    TRL's ``DPOTrainer`` reads only those names: RLAIF-V's ``question`` is renamed and Align-Anything's preferred
+    response (``overall_response``) picked here, so a recipe trains on the rows the scorer reads unchanged.
+    """
+    columns = list(dataset.column_names)
+    name = _dataset_format(columns, PREFERENCE_FORMATS, "DPO")
+    keep = _image_columns(columns)
+    if name == "Align-Anything":
+        def pick(question, response_1, response_2, overall_response, idx):
+            pref = _preferred(overall_response)
+            if pref is None:
+                raise InputError(f"row {idx}: 'overall_response' must be 1 or 2 (the preferred response), "
+                                 f"got {overall_response!r}")
+            responses = {1: response_1, 2: response_2}
+            return {"prompt": question, "chosen": responses[pref], "rejected": responses[3 - pref]}
+
+        return dataset.map(pick, input_columns=list(ROW_FORMATS[name]), with_indices=True,
+                           remove_columns=[c for c in columns if c not in keep], desc="TRL preference rows")
+    prompt = ROW_FORMATS[name][0]
+    out = dataset.select_columns([prompt, "chosen", "rejected", *keep])
+    return out.rename_column(prompt, "prompt") if prompt != "prompt" else out
+
+
+def to_trl_sft(dataset: Dataset) -> Dataset:
+    """An SFT ``datasets.Dataset`` under TRL's names: ``messages`` or ``prompt``/``completion``, and its image
+    column; a preference format's chosen response is the completion.  Other columns are dropped.
+
+    The SFT counterpart of :func:`to_trl_preference`: ``SFTTrainer`` reads only TRL's names.
+    """
+    columns = list(dataset.column_names)
+    name = _dataset_format(columns, SFT_FORMATS, "SFT")
+    if name in PREFERENCE_FORMATS:
+        return to_trl_preference(dataset).remove_columns("rejected").rename_column("chosen", "completion")
+    return dataset.select_columns([*ROW_FORMATS[name], *_image_columns(columns)])
 
 
 def batch_to_rows(batch: dict[str, list]) -> list[dict]:
@@ -136,8 +264,9 @@ def row_to_conversation(row: dict, mode: str = "prompt") -> tuple[list[dict], li
         raise InputError(f"mode={mode!r} is not one of {', '.join(MODES)}")
     images = _as_list(row["images"]) if "images" in row else _as_list(row.get("image"))
     gen_prompt = False
+    fmt = _recognise(row)
 
-    if "texts" in row and "images" in row:  # interleaved document
+    if fmt == "interleaved":
         texts, imgs = _as_list(row["texts"]), _as_list(row["images"])
         if len(texts) != len(imgs):
             raise RowError(f"interleaved document has {len(texts)} texts but {len(imgs)} images; the lists must pair up")
@@ -155,7 +284,7 @@ def row_to_conversation(row: dict, mode: str = "prompt") -> tuple[list[dict], li
             raise RowError("interleaved document has no text")
         return msgs, images, False
 
-    if "messages" in row:  # TRL SFT conversational
+    if fmt == "TRL SFT":
         msgs = _norm_messages(row["messages"], "messages")
         if mode == "rejected":
             raise RowError("mode='rejected' needs a preference row; this SFT row has no rejected response")
@@ -167,28 +296,25 @@ def row_to_conversation(row: dict, mode: str = "prompt") -> tuple[list[dict], li
         prompt_msgs = [m for m in msgs if m["role"] != "assistant"]
         if not _text_of(prompt_msgs).strip():
             raise RowError("the prompt (non-assistant messages) is empty")
-    elif "question" in row and ("response_1" in row or "response_2" in row):  # Align-Anything TI2T
+    elif fmt == "Align-Anything":
         q = row["question"]
         if not isinstance(q, str) or not q.strip():
             raise RowError("'question' is empty")
         msgs = _turn("user", q, "question")
         raw_pref = row.get("overall_response")
-        try:
-            pref = int(raw_pref)
-        except (TypeError, ValueError):
-            pref = None
-        if pref not in (1, 2) and (raw_pref is not None or mode != "prompt"):
+        pref = _preferred(raw_pref)
+        if pref is None and (raw_pref is not None or mode != "prompt"):
             raise RowError(f"'overall_response' must be 1 or 2 (the preferred response), got {raw_pref!r}")
         if mode == "prompt":
             gen_prompt = True
         else:
             which = pref if mode in ("chosen", "full") else 3 - pref
             msgs = msgs + _turn("assistant", row.get(f"response_{which}"), f"response_{which}")
-    elif "prompt" in row:  # TRL preference / SFT prompt-completion / prompt only
-        p = row["prompt"]
-        msgs = _turn("user", p, "prompt")
+    elif fmt is not None:  # TRL preference / prompt-completion / prompt only; RLAIF-V names its prompt `question`
+        key = "question" if fmt == "RLAIF-V" else "prompt"
+        msgs = _turn("user", row[key], key)
         if not _text_of(msgs).strip():
-            raise RowError("'prompt' is empty")
+            raise RowError(f"{key!r} is empty")
         if mode == "prompt":
             gen_prompt = True
         else:
@@ -204,10 +330,7 @@ def row_to_conversation(row: dict, mode: str = "prompt") -> tuple[list[dict], li
                 raise RowError(f"mode={mode!r} needs a response column (chosen/rejected/completion); use mode='prompt'")
             msgs = msgs + _turn("assistant", row[key], key)
     else:
-        raise RowError(
-            f"unrecognised row format (columns: {sorted(row)}); expected prompt/chosen/rejected, messages, "
-            "prompt/completion, question/response_1/response_2 or texts/images"
-        )
+        raise RowError(_unrecognised(row, short=True))
 
     # Images carried inside message parts come first-class; otherwise use the row's image column.
     inline = [p["_inline"] for m in msgs for p in m["content"] if p["type"] == "image" and "_inline" in p]
