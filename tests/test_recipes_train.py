@@ -101,12 +101,15 @@ def test_dpo_lora_scores_selects_and_saves_adapter(dpo_run):
     assert trainer.state.global_step == 2
     sel = json.loads((out / "selection.json").read_text())
     scored = datasets.load_from_disk(str(out / "saev_scored"))
-    scores = scored["saev_score"]
-    assert sel["n_rows"] == 8 and sel["n_kept"] == 4 and sel["fraction"] == 0.5 and sel["by"] == "saev_score"
-    best = sorted(range(8), key=lambda i: (-scores[i], i))[:4]
+    # select_by auto: the table's recommendation for preference rows, the model's own perplexity, lowest kept
+    assert sel["by"] == "response_perplexity" and "auto" in sel["by_from"]
+    ppl = scored["saev_ppl"]
+    assert sel["n_rows"] == 8 and sel["n_kept"] == 4 and sel["fraction"] == 0.5
+    best = sorted(range(8), key=lambda i: (ppl[i], i))[:4]
     assert sel["kept_indices"] == sorted(best)
-    assert sel["cut"] == pytest.approx(min(scores[i] for i in best))
-    assert sel["score_stats"]["all"]["n"] == 8 and sel["score_stats"]["kept"]["min"] >= sel["score_stats"]["dropped"]["max"]
+    assert sel["cut"] == pytest.approx(max(ppl[i] for i in best))
+    assert sel["score_stats"]["all"]["n"] == 8 and sel["score_stats"]["kept"]["max"] <= sel["score_stats"]["dropped"]["min"]
+    assert all(v is not None for v in scored["saev_score"])  # with an SAE, the SAE-V columns come along
     src = sel["scores_source"]
     assert src["kind"] == "computed" and src["sae"].endswith("sae") and src["scorer_fingerprint"]
     assert (out / "crossmodal_weights").is_dir() and src["crossmodal_weights"].endswith("crossmodal_weights")
@@ -134,22 +137,16 @@ def test_selection_needs_scores_or_sae(work, tmp_path):
     from saev_curate.recipes.dpo import main
 
     root, model = work
-    args = parse("dpo", CONFIGS / "dpo_testbed_cpu.yaml", cpu_overrides(model, root / "data", tmp_path / "o"))
-    with pytest.raises(ValueError, match="needs scores"):
+    args = parse("dpo", CONFIGS / "dpo_testbed_cpu.yaml", cpu_overrides(model, root / "data", tmp_path / "o",
+                                                                         "--select_by", "saev_score"))
+    with pytest.raises(ValueError, match="needs its column 'saev_score'"):
         main(*args)
 
 
 def test_dpo_with_rescoring_during_training(work, dpo_run):
     """--rescore_every_n_steps: all rows go to the trainer, the callback starts from the recipe's selection."""
-    import saev_curate
     from saev_curate.recipes.dpo import main
 
-    if not hasattr(saev_curate, "SaevRescoreCallback"):
-        from saev_curate.recipes.common import SaevArguments, attach_rescore_callback
-
-        with pytest.raises(ImportError, match="SaevRescoreCallback"):
-            attach_rescore_callback(None, None, SaevArguments(sae="x", rescore_every_n_steps=2), "o")
-        return
     root, model = work
     first = dpo_run[0]
     out = root / "dpo-rescore"
@@ -259,7 +256,7 @@ def test_dpo_script_under_accelerate_launch_two_processes(work, tmp_path):
     cmd = [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", str(ROOT / "recipes" / "dpo.py"), "--config", str(CONFIGS / "dpo_testbed_cpu.yaml"),
            *cpu_overrides(model, root / "data", out, "--sae", str(root / "sae"), "--n_reference", "8",
-                          "--delta", "0", "--per_device_train_batch_size", "1")]
+                          "--delta", "0", "--per_device_train_batch_size", "1", "--select_by", "saev_score")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 # Each module defines `register(subparsers)` adding its subcommands; each subcommand sets `func`.
@@ -75,17 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if getattr(args, "max_image_pixels", None) is None:
             return int(args.func(args) or 0)
-        from saev_curate.vlm.rows.images import _ENV_MAX_PIXELS, set_max_image_pixels
+        from saev_curate.vlm.rows.images import max_image_pixels_set
 
-        before = os.environ.get(_ENV_MAX_PIXELS)
-        set_max_image_pixels(args.max_image_pixels)  # through the environment: forked/spawned workers see it too
-        try:
+        with max_image_pixels_set(args.max_image_pixels):  # for this command only
             return int(args.func(args) or 0)
-        finally:  # for this command only (main() may run several commands in one process)
-            if before is None:
-                os.environ.pop(_ENV_MAX_PIXELS, None)
-            else:
-                os.environ[_ENV_MAX_PIXELS] = before
     except Exception as exc:  # user-facing errors: one clear line, no traceback unless asked
         if want_traceback:
             raise

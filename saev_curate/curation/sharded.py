@@ -17,6 +17,7 @@ from pathlib import Path
 
 from saev_curate.errors import InputError
 from saev_curate.io.datasets import save_dataset
+from saev_curate.io.fingerprint import data_fingerprint
 
 __all__ = ["data_fingerprint", "process_rank", "score_to_disk", "summary_path"]
 
@@ -27,12 +28,6 @@ def process_rank() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", os.environ.get("NUM_PROCESSES", 1)) or 1)
     local = int(os.environ.get("LOCAL_RANK", rank) or 0)
     return rank, world, local
-
-
-def data_fingerprint(ds) -> str:
-    """What identifies a dataset's content for resuming: its ``datasets`` fingerprint and length."""
-    fp = getattr(ds, "_fingerprint", None)
-    return f"{fp}:{len(ds)}"
 
 
 def summary_path(out: str | Path) -> Path:

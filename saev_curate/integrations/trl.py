@@ -124,7 +124,8 @@ class SaevRescoreCallback(TrainerCallback):
                  initial_selection: str = "all", num_samples: int | None = None, seed: int | None = None,
                  batch_size: int = 8, processor=None, sae=None, weights=None, layer: int | str | None = None,
                  config: ScoreConfig | None = None, **options: Any):
-        from saev_curate import CrossModalWeights, load_sae
+        from saev_curate.curation.crossmodal import CrossModalWeights
+        from saev_curate.sae.io import load_sae
 
         if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):
             raise ValueError(f"every_n_steps={every_n_steps!r} must be a positive integer or None")
@@ -248,7 +249,7 @@ class SaevRescoreCallback(TrainerCallback):
         return self.sampler
 
     def _check_policy(self, model) -> None:
-        from saev_curate import SaevScorer
+        from saev_curate.curation.scorers import SaevScorer
 
         policy = _unwrap(model)
         # validates the SAE against the policy, the weights against the SAE, and resolves the layer
@@ -299,7 +300,7 @@ class SaevRescoreCallback(TrainerCallback):
 
     # ------------------------------------------------------------------ re-scoring
     def _rows(self, indices: list[int]) -> list[dict]:
-        from saev_curate import batch_to_rows
+        from saev_curate.vlm.rows import batch_to_rows
 
         ds = self.train_dataset
         if isinstance(ds, list):
@@ -319,7 +320,7 @@ class SaevRescoreCallback(TrainerCallback):
     def _score_rows(self, model, indices: list[int], weights) -> tuple[np.ndarray, dict[str, float]]:
         """``by`` values of ``indices`` (higher = cleaner; NaN where a row has no score) and the scoring metrics,
         through the scorers' own path (:class:`~saev_curate.MethodScorer`) with the current policy."""
-        from saev_curate import MethodScorer
+        from saev_curate.curation.scorers import MethodScorer
         from saev_curate.curation.scorers.saev import Reconstruction
 
         scorer = MethodScorer(model, self.processor, self.sae, weights, methods=[self.method.name, "saev_score"],
@@ -370,7 +371,7 @@ class SaevRescoreCallback(TrainerCallback):
             policy = _unwrap(model if model is not None else self.trainer.model)
             weights = self.weights
             if self.refit_reference:
-                from saev_curate import CrossModalWeights
+                from saev_curate.curation.crossmodal import CrossModalWeights
 
                 weights = CrossModalWeights.fit(policy, self.processor, self.sae, self.train_dataset, self.layer,
                                                 n_reference=self.refit_reference, seed=int(self.seed),

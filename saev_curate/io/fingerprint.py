@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["model_identity", "module_fingerprint", "path_fingerprint", "processor_fingerprint", "sae_fingerprint",
+__all__ = ["data_fingerprint", "model_identity", "module_fingerprint", "path_fingerprint", "processor_fingerprint", "sae_fingerprint",
            "tensor_bytes"]
 
 
@@ -107,3 +107,9 @@ def model_identity(model) -> dict[str, Any]:
     cfg = getattr(model, "config", None)
     return {"name_or_path": getattr(model, "name_or_path", None) or getattr(cfg, "_name_or_path", None),
             "model_type": getattr(cfg, "model_type", None), "class": type(model).__name__}
+
+
+def data_fingerprint(ds) -> str:
+    """What identifies a dataset's content for resuming: its ``datasets`` fingerprint and length."""
+    fp = getattr(ds, "_fingerprint", None)
+    return f"{fp}:{len(ds)}"

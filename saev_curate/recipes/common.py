@@ -130,7 +130,7 @@ def load_model_and_processor(model_args, training_args):
 def load_train_dataset(script_args):
     """``dataset_name``: a local path (save_to_disk folder, parquet/JSON/CSV, an already-scored folder) or a
     hub id (read from the local cache when ``HF_HUB_OFFLINE=1``)."""
-    from saev_curate import load_local_dataset
+    from saev_curate.io.datasets import load_local_dataset
 
     name = script_args.dataset_name
     if not name:
@@ -174,9 +174,10 @@ def score_dataset(dataset, model, processor, saev_args, model_args, output_dir, 
     import datasets
     from accelerate import PartialState
 
-    from saev_curate import CrossModalWeights, MethodScorer, load_sae
+    from saev_curate.curation.crossmodal import CrossModalWeights
     from saev_curate.curation.methods import find_method
-    from saev_curate.curation.scorers import DEFAULT_METHODS
+    from saev_curate.curation.scorers import DEFAULT_METHODS, MethodScorer
+    from saev_curate.sae.io import load_sae
 
     state = PartialState()
     out = Path(output_dir)
@@ -254,7 +255,7 @@ def curate(dataset, model, processor, saev_args, model_args, output_dir, *, data
     ``selection_doc`` is what ``selection.json`` holds: the kept row indices (into the loaded dataset), the rule,
     score statistics over all rows and over the kept ones, and where the scores came from.
     """
-    from saev_curate import select
+    from saev_curate.curation.selection import select
 
     n = len(dataset)
     from saev_curate.curation.methods import find_method, resolve_by
@@ -295,7 +296,8 @@ def curate(dataset, model, processor, saev_args, model_args, output_dir, *, data
     if values:
         doc["score_stats"] = {"all": _stats(values), "kept": _stats([values[i] for i in kept_idx]),
                               "dropped": _stats([values[i] for i in range(n) if i not in kept_set])}
-        doc["cut"] = doc["score_stats"]["kept"].get("min") if saev_args.selects else None
+        higher = by == "random" or resolve_by(by)[1]  # the cut is the worst kept value in the method's direction
+        doc["cut"] = doc["score_stats"]["kept"].get("min" if higher else "max") if saev_args.selects else None
     doc["kept_indices"] = kept_idx
     if saev_args.rescore_every_n_steps:
         doc["rescore_every_n_steps"] = saev_args.rescore_every_n_steps
@@ -378,22 +380,20 @@ def attach_rescore_callback(trainer, scored, saev_args, output_dir):
     """
     if not saev_args.rescore_every_n_steps:
         return None
-    import saev_curate
+    from saev_curate.integrations.trl import SaevRescoreCallback
 
-    try:
-        callback_cls = saev_curate.SaevRescoreCallback
-    except AttributeError:
-        raise ImportError("rescore_every_n_steps needs saev_curate.SaevRescoreCallback, which this installed "
-                          "saev-curate does not have; upgrade it or drop rescore_every_n_steps") from None
     if not saev_args.sae:
         raise ValueError("rescore_every_n_steps needs --sae (the SAE that scores the current policy)")
     if saev_args.select_threshold is not None:
         raise ValueError("rescore_every_n_steps re-selects a fraction: use select_fraction, not select_threshold")
-    from_column = saev_args.selects and saev_args.select_by in scored.column_names
-    callback = callback_cls(
+    from saev_curate.curation.methods import resolve_by
+
+    by = resolve_select_by(saev_args.select_by, scored.column_names)
+    from_column = saev_args.selects and by != "random" and resolve_by(by)[0] in scored.column_names
+    callback = SaevRescoreCallback(
         sae=saev_args.sae, weights=saev_args.crossmodal_weights or str(Path(output_dir) / WEIGHTS_DIR),
-        layer=saev_args.score_config().layer_value, delta=saev_args.delta, max_length=saev_args.score_max_length,
-        every_n_steps=saev_args.rescore_every_n_steps, fraction=saev_args.select_fraction, by=saev_args.select_by,
+        config=saev_args.score_config(), every_n_steps=saev_args.rescore_every_n_steps,
+        fraction=saev_args.select_fraction, by=by,
         train_dataset=scored, initial_selection="column" if from_column else "all")
     return callback.attach(trainer)
 

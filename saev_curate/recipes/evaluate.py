@@ -218,7 +218,9 @@ def saev_scores(model, processor, rows: list[dict], sae, weights, layer=None, de
     """The policy's SAE-V score of each row (image + question only); None where a row cannot be scored."""
     import datasets
 
-    from saev_curate import CrossModalWeights, SaevScorer, load_sae
+    from saev_curate.curation.crossmodal import CrossModalWeights
+    from saev_curate.curation.scorers import SaevScorer
+    from saev_curate.sae.io import load_sae
 
     sae = load_sae(sae) if isinstance(sae, (str, Path)) else sae
     weights = CrossModalWeights.load(weights) if isinstance(weights, (str, Path)) else weights
@@ -354,7 +356,7 @@ def load_policy(model_args, adapter: str | None = None, merge: bool = True, trus
 
 
 def load_eval_dataset(eval_args):
-    from saev_curate import load_local_dataset
+    from saev_curate.io.datasets import load_local_dataset
 
     p = Path(eval_args.dataset_name).expanduser()
     if p.exists():

@@ -108,7 +108,8 @@ def test_item01_08_runs_where_nothing_could_be_used_fail_naming_the_errors(env, 
         lambda r: {"saev_score": None, "saev_error": "the row has no image"},
         features=None).cast_column("saev_score", datasets.Value("float64"))
     nulls.save_to_disk(str(tmp_path / "nulls"))
-    rc, err = run(capsys, "select", "--data", tmp_path / "nulls", "--out", tmp_path / "kept", "--fraction", "0.5")
+    rc, err = run(capsys, "select", "--data", tmp_path / "nulls", "--out", tmp_path / "kept", "--fraction", "0.5",
+                  "--by", "saev_score")
     assert rc == 1 and "no row could be used" in err and "8 x the row has no image" in err
 
 

@@ -28,7 +28,7 @@ def workdir(tmp_path_factory):
 def test_cli_fit_score_resume_select(workdir, monkeypatch, tmp_path, capsys):
     import datasets
 
-    from saev_curate.curation.scorers import SaevScorer
+    from saev_curate.curation.scorers import MethodScorer
 
     r = workdir
     common = ["--model", str(r / "model"), "--sae", str(r / "sae"), "--layer", "2"]
@@ -41,7 +41,7 @@ def test_cli_fit_score_resume_select(workdir, monkeypatch, tmp_path, capsys):
     full = datasets.load_from_disk(str(tmp_path / "full"))
 
     # a run killed after its first shard
-    real = SaevScorer.__call__
+    real = MethodScorer.__call__
     calls = {"n": 0}
 
     def dying(self, batch, rank=None):
@@ -50,7 +50,7 @@ def test_cli_fit_score_resume_select(workdir, monkeypatch, tmp_path, capsys):
             raise KeyboardInterrupt
         return real(self, batch, rank)
 
-    monkeypatch.setattr(SaevScorer, "__call__", dying)
+    monkeypatch.setattr(MethodScorer, "__call__", dying)
     with pytest.raises(KeyboardInterrupt):
         main([*score, "--out", str(tmp_path / "resumed")])
     shards = sorted(p.name for p in (tmp_path / "resumed.shards").glob("shard-*.parquet"))
@@ -67,7 +67,7 @@ def test_cli_fit_score_resume_select(workdir, monkeypatch, tmp_path, capsys):
     assert full[3]["saev_error"] and full[3]["saev_score"] is None
 
     # different settings refuse to mix with the old shards
-    monkeypatch.setattr(SaevScorer, "__call__", real)
+    monkeypatch.setattr(MethodScorer, "__call__", real)
     assert main([*score, "--out", str(tmp_path / "resumed"), "--delta", "0.5"]) == 1
     assert "different run" in capsys.readouterr().err
 
@@ -127,6 +127,30 @@ def test_cli_select_stratified_keeps_each_groups_top_rows(tmp_path):
     datasets.Dataset.from_dict({"task": ["a"] * 4 + ["b"] * 4, "saev_score": [9.0, 7.0, 8.0, 6.0, 0.2, 0.0, 0.3, 0.1]}
                                ).to_parquet(str(tmp_path / "scored.parquet"))
     assert main(["select", "--data", str(tmp_path / "scored.parquet"), "--out", str(tmp_path / "top.jsonl"),
-                 "--fraction", "0.5", "--stratify-by", "task"]) == 0
+                 "--fraction", "0.5", "--stratify-by", "task", "--by", "saev_score"]) == 0
     kept = [json.loads(x) for x in (tmp_path / "top.jsonl").read_text().splitlines()]
     assert [(r["task"], r["saev_score"]) for r in kept] == [("a", 9.0), ("a", 8.0), ("b", 0.2), ("b", 0.3)]
+
+
+def test_cli_scores_any_method_without_an_sae_and_select_keeps_the_lowest_perplexity(workdir, tmp_path, capsys):
+    """`score --methods response_perplexity` needs no SAE; `select` without --by ranks preference rows by the table's
+    recommendation (the model's perplexity), keeping the lowest values."""
+    import datasets
+
+    from saev_curate.curation.scorers import ResponsePerplexityScorer
+
+    r = workdir
+    base = ["score", "--model", str(r / "model"), "--data", str(r / "data"), "--device", "cpu"]
+    assert main([*base, "--out", str(tmp_path / "ppl"), "--methods", "response_perplexity"]) == 0
+    scored = datasets.load_from_disk(str(tmp_path / "ppl"))
+    assert {c for c in scored.column_names if c.startswith("saev_")} == {
+        "saev_ppl", "saev_min_token_logprob", "saev_min_token_index", "saev_min_token_text", "saev_error"}
+    direct = datasets.load_from_disk(str(r / "data")).map(ResponsePerplexityScorer(str(r / "model")), batched=True)
+    assert scored["saev_ppl"] == direct["saev_ppl"]  # the perplexity scorer run by hand
+    assert main(["select", "--data", str(tmp_path / "ppl"), "--out", str(tmp_path / "kept"), "--fraction", "0.5"]) == 0
+    kept = datasets.load_from_disk(str(tmp_path / "kept"))["saev_ppl"]
+    finite = sorted(v for v in scored["saev_ppl"] if v is not None)
+    assert sorted(kept) == finite[:len(kept)] and len(kept) == round(0.5 * len(scored))
+    # a method that needs an SAE, without one, is named before anything loads
+    assert main([*base, "--out", str(tmp_path / "x"), "--methods", "saev_score"]) == 1
+    assert "need an SAE" in capsys.readouterr().err

@@ -17,7 +17,7 @@ def main(out: str) -> None:
     torch.set_num_threads(1)
     ds = datasets.Dataset.from_list(rows(16, seed=5))
     sae, w = sae_and_weights()
-    cb = SaevRescoreCallback(sae=sae, weights=w, every_n_steps=2, fraction=0.25)
+    cb = SaevRescoreCallback(sae=sae, weights=w, every_n_steps=2, fraction=0.25, by="saev_score")
     tr = trainer("dpo", "llava", ds, os.path.join(out, "run"), max_steps=4, ddp_backend="gloo")
     cb.attach(tr)
     cb.sampler.record = []

@@ -78,7 +78,9 @@ def sae_w():
 
 
 def _callback(sae_w, **kw):
+    """A callback ranking by the paper's score (the expectations below are computed from it)."""
     sae, w = sae_w
+    kw.setdefault("by", "saev_score")
     return SaevRescoreCallback(sae=sae, weights=w, **kw)
 
 
@@ -204,7 +206,7 @@ def test_two_processes_draw_the_same_selection(tmp_path):
     assert start % 4 == 0 and set(draws[start:start + 4]) <= rows_
 
 
-def test_options_weighting_monitor_only_initial_column_refit(sae_w, tmp_path):
+def test_options_weighting_monitor_only_initial_column_refit(sae_w, tmp_path, monkeypatch):
     ds = datasets.Dataset.from_list(rows(8, seed=6))
     ds = ds.add_column("saev_score", [float(v) for v in range(8)])
     tr = trainer("dpo", "llava", ds, tmp_path)
@@ -223,8 +225,8 @@ def test_options_weighting_monitor_only_initial_column_refit(sae_w, tmp_path):
     assert w is not None and (w > 0).all() and np.argmax(w) == np.nanargmax(cb.scores)
     assert 0 < m["saev/kept_fraction"] <= 1 and cb.weights is not sae_w[1]
     assert cb.weights.meta["n_rows_sampled"] == 6
-    with pytest.raises(ValueError, match="by="):
-        _callback(sae_w, by="saev_score_margin")
+    with pytest.raises(ValueError, match="no method 'saev_scor'"):
+        _callback(sae_w, by="saev_scor")
     with pytest.raises(ValueError, match="trainer trains on"):
         _callback(sae_w, train_dataset=ds.select(range(4))).attach(trainer("dpo", "llava", ds, tmp_path / "b"))
     # a fraction that keeps no row, and no rows per scoring pass, fail before training (issue 24, item 5)
@@ -234,6 +236,12 @@ def test_options_weighting_monitor_only_initial_column_refit(sae_w, tmp_path):
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="batch_size"):
             _callback(sae_w, batch_size=bad)
+    # by=None: the methods table's recommendation for the training rows' shape, read when attached
+    from saev_curate.curation import methods
+
+    monkeypatch.setitem(methods.RECOMMENDED, "preference", "l0")
+    auto = _callback(sae_w, by=None).attach(trainer("dpo", "llava", ds, tmp_path / "e"))
+    assert auto.method.name == "l0" and auto.by == "saev_l0"
 
 
 def test_exported_from_the_package():

@@ -97,7 +97,7 @@ _NOT_IDENTITY = {"output_dir", "device", "checkpoint_every", "keep_checkpoints",
 
 def run_identity(config: SaevTrainConfig, model, dataset, layer: int, *, loaded_dataset: bool = True) -> dict:
     """What a training run depends on: model, layer, dataset, what the SAE sees, and the SAE settings."""
-    from saev_curate.curation.sharded import data_fingerprint
+    from saev_curate.io.fingerprint import data_fingerprint
 
     ident = {"model": config.model_name, "model_class": type(model).__name__, "layer": layer,
              "dataset": config.dataset_path, "dataset_split": config.dataset_split, "dataset_rows": len(dataset),

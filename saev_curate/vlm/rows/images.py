@@ -10,6 +10,7 @@ found from the header before any pixel is decoded (decompression bombs)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 
@@ -44,6 +45,22 @@ def set_max_image_pixels(n: int | None) -> None:
 
         raise InputError(f"max_image_pixels must be a positive number of pixels, got {n}")
     os.environ[_ENV_MAX_PIXELS] = str(int(n))
+
+
+@contextlib.contextmanager
+def max_image_pixels_set(n: int | None):
+    """:func:`set_max_image_pixels` for the ``with`` block only (through the environment: workers see it too); the
+    previous limit comes back after it (a process may run several commands)."""
+    before = os.environ.get(_ENV_MAX_PIXELS)
+    if n is not None:
+        set_max_image_pixels(n)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_ENV_MAX_PIXELS, None)
+        else:
+            os.environ[_ENV_MAX_PIXELS] = before
 
 
 class RowError(Exception):
