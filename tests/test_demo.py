@@ -1,13 +1,17 @@
-"""The README's main job at toy size (a tiny random model instead of the testbed): every artifact is
-written, every method has an AUROC per defect kind, and the selection keeps the requested share."""
+"""The README's main job at toy size (a tiny random model instead of the testbed): every artifact is written,
+every method's AUROC per defect kind equals scikit-learn's over the stored scores, and the selection is the
+brute-force top share."""
 
 from __future__ import annotations
 
 import json
 
 import datasets
+import pytest
+from sklearn.metrics import roc_auc_score
 
 from saev_curate.cli import main
+from saev_curate.demo import DEFAULT_BY
 from saev_curate.testbed.data import DEFECT_KINDS
 from saev_curate.testing import save_tiny_vlm
 from saev_curate.testing.rows import digit_preference_rows
@@ -32,7 +36,8 @@ def test_demo_cli_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert "AUROC of clean rows against each defect kind" in printed
     scored = datasets.load_from_disk(str(out / "scored"))
     assert len(scored) == 40 and {"defect", "method_saev_score", "method_saev_grounding"} <= set(scored.column_names)
-    assert len(datasets.load_from_disk(str(out / "selected"))) == 20
+    selected = datasets.load_from_disk(str(out / "selected"))
+    assert len(selected) == 20
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_rows"] == 40 and summary["n_kept"] == 20
     present = set(scored["defect"]) - {"none"}
@@ -43,3 +48,28 @@ def test_demo_cli_runs_end_to_end(tmp_path, monkeypatch, capsys):
     page = (out / "report.html").read_text()
     assert "<svg" in page and "AUROC" in page and "image prompt mismatch" in page
     assert (out / "weights").is_dir() and any((tmp_path / "models").glob("tiny-sae-topk-*/cfg.json"))
+
+    # every AUROC against scikit-learn's over the stored columns: clean rows of the kind's own tasks (label 1) against
+    # the kind's rows (label 0), a row without a score ranked below every scored row
+    defects, tasks = scored["defect"], scored["task"]
+    for method, row in summary["auroc"].items():
+        values = scored[f"method_{method}"]
+        floor = min((v for v in values if v is not None), default=0.0) - 1.0
+        for kind in present:
+            own = {t for t, d in zip(tasks, defects) if d == kind}
+            idx = [i for i, (t, d) in enumerate(zip(tasks, defects)) if d == kind or (d == "none" and t in own)]
+            truth = [defects[i] == "none" for i in idx]
+            assert any(truth) and not all(truth), kind  # both sides present for every kind at this seed
+            expected = roc_auc_score(truth, [floor if values[i] is None else values[i] for i in idx])
+            assert row[kind] == pytest.approx(expected, abs=1e-9), (method, kind)
+    # the selection: the 20 best rows by the default column, in their original order; the shares are counted
+    by = summary["by"]
+    assert by == DEFAULT_BY
+    ranked = sorted((v, i) for i, v in enumerate(scored[f"method_{by}"]) if v is not None)
+    assert summary["n_scored"] == len(ranked) >= 20
+    assert sorted(selected[f"method_{by}"]) == [v for v, _ in ranked[-20:]]
+    key = ("prompt", "chosen", "rejected", "defect", f"method_{by}")
+    rest = iter(zip(*(scored[k] for k in key)))
+    assert all(row in rest for row in zip(*(selected[k] for k in key)))  # a subsequence: the original order
+    assert summary["kept_defect_share"] == sum(d != "none" for d in selected["defect"]) / 20
+    assert summary["all_defect_share"] == sum(d != "none" for d in defects) / 40

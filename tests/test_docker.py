@@ -13,8 +13,6 @@ import sys
 import sysconfig
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -89,9 +87,110 @@ def test_install_script_in_a_fresh_venv(tmp_path):
     assert help_out.returncode == 0, help_out.stderr[-2000:]
 
 
-@pytest.mark.parametrize("section", ["## Recipes", "## Docker"])
-def test_readme_sections(section):
+def _section_commands(title: str) -> list[list[str]]:
+    """The shell commands of README section ``title``'s code blocks: continuation lines joined, comments dropped,
+    split as the shell would (shlex)."""
+    import shlex
+
     readme = (ROOT / "README.md").read_text()
-    assert section in readme
-    if section == "## Docker":
-        assert "docker run" in readme and "recipes/dpo.py" in readme
+    start = readme.index(f"\n{title}\n")
+    section = readme[start + 1:readme.find("\n## ", start + 1)]
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", section, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words:
+                commands.append(words)
+    return commands
+
+
+def _recipe_flags(name: str) -> set[str]:
+    import importlib
+
+    parser = importlib.import_module(f"saev_curate.recipes.{name}").make_parser()
+    return {s for a in parser._actions for s in a.option_strings} | {"--config"}  # TrlParser reads --config itself
+
+
+def _check_recipe_call(args: list[str], where: Path) -> str:
+    """``args`` = ``recipes/<name>.py --flag value ...`` (``where``: the folder the recipes path is relative to):
+    the recipe and every YAML it names exist, every flag is one of the recipe's."""
+    script = Path(args[0])
+    assert script.parts[-2] == "recipes" and (ROOT / "recipes" / script.name).is_file(), args[0]
+    assert (where / script).resolve() == (ROOT / "recipes" / script.name).resolve(), args[0]
+    flags = _recipe_flags(script.stem)
+    for word in args[1:]:
+        if word.startswith("--"):
+            assert word.split("=")[0] in flags, f"{script.name} has no flag {word}"
+        elif word.endswith(".yaml"):
+            assert (where / word).is_file(), word
+    return script.stem
+
+
+def test_readme_recipes_section_runs_real_recipes_with_real_flags_and_configs():
+    commands = _section_commands("## Recipes")
+    ran = []
+    for words in commands:
+        if words[:2] == ["accelerate", "launch"]:
+            i = next(j for j, w in enumerate(words) if w.endswith(".py"))
+            assert words[2] == "--config_file" and (ROOT / words[3]).is_file(), words[:4]
+            ran.append(_check_recipe_call(words[i:], ROOT))
+        else:
+            assert words[0] == "python", words
+            ran.append(_check_recipe_call(words[1:], ROOT))
+    # every recipe is shown being run (dpo twice: on a CPU and at scale)
+    assert sorted(ran) == ["dpo", "dpo", "evaluate"]
+    assert {p.stem for p in (ROOT / "recipes").glob("*.py")} - {"__init__"} == {"dpo", "sft", "evaluate"}
+    assert "`recipes/dpo.py` and `recipes/sft.py`" in (ROOT / "README.md").read_text()
+
+
+def test_readme_docker_section_matches_the_dockerfile_and_the_cli():
+    """Each `docker build` passes only ARGs the Dockerfile declares; each `docker run` uses an image the section
+    builds, mounts the work at the image's working directory, and runs a command the entrypoint accepts: a real
+    `saev-curate` command line (parsed by the CLI's own parser) or a recipe at the path the Dockerfile copies it to."""
+    from saev_curate.cli import build_parser
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    declared = set(re.findall(r"^ARG (\w+)", dockerfile, re.M))
+    workdirs = re.findall(r"^WORKDIR (\S+)", dockerfile, re.M)
+    install_dir, run_dir = workdirs[0], workdirs[-1]
+    assert re.search(r"^COPY recipes/ recipes/$", dockerfile, re.M)  # so the recipes are at <install_dir>/recipes
+    entrypoint = re.search(r'^ENTRYPOINT \["([^"]+)"\]', dockerfile, re.M).group(1)
+    commands = _section_commands("## Docker")
+    builds = [w for w in commands if w[:2] == ["docker", "build"]]
+    runs = [w for w in commands if w[:2] == ["docker", "run"]]
+    assert len(builds) == 2 and len(runs) == 2 and len(commands) == 4
+    tags = set()
+    for words in builds:
+        assert words[-1] == "."
+        tags.add(words[words.index("-t") + 1])
+        for i, w in enumerate(words):
+            if w == "--build-arg":
+                assert words[i + 1].split("=")[0] in declared, words[i + 1]
+    assert tags == {"saev-curate", "saev-curate:cuda"}
+    with_value = {"-e", "-v", "--gpus", "--entrypoint"}
+    for words in runs:
+        i, options = 2, {}
+        while words[i].startswith("-"):
+            if words[i] in with_value:
+                options.setdefault(words[i], []).append(words[i + 1])
+                i += 2
+            else:
+                i += 1
+        image, rest = words[i], words[i + 1:]
+        assert image in tags, image
+        assert f"$PWD:{run_dir}" in options["-v"]
+        assert "HF_HUB_OFFLINE=1" in options["-e"]
+        program = options.get("--entrypoint", [entrypoint])[0]
+        if program == entrypoint:
+            args = build_parser().parse_args(rest)  # a real command with real flags (argparse exits otherwise)
+            assert args.command == "score" and args.data == "./train" and args.out == "./scored"
+        else:
+            assert program == "accelerate" and rest[0] == "launch" and image == "saev-curate:cuda"
+            recipe = rest[1]
+            assert recipe.startswith(f"{install_dir}/recipes/"), recipe
+            local = [w.replace(f"{install_dir}/", f"{ROOT}/") if w.startswith(f"{install_dir}/") else w
+                     for w in rest[1:]]
+            assert _check_recipe_call(local, ROOT) == "dpo"
+    readme = (ROOT / "README.md").read_text()
+    assert re.search(rf"entrypoint is `{entrypoint}`; the recipes are in\s+`{install_dir}/recipes`; mount your work at "
+                     rf"`{run_dir}`", readme)

@@ -33,6 +33,8 @@ def is_v6(version: Any) -> bool:
 
 def save_sae(sae, path: str | Path, *, sparsity: torch.Tensor | None = None) -> Path:
     """Write `sae` in the SAELens v6 layout; an unfolded input scale is folded into the saved copy."""
+    if sparsity is not None and tuple(sparsity.shape) != (sae.cfg.d_sae,):  # before anything is written
+        raise ValueError(f"sparsity must have shape [{sae.cfg.d_sae}], got {tuple(sparsity.shape)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if sae.cfg.input_scale != 1.0:
@@ -60,7 +62,7 @@ def save_sae(sae, path: str | Path, *, sparsity: torch.Tensor | None = None) -> 
     out["metadata"] = metadata
     (path / CFG_FILE).write_text(json.dumps(out, indent=2, default=str))
     if sparsity is not None:
-        if tuple(sparsity.shape) != (cfg.d_sae,):
-            raise ValueError(f"sparsity must have shape [{cfg.d_sae}], got {tuple(sparsity.shape)}")
         save_file({"sparsity": sparsity.detach().float().cpu().contiguous()}, str(path / SPARSITY_FILE))
+    else:  # an earlier save's densities belong to another SAE (and may not even fit this one's d_sae)
+        (path / SPARSITY_FILE).unlink(missing_ok=True)
     return path

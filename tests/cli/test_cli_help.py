@@ -6,6 +6,15 @@ import argparse
 
 from saev_curate.cli import build_parser
 
+# Every command of the CLI, by hand, with the flags of the shared vocabulary it must have: (--data/--dataset, --out).
+# Checked against the parser both ways (a command added, renamed or dropped fails) and against the README.
+COMMANDS = {
+    "fit-weights": (True, True), "score": (True, True), "select": (True, True),
+    "cache-activations": (True, True), "train-sae": (True, True), "eval-sae": (True, True),
+    "demo": (False, True), "pipeline": (False, True),  # they make their own data
+    "sae": (False, False), "sae info": (False, False),  # a group, and one SAE folder in, a table out
+}
+
 
 def _commands(parser):
     for action in parser._actions:
@@ -21,7 +30,7 @@ def test_every_flag_has_help_and_data_out_are_the_vocabulary():
     from saev_curate.sae.training import SaevTrainConfig
 
     commands = dict(_commands(build_parser()))
-    assert {"fit-weights", "score", "select", "train-sae", "cache-activations", "eval-sae", "demo", "sae info"} <= set(commands)
+    assert set(commands) == set(COMMANDS)
     commands["train-sae"] = TrlParser((SaevTrainConfig,))  # train-sae hands its flags to TrlParser
     for name, parser in commands.items():
         for action in parser._actions:
@@ -29,10 +38,21 @@ def test_every_flag_has_help_and_data_out_are_the_vocabulary():
                 continue
             assert action.help, f"{name} {action.option_strings} has no help text"
         flags = {s for a in parser._actions for s in a.option_strings}
-        if name in ("fit-weights", "score", "select", "cache-activations", "eval-sae", "train-sae"):
-            assert {"--data", "--dataset"} <= flags, name
-        if name in ("fit-weights", "score", "select", "cache-activations", "eval-sae", "demo", "train-sae"):
-            assert "--out" in flags, name
+        data, out = COMMANDS[name]
+        assert ({"--data", "--dataset"} <= flags) == data and ("--dataset" in flags) == data, name
+        assert ("--out" in flags) == out, name
+
+
+def test_the_readme_shows_every_command_and_only_real_ones():
+    """The README is the user's list of commands: each command it runs exists, and each top-level command
+    (and `sae info`) appears in it."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    shown = set(re.findall(r"(?:^|`|/)saev-curate ((?:sae )?[a-z][a-z-]+)", readme, re.M))  # commands, not prose
+    assert shown <= set(COMMANDS), shown - set(COMMANDS)
+    assert shown == set(COMMANDS) - {"sae"}
 
 
 def test_help_of_every_command_imports_no_torch():
@@ -46,7 +66,9 @@ def test_help_of_every_command_imports_no_torch():
             "    try:\n        main(([name] if name else []) + ['--help'])\n    except SystemExit:\n        pass\n"
             "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, check=True).stdout
-    assert len(names) > 8 and "usage: saev-curate train-sae" in out
+    assert names == [""] + sorted({n.split()[0] for n in COMMANDS}) and "usage: saev-curate train-sae" in out
+    for name in names[1:]:  # each command printed its own help (none was skipped or failed before --help)
+        assert f"usage: saev-curate {name}" in out, name
     assert out.strip().splitlines()[-1] == "[]", out[-300:]
 
 
