@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from saev_curate.cli import main
-from saev_curate.demo import DEFAULT_BY
+from saev_curate.curation.methods import RECOMMENDED
 from saev_curate.testbed.data import DEFECT_KINDS
 from saev_curate.testing import save_tiny_vlm
 from saev_curate.testing.rows import digit_preference_rows
@@ -64,7 +64,7 @@ def test_demo_cli_runs_end_to_end(tmp_path, monkeypatch, capsys):
             assert row[kind] == pytest.approx(expected, abs=1e-9), (method, kind)
     # the selection: the 20 best rows by the default column, in their original order; the shares are counted
     by = summary["by"]
-    assert by == DEFAULT_BY
+    assert by == RECOMMENDED["preference"]  # the demo's rows are preference rows
     ranked = sorted((v, i) for i, v in enumerate(scored[f"method_{by}"]) if v is not None)
     assert summary["n_scored"] == len(ranked) >= 20
     assert sorted(selected[f"method_{by}"]) == [v for v, _ in ranked[-20:]]

@@ -87,12 +87,15 @@ def test_install_script_in_a_fresh_venv(tmp_path):
     assert help_out.returncode == 0, help_out.stderr[-2000:]
 
 
+GUIDE = ROOT / "docs" / "guide.md"  # the full Recipes and Docker sections (the README's short ones link there)
+
+
 def _section_commands(title: str) -> list[list[str]]:
-    """The shell commands of README section ``title``'s code blocks: continuation lines joined, comments dropped,
-    split as the shell would (shlex)."""
+    """The shell commands of the guide's section ``title``'s code blocks: continuation lines joined, comments
+    dropped, split as the shell would (shlex)."""
     import shlex
 
-    readme = (ROOT / "README.md").read_text()
+    readme = GUIDE.read_text()
     start = readme.index(f"\n{title}\n")
     section = readme[start + 1:readme.find("\n## ", start + 1)]
     commands = []
@@ -140,7 +143,8 @@ def test_readme_recipes_section_runs_real_recipes_with_real_flags_and_configs():
     # every recipe is shown being run (dpo twice: on a CPU and at scale)
     assert sorted(ran) == ["dpo", "dpo", "evaluate"]
     assert {p.stem for p in (ROOT / "recipes").glob("*.py")} - {"__init__"} == {"dpo", "sft", "evaluate"}
-    assert "`recipes/dpo.py` and `recipes/sft.py`" in (ROOT / "README.md").read_text()
+    assert "`recipes/dpo.py` and `recipes/sft.py`" in GUIDE.read_text()
+    assert "(docs/guide.md#recipes)" in (ROOT / "README.md").read_text()
 
 
 def test_readme_docker_section_matches_the_dockerfile_and_the_cli():
@@ -191,6 +195,7 @@ def test_readme_docker_section_matches_the_dockerfile_and_the_cli():
             local = [w.replace(f"{install_dir}/", f"{ROOT}/") if w.startswith(f"{install_dir}/") else w
                      for w in rest[1:]]
             assert _check_recipe_call(local, ROOT) == "dpo"
-    readme = (ROOT / "README.md").read_text()
+    readme = GUIDE.read_text()
+    assert "(docs/guide.md#docker)" in (ROOT / "README.md").read_text()
     assert re.search(rf"entrypoint is `{entrypoint}`; the recipes are in\s+`{install_dir}/recipes`; mount your work at "
                      rf"`{run_dir}`", readme)

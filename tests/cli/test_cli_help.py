@@ -13,6 +13,7 @@ COMMANDS = {
     "cache-activations": (True, True), "train-sae": (True, True), "eval-sae": (True, True),
     "demo": (False, True), "pipeline": (False, True),  # they make their own data
     "sae": (False, False), "sae info": (False, False),  # a group, and one SAE folder in, a table out
+    "methods": (False, False),  # prints the methods table
 }
 
 
