@@ -64,7 +64,7 @@ def run_cell(ctx: dict, arch: str, seed: int, rows: list[dict], delta_rel, perpl
     import datasets
 
     from saev_curate.curation.crossmodal import CrossModalWeights
-    from saev_curate.testbed import detection as D
+    from saev_curate.jobs import detection as D
 
     sae, _ = D.testbed_sae(ctx["path"], ctx["model"], ctx["processor"], architecture=arch, seed=seed,
                            steps=ctx["sae_steps"], progress=ctx["progress"])
@@ -82,7 +82,7 @@ def run_cell(ctx: dict, arch: str, seed: int, rows: list[dict], delta_rel, perpl
 def choose_combined(cell: dict, candidates) -> tuple[str, str]:
     """The (SAE-V column, likelihood column) whose rank average has the best mean AUROC over the kinds that
     should be flagged, on ``cell``'s (dev) scores."""
-    from saev_curate.testbed import detection as D
+    from saev_curate.jobs import detection as D
 
     kinds = [k for k in FLAGGED if k in cell["labels"]]
 
@@ -110,8 +110,8 @@ def main(argv=None) -> dict:
 
     import torch
 
+    from saev_curate.jobs import detection as D
     from saev_curate.testbed import build_testbed
-    from saev_curate.testbed import detection as D
     from saev_curate.testbed import evaluate as E
     from saev_curate.testbed.data import DEFECT_KINDS, defect_rows
     from saev_curate.vlm.load import load_vlm

@@ -25,12 +25,8 @@ scores came from), `saev_scored/` and `crossmodal_weights/` when the recipe scor
 """
 
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: drop recipes/ from the path (recipes/evaluate.py must not shadow
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the `evaluate` library); the repo root instead
-
-from saev_curate.recipes.sft import main, make_parser  # noqa: E402
+from saev_curate.recipes.sft import main, make_parser
 
 __all__ = ["main", "make_parser"]
 

@@ -10,7 +10,7 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from saev_curate.lazy import lazy_exports
+from saev_curate.core.lazy import lazy_exports
 
 try:
     __version__ = version("saev-curate")
@@ -19,7 +19,7 @@ except PackageNotFoundError:  # a source tree that was never installed
 
 # The public API, declared once: module -> names it defines.
 _MODULES: dict[str, tuple[str, ...]] = {
-    "saev_curate.errors": ("CheckpointError", "InputError", "SaevError"),
+    "saev_curate.core.errors": ("CheckpointError", "InputError", "SaevError"),
     # sparse autoencoders: architectures, checkpoints, training, evaluation
     "saev_curate.sae": ("SAE", "SAEConfig", "estimate_input_scale", "inspect_checkpoint", "load_sae", "save_sae"),
     "saev_curate.sae.training": ("ActivationCache", "ActivationStream", "SaevTrainConfig", "StreamConfig",

@@ -7,7 +7,7 @@ import json
 import datasets
 import pytest
 
-from saev_curate.errors import InputError
+from saev_curate.core.errors import InputError
 from saev_curate.io.datasets import load_local_dataset, save_dataset
 
 

@@ -141,8 +141,8 @@ def test_readme_recipes_section_runs_real_recipes_with_real_flags_and_configs():
             assert words[0] == "python", words
             ran.append(_check_recipe_call(words[1:], ROOT))
     # every recipe is shown being run (dpo twice: on a CPU and at scale)
-    assert sorted(ran) == ["dpo", "dpo", "evaluate"]
-    assert {p.stem for p in (ROOT / "recipes").glob("*.py")} - {"__init__"} == {"dpo", "sft", "evaluate"}
+    assert sorted(ran) == ["dpo", "dpo", "evaluate_policy"]
+    assert {p.stem for p in (ROOT / "recipes").glob("*.py")} - {"__init__"} == {"dpo", "sft", "evaluate_policy"}
     assert "`recipes/dpo.py` and `recipes/sft.py`" in GUIDE.read_text()
     assert "(docs/guide.md#recipes)" in (ROOT / "README.md").read_text()
 

@@ -62,7 +62,7 @@ def test_pipeline_cli_runs_end_to_end_and_reuses_its_cache(tmp_path, monkeypatch
 
     # a run with other settings killed while it rewrites OUT/scoring leaves no valid record behind: the next run of
     # the first settings scores again instead of failing on the half-written folder (issue 24, item 3)
-    import saev_curate.demo as demo_module
+    import saev_curate.jobs.demo as demo_module
 
     real = demo_module.run_demo
 
@@ -81,7 +81,7 @@ def test_pipeline_cli_runs_end_to_end_and_reuses_its_cache(tmp_path, monkeypatch
 
 
 def test_differences_and_their_intervals_by_hand():
-    from saev_curate.pipeline import difference, metrics_of
+    from saev_curate.jobs.pipeline import difference, metrics_of
 
     def items(exact, false, stated, qa):
         return {"exact": exact, "false": false, "stated": stated, "recalled": [1] * len(exact),

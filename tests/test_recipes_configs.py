@@ -84,9 +84,9 @@ def test_deepspeed_zero2_accelerate_config():
 
 
 def test_recipe_docstrings_and_arguments():
-    from recipes import dpo, evaluate, sft
+    from recipes import dpo, evaluate_policy, sft
     from saev_curate.recipes.common import SaevArguments
-    from saev_curate.recipes.evaluate import EvalArguments
+    from saev_curate.recipes.evaluate_policy import EvalArguments
 
     for mod in (dpo, sft):
         doc = mod.__doc__
@@ -94,7 +94,7 @@ def test_recipe_docstrings_and_arguments():
         assert m, f"{mod.__name__}: no accelerate launch line"
         for rel in (m.group(1), m.group(2), m.group(3)):
             assert (ROOT / rel).is_file(), rel
-    assert "results.json" in evaluate.__doc__
+    assert "results.json" in evaluate_policy.__doc__
     for cls in (SaevArguments, EvalArguments):
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
@@ -103,10 +103,10 @@ def test_recipe_docstrings_and_arguments():
 def test_entry_files_run_the_package_core():
     """One implementation: recipes/*.py (what users run) import the core installed with the package."""
     import saev_curate.recipes.dpo
-    import saev_curate.recipes.evaluate
+    import saev_curate.recipes.evaluate_policy
     import saev_curate.recipes.sft
-    from recipes import dpo, evaluate, sft
+    from recipes import dpo, evaluate_policy, sft
 
     assert dpo.main is saev_curate.recipes.dpo.main and sft.main is saev_curate.recipes.sft.main
-    assert evaluate.evaluate is saev_curate.recipes.evaluate.evaluate
+    assert evaluate_policy.evaluate is saev_curate.recipes.evaluate_policy.evaluate
     assert not (ROOT / "recipes" / "common.py").exists()

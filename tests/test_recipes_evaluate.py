@@ -1,4 +1,4 @@
-"""recipes/evaluate.py: accuracies against a brute-force per-row computation, lmms-eval-shaped results, adapters."""
+"""recipes/evaluate_policy.py: accuracies against a brute-force per-row computation, lmms-eval-shaped results, adapters."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _image(seed: int):
 
 
 def brute_prompt(processor, row):
-    from saev_curate.recipes.evaluate import prompt_text
+    from saev_curate.recipes.evaluate_policy import prompt_text
 
     text = prompt_text(processor, row["question"], True)
     return processor(text=[text], images=[[row["image"]]], return_tensors="pt", add_special_tokens=False)
@@ -99,7 +99,7 @@ def case(tiny):
 
 
 def normalize_eq(a: str, b: str) -> bool:
-    from saev_curate.recipes.evaluate import normalize
+    from saev_curate.recipes.evaluate_policy import normalize
 
     return normalize(a) == normalize(b)
 
@@ -107,7 +107,7 @@ def normalize_eq(a: str, b: str) -> bool:
 def test_accuracy_and_exact_match_match_brute_force(tiny, case, tmp_path):
     import datasets
 
-    from saev_curate.recipes.evaluate import evaluate, mean_stderr
+    from saev_curate.recipes.evaluate_policy import evaluate, mean_stderr
 
     model, processor = tiny
     rows, expect_acc, expect_em = case
@@ -130,7 +130,7 @@ def test_accuracy_and_exact_match_match_brute_force(tiny, case, tmp_path):
 
 
 def test_answer_forms():
-    from saev_curate.recipes.evaluate import gold_index
+    from saev_curate.recipes.evaluate_policy import gold_index
 
     row = {"options": ["cat", "dog", "bus"]}
     assert [gold_index({**row, "answer": a}) for a in (2, "dog", "c", " cat ")] == [2, 1, 2, 0]
@@ -143,7 +143,7 @@ def test_saev_score_of_the_policy(tiny, case):
     import datasets
 
     from saev_curate import SAE, CrossModalWeights, SAEConfig
-    from saev_curate.recipes.evaluate import evaluate, scoring_rows
+    from saev_curate.recipes.evaluate_policy import evaluate, scoring_rows
 
     model, processor = tiny
     rows = [r for r, _ in case[0]]
@@ -162,7 +162,7 @@ def test_cli_main_with_an_adapter(tmp_path, case):
     import datasets
     from peft import LoraConfig, get_peft_model
 
-    from saev_curate.recipes.evaluate import main, make_parser
+    from saev_curate.recipes.evaluate_policy import main, make_parser
 
     _, save = _tiny()
     base = save("llava", tmp_path / "base", seed=0)
@@ -196,7 +196,7 @@ def test_cli_main_with_an_adapter(tmp_path, case):
 def test_description_rows_report_hallucination_rate_and_recall(monkeypatch):
     """Description rows (no options, a testbed concept): the greedy text's facts checked against the concept,
     aggregated over the set as CHAIR does; the counts below are worked out by hand."""
-    from saev_curate.recipes import evaluate as ev
+    from saev_curate.recipes import evaluate_policy as ev
     from saev_curate.testbed.images import Concept
 
     three = Concept("digit", digit=3).to_dict()  # facts: three, odd, after two
@@ -225,12 +225,12 @@ def test_recipe_mistakes_are_one_line(tmp_path, capsys):
 
     from saev_curate.recipes import dpo
     from saev_curate.recipes.common import run_script
-    from saev_curate.recipes.evaluate import main, make_parser
+    from saev_curate.recipes.evaluate_policy import main, make_parser
 
     common = ["--model_name_or_path", str(tmp_path / "nowhere"), "--dataset_name", str(tmp_path / "data")]
-    assert run_script(make_parser, main, [*common, "--limit", "0"], prog="recipes/evaluate.py") == 1
+    assert run_script(make_parser, main, [*common, "--limit", "0"], prog="recipes/evaluate_policy.py") == 1
     err = capsys.readouterr().err
-    assert err.startswith("recipes/evaluate.py: error: --limit 0") and err.count("\n") == 1, err
+    assert err.startswith("recipes/evaluate_policy.py: error: --limit 0") and err.count("\n") == 1, err
     with pytest.raises(Exception, match="--limit 0"):
         run_script(make_parser, main, [*common, "--limit", "0", "--traceback"])
     bad_yaml = tmp_path / "bad.yaml"
@@ -238,7 +238,7 @@ def test_recipe_mistakes_are_one_line(tmp_path, capsys):
     assert run_script(dpo.make_parser, dpo.main, ["--config", str(bad_yaml)], prog="recipes/dpo.py") == 1
     err = capsys.readouterr().err
     assert err.startswith("recipes/dpo.py: error: ") and "--traceback" in err and "Traceback" not in err, err
-    run = subprocess.run([sys.executable, str(ROOT / "recipes" / "evaluate.py"), *common, "--limit", "0"],
+    run = subprocess.run([sys.executable, str(ROOT / "recipes" / "evaluate_policy.py"), *common, "--limit", "0"],
                          capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 1 and "Traceback" not in run.stderr and "--limit 0" in run.stderr, run.stderr[-2000:]
 
@@ -248,8 +248,8 @@ def test_a_missing_image_is_that_rows_error_not_the_evaluations_end(tiny, case, 
     reason; when no row is readable the run is one error naming the most common reason."""
     import datasets
 
-    from saev_curate.errors import InputError
-    from saev_curate.recipes.evaluate import evaluate
+    from saev_curate.core.errors import InputError
+    from saev_curate.recipes.evaluate_policy import evaluate
 
     model, processor = tiny
     rows = []

@@ -211,7 +211,7 @@ def test_dpo_scores_and_trains_rlaif_v_rows(work, tmp_path):
 def test_row_shapes_become_trl_rows():
     import datasets
 
-    from saev_curate.errors import InputError
+    from saev_curate.core.errors import InputError
     from saev_curate.recipes.common import to_preference_rows, to_sft_rows
 
     img = _image(0)

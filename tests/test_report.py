@@ -7,7 +7,7 @@ import random
 
 from PIL import Image
 
-from saev_curate.report import auc, write_score_report
+from saev_curate.jobs.report import auc, write_score_report
 
 
 def test_auc_equals_pairwise_brute_force():

@@ -133,7 +133,7 @@ def score_dataset(ctx: dict, seed: int) -> dict:
     import datasets
 
     from saev_curate.curation.crossmodal import CrossModalWeights
-    from saev_curate.testbed import detection as D
+    from saev_curate.jobs import detection as D
 
     t = time.perf_counter()
     rows = data_rows(ctx["rows"], ctx["rate"], seed)
@@ -190,13 +190,13 @@ def _worker_init() -> None:
 
 
 def evaluate_policy(model, processor, n_eval: int) -> dict:
-    """The policy's scores, as the main job computes them (``saev_curate.pipeline.policy_scores``): exact-description
+    """The policy's scores, as the main job computes them (``saev_curate.jobs.pipeline.policy_scores``): exact-description
     rate, fact precision (1 - hallucination rate) and recall of greedy descriptions of ``n_eval`` held-out images,
     and likelihood accuracy on ``n_eval // 15`` held-out questions per type (seed 0, test split)."""
     import shutil
     import tempfile
 
-    from saev_curate.pipeline import metrics_of, policy_scores
+    from saev_curate.jobs.pipeline import metrics_of, policy_scores
 
     tmp = Path(tempfile.mkdtemp(prefix="alignment-effect-eval-"))
     try:
@@ -213,7 +213,7 @@ def run_cell(spec: dict) -> dict:
 
     import datasets
 
-    from saev_curate.pipeline import train_dpo
+    from saev_curate.jobs.pipeline import train_dpo
     from saev_curate.recipes.common import SaevArguments
 
     path = Path(spec["cell_file"])
@@ -297,8 +297,8 @@ def main(argv=None) -> dict:
 
     import torch
 
+    from saev_curate.jobs import detection as D
     from saev_curate.testbed import ALIGNMENT_BASE, build_testbed
-    from saev_curate.testbed import detection as D
     from saev_curate.vlm.load import load_vlm
 
     torch.set_num_threads(1)

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # user-facing errors: one clear line, no traceback unless asked
         if want_traceback:
             raise
-        from saev_curate.errors import error_line
+        from saev_curate.core.errors import error_line
 
         print(f"saev-curate: error: {error_line(exc)}", file=sys.stderr)
         return 1

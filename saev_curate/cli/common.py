@@ -49,7 +49,7 @@ def parse_layer(value):
 
 
 def min_usable_share_arg(p: argparse.ArgumentParser) -> None:
-    from saev_curate.row_errors import DEFAULT_MIN_USABLE_SHARE
+    from saev_curate.core.row_errors import DEFAULT_MIN_USABLE_SHARE
 
     p.add_argument("--min-usable-share", type=float, default=None,
                    help="fail when fewer than this share of the rows can be used; the error names the most "
@@ -74,7 +74,7 @@ def load_rows(path, split: str | None = None):
 
 
 def positive(name: str, value, *, allow_zero: bool = False) -> None:
-    from saev_curate.errors import InputError
+    from saev_curate.core.errors import InputError
 
     if value is not None and (value < 0 or (value == 0 and not allow_zero)):
         raise InputError(f"{name} {value} must be {'at least 0' if allow_zero else 'positive'}")
@@ -101,7 +101,7 @@ def check_known_flags(command: str, parser: argparse.ArgumentParser, argv: list[
     ``--help`` (not the top-level usage, not a traceback)."""
     import difflib
 
-    from saev_curate.errors import InputError
+    from saev_curate.core.errors import InputError
 
     known = {o for a in parser._actions for o in a.option_strings} | {"--help", *extra}
     unknown = [a.split("=", 1)[0] for a in argv if a.startswith("--") and a.split("=", 1)[0] not in known]

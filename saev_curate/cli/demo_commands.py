@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from saev_curate.demo import run_demo
+    from saev_curate.jobs.demo import run_demo
 
     r = run_demo(args.out, model=args.model, sae=args.sae, rows=args.rows, defect_rate=args.defect_rate,
                  sae_steps=args.sae_steps, architecture=args.architecture, n_reference=args.n_reference,

@@ -15,7 +15,7 @@ def _inner_share(text: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from saev_curate.pipeline import DEFAULT_SEEDS, default_pipeline_by
+    from saev_curate.jobs.pipeline import DEFAULT_SEEDS, default_pipeline_by
 
     p = sub.add_parser("pipeline", help="the whole flow offline on the testbed: model, SAE, scores, selection, LoRA "
                                         "DPO on the selection / all rows / random rows per seed, the trained "
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _pipeline(args: argparse.Namespace) -> int:
-    from saev_curate.pipeline import METRICS, headline, run_pipeline
+    from saev_curate.jobs.pipeline import METRICS, headline, run_pipeline
 
     r = run_pipeline(args.out, model=args.model, sae=args.sae, rows=args.rows, defect_rate=args.defect_rate,
                      fraction=args.fraction, by=args.by, dpo_steps=args.dpo_steps, batch_size=args.batch_size,

@@ -27,8 +27,8 @@ from saev_curate.cli.common import (
     positive,
     traceback_arg,
 )
+from saev_curate.core.errors import InputError
 from saev_curate.curation.config import add_score_args, score_config_from_args
-from saev_curate.errors import InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -77,7 +77,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         (config,) = parser.parse_args_and_config(args=args.args)
     except (ValueError, TypeError, FileNotFoundError, OSError) as exc:  # a bad --config file or value
-        from saev_curate.errors import InputError
+        from saev_curate.core.errors import InputError
 
         raise InputError(f"train-sae: {exc}; `saev-curate train-sae --help` lists every option") from None
     from saev_curate.sae.training.pipeline import train_sae
@@ -108,7 +108,7 @@ def _cache(args: argparse.Namespace) -> int:
     print(f"wrote {meta['n_tokens']} tokens ({meta['n_image']} image) of layer {layer} in {len(cache.shards)} "
           f"shards to {args.out}; {len(meta['row_errors'])} rows skipped")
     if meta["row_errors"]:
-        from saev_curate.row_errors import summary_line
+        from saev_curate.core.row_errors import summary_line
 
         print(f"saev-curate: {summary_line(meta['rows'], meta['row_errors'].values())}", file=sys.stderr)
     return 0

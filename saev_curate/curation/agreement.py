@@ -49,7 +49,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from saev_curate.devices import module_device
+from saev_curate.core.devices import module_device
 
 AGREEMENT_COLUMNS = ("score_content", "grounding", "pair_agreement", "answer_agreement", "answer_readout",
                      "token_readout_min", "answer_agreement_min")

@@ -7,7 +7,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from saev_curate.errors import InputError
+from saev_curate.core.errors import InputError
 
 __all__ = ["CapturedBatches", "capture_rows", "iter_rows", "reference_indices"]
 

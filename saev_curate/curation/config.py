@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from saev_curate.errors import InputError
+from saev_curate.core.errors import InputError
 
 __all__ = ["DEFAULT_CONTROL_PROMPT", "ScoreConfig", "add_score_args", "score_config_from_args"]
 

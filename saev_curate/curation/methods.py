@@ -26,7 +26,7 @@ import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from saev_curate.errors import InputError
+from saev_curate.core.errors import InputError
 
 __all__ = ["ALIASES", "METHODS", "RECOMMENDED", "RECOMMENDED_SAEV", "SAEV", "SHAPES", "Method", "data_shape",
            "default_by", "find_method", "get_method", "methods_for", "recommend_from", "resolve_by", "table_text"]

@@ -33,8 +33,8 @@ import logging
 import math
 from typing import Any
 
+from saev_curate.core.errors import InputError
 from saev_curate.curation.methods import default_by, resolve_by
-from saev_curate.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def select(ds, by: str | None = None, *, fraction: float | None = None, threshol
            return_report: bool = False, min_usable_share: float | None = None, stratify_by: str | None = None):
     """Keep the best rows of ``ds`` by ``by``; see the module docstring for the rules.
 
-    The row rule (:mod:`saev_curate.row_errors`): when no row, or fewer than ``min_usable_share``, has a
+    The row rule (:mod:`saev_curate.core.row_errors`): when no row, or fewer than ``min_usable_share``, has a
     score, selection fails naming the most common ``saev_error`` reasons (a dataset whose scoring failed
     is not ranked by row order); 0 checks only that some row has one.
 
@@ -134,7 +134,7 @@ def select(ds, by: str | None = None, *, fraction: float | None = None, threshol
         raise InputError(f"{len(null_rows)} row(s) have a null {column!r} (first: row {null_rows[0]}); "
                          "see their saev_error, or pass nulls='drop' / 'keep'")
     if null_rows and n:
-        from saev_curate.row_errors import check_usable
+        from saev_curate.core.row_errors import check_usable
 
         err_values = (ds["saev_error"] if not is_list and "saev_error" in (getattr(ds, "column_names", None) or [])
                       else [r.get("saev_error") for r in ds] if is_list else [None] * n)

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from saev_curate.errors import InputError
+from saev_curate.core.errors import InputError
 from saev_curate.io.datasets import save_dataset
 from saev_curate.io.fingerprint import data_fingerprint
 
@@ -47,8 +47,8 @@ def score_to_disk(scorer, ds, out: str, *, batch_size: int = 8, shard_rows: int 
     """Score ``ds`` shard by shard into ``<out>.shards/``, resuming finished shards; rank 0 then joins
     the shards in row order with the data and writes ``out``.
 
-    The row rule (:mod:`saev_curate.row_errors`): when no row, or fewer than ``min_usable_share`` of them,
-    could be scored, nothing is written to ``out`` and :class:`~saev_curate.row_errors.TooFewUsableRows`
+    The row rule (:mod:`saev_curate.core.row_errors`): when no row, or fewer than ``min_usable_share`` of them,
+    could be scored, nothing is written to ``out`` and :class:`~saev_curate.core.row_errors.TooFewUsableRows`
     names the most common errors; a first shard with no usable row at all stops the run at once (a
     wrong column name or model setting, not bad luck).  Otherwise failed rows are summed up in one line
     on stderr and in ``<out>.summary.json``; rank 0 returns that summary.
@@ -56,9 +56,9 @@ def score_to_disk(scorer, ds, out: str, *, batch_size: int = 8, shard_rows: int 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from saev_curate.core.row_errors import check_usable
     from saev_curate.io.checked import read_json_object
     from saev_curate.io.datasets import raw_rows
-    from saev_curate.row_errors import check_usable
 
     if shard_rows <= 0 or batch_size <= 0:
         raise InputError(f"shard_rows={shard_rows} and batch_size={batch_size} must be positive")

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from saev_curate.errors import CheckpointError
+from saev_curate.core.errors import CheckpointError
 
 __all__ = ["check_tensors", "looks_like_pickle", "read_json_object", "read_safetensors"]
 

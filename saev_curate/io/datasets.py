@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from saev_curate.errors import InputError
+from saev_curate.core.errors import InputError
 
 __all__ = ["check_distinct_output", "check_output_holds", "has_image_feature", "load_local_dataset", "raw_rows", "save_dataset"]
 

@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from saev_curate.errors import InputError
+from saev_curate.core.errors import InputError
 
 __all__ = ["mnist_digits"]
 

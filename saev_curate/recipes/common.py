@@ -424,7 +424,7 @@ def run_script(make_parser, main, argv: list[str] | None = None, *, prog: str = 
     except Exception as exc:
         if want_traceback:
             raise
-        from saev_curate.errors import error_line
+        from saev_curate.core.errors import error_line
 
         print(f"{prog}: error: {error_line(exc)}", file=sys.stderr)
         return 1

@@ -1,8 +1,8 @@
 """Sparse autoencoders: architectures (`model`, `sparse`), checkpoints (`saving`, `io`), `evaluate`, `training`.
 
-Names load on first use (`saev_curate.lazy`): the CLI's `--help` reads configs without importing torch."""
+Names load on first use (`saev_curate.core.lazy`): the CLI's `--help` reads configs without importing torch."""
 
-from saev_curate.lazy import lazy_exports
+from saev_curate.core.lazy import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
     "saev_curate.sae.model": ("SAE", "SAEConfig", "estimate_input_scale", "layer_from_hook_name"),

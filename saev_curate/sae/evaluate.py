@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from saev_curate.devices import module_device, to_model_inputs
-from saev_curate.errors import InputError
+from saev_curate.core.devices import module_device, to_model_inputs
+from saev_curate.core.errors import InputError
 from saev_curate.sae.model import SAE
 
 
@@ -197,7 +197,7 @@ def evaluate_sae(
             ("zero", lambda r: splice(r, torch.zeros_like)),
         ):
             ce[name] += _ce_sum(_forward_with(model, inputs, layer_module, edit), acts.input_ids.to(device), target_mask)
-    from saev_curate.row_errors import check_usable
+    from saev_curate.core.row_errors import check_usable
 
     check_usable(n_rows, list(errors.values()), min_usable_share=min_usable_share, action="eval-sae")
     if n_targets == 0:

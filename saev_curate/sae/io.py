@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from saev_curate.devices import dtype_to_str, str_to_dtype
-from saev_curate.errors import CheckpointError
+from saev_curate.core.devices import dtype_to_str, str_to_dtype
+from saev_curate.core.errors import CheckpointError
 from saev_curate.sae.model import SAE, SAEConfig, layer_from_hook_name
 from saev_curate.sae.saving import (
     CFG_FILE,

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saev_curate.devices import dtype_to_str, str_to_dtype
-from saev_curate.errors import CheckpointError
+from saev_curate.core.devices import dtype_to_str, str_to_dtype
+from saev_curate.core.errors import CheckpointError
 from saev_curate.sae.saving import save_sae
 
 Architecture = Literal["standard", "topk", "jumprelu"]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from saev_curate.errors import InputError
+from saev_curate.core.errors import InputError
 from saev_curate.testbed import images as timg
 from saev_curate.testbed import language as lang
 

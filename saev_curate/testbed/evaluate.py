@@ -33,7 +33,7 @@ def heldout_questions(n_per_type: int = 100, *, seed: int = 0, split: str = "tes
     """Question rows over held-out images, ``n_per_type`` of each image question type.
 
     Each row: ``question``, ``image`` (PIL), ``answer``, ``options``, ``qtype`` and the image's
-    ``concept`` (a dict) - the shape ``recipes/evaluate.py`` reads.
+    ``concept`` (a dict) - the shape ``recipes/evaluate_policy.py`` reads.
     """
     rng = np.random.RandomState([seed, 31])
     items = timg.sample_images(split, 40 * n_per_type, seed=seed + 1000)

@@ -28,7 +28,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
-from saev_curate.errors import InputError
+from saev_curate.core.errors import InputError
 
 SIZE = 32
 KINDS = ("digit", "scene", "face", "photo")

@@ -27,7 +27,7 @@ import re
 
 import numpy as np
 
-from saev_curate.errors import InputError
+from saev_curate.core.errors import InputError
 from saev_curate.testbed.images import BRIGHTNESS, COLOURS, MAX_COUNT, SHAPES, SIDES, SIZES, Concept
 
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from saev_curate.errors import InputError
+from saev_curate.core.errors import InputError
 from saev_curate.testing.tokenizer import CHAT_ROLES, chat_template, train_tokenizer
 from saev_curate.vlm.load import without_video_processor
 

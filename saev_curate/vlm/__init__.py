@@ -1,10 +1,10 @@
 """Vision-language model side: loading, the layer rule, dataset rows -> inputs, residual-stream capture.
 
-Names load on first use (``saev_curate.lazy``), so that importing a light submodule (``saev_curate.vlm.rows.images``
+Names load on first use (``saev_curate.core.lazy``), so that importing a light submodule (``saev_curate.vlm.rows.images``
 for a default, as the CLI's ``--help`` does) does not import torch and transformers.
 """
 
-from saev_curate.lazy import lazy_exports
+from saev_curate.core.lazy import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
     "saev_curate.vlm.capture": ("Activations", "capture_activations", "image_token_id", "special_token_ids"),

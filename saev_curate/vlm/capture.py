@@ -13,8 +13,8 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from saev_curate.devices import to_model_inputs
-from saev_curate.errors import InputError
+from saev_curate.core.devices import to_model_inputs
+from saev_curate.core.errors import InputError
 from saev_curate.vlm.layers import decoder_layers, resolve_layer
 
 __all__ = ["Activations", "capture_activations", "image_token_id", "special_token_ids"]

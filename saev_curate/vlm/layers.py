@@ -12,7 +12,7 @@ import re
 
 import torch
 
-from saev_curate.errors import InputError
+from saev_curate.core.errors import InputError
 
 __all__ = ["check_sae_fits", "decoder_layers", "resolve_layer", "resolve_sae_layer", "sae_decoder_layer",
            "text_hidden_size"]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from saev_curate.devices import resolve_model_dtype
-from saev_curate.errors import InputError
+from saev_curate.core.devices import resolve_model_dtype
+from saev_curate.core.errors import InputError
 
 __all__ = ["load_processor", "load_vlm", "without_video_processor"]
 

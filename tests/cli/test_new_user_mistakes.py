@@ -130,8 +130,8 @@ def test_item01_some_failed_rows_end_with_a_one_line_summary_on_stderr_and_in_me
 def test_item01_python_api_follows_the_same_rule(env):
     import datasets
 
+    from saev_curate.core.row_errors import TooFewUsableRows
     from saev_curate.curation.scorers import SaevScorer
-    from saev_curate.row_errors import TooFewUsableRows
 
     root, _ = env
     scorer = SaevScorer(str(root / "model"), None, str(root / "sae"), str(root / "w"), int(LAYER), device="cpu")
@@ -367,8 +367,8 @@ def test_item10_flags_and_messages(env, tmp_path, capsys):
     rc, err = run(capsys, "eval-sae", "--model", root / "model", "--sae", root / "sae", "--data", prompt_only,
                   "--mode", "full", "--out", tmp_path / "eval.json")
     assert rc == 1 and "no row could be used" in err and "x " in err  # counts by reason
+    from saev_curate.core.errors import InputError
     from saev_curate.curation.scorers import SaevScorer
-    from saev_curate.errors import InputError
 
     scorer = SaevScorer(str(root / "model"), None, str(root / "sae"), str(root / "w"), int(LAYER), device="cpu")
     with pytest.raises(InputError, match="call the scorer on it"):

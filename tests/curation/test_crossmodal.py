@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
+from saev_curate.core.errors import InputError
 from saev_curate.curation.crossmodal import (
     CrossModalFitter,
     CrossModalWeights,
     flatten_tokens,
     token_top_features,
 )
-from saev_curate.errors import InputError
 from saev_curate.sae import SAE, SAEConfig
 
 

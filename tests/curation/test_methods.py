@@ -10,8 +10,8 @@ import pytest
 from scoring_rows import LAYER, make_rows, make_sae
 
 from saev_curate import select
+from saev_curate.core.errors import InputError
 from saev_curate.curation import methods as table
-from saev_curate.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,8 +78,8 @@ def test_every_default_by_follows_the_table(monkeypatch):
 
     assert resolve_select_by("auto", ["prompt", "chosen", "rejected"]) == "saev_cooccur_l0"
     # the callback, the demo and the pipeline read it at call time
-    from saev_curate import demo, pipeline
     from saev_curate.integrations.trl import SaevRescoreCallback
+    from saev_curate.jobs import demo, pipeline
 
     assert inspect.signature(SaevRescoreCallback).parameters["by"].default is None
     assert demo.default_demo_by() == "saev_cooccur_l0"

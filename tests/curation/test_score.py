@@ -11,9 +11,9 @@ import pytest
 import torch
 from float_tolerance import assert_columns_close
 
+from saev_curate.core.errors import InputError, SaevError
 from saev_curate.curation.crossmodal import CrossModalWeights
 from saev_curate.curation.scorers import SaevScorer, score_activations
-from saev_curate.errors import InputError, SaevError
 from saev_curate.sae import SAE, SAEConfig
 
 

@@ -8,9 +8,9 @@ import datasets
 import pytest
 from scoring_rows import LAYER, make_rows, make_sae
 
+from saev_curate.core.errors import InputError
 from saev_curate.curation.crossmodal import CrossModalWeights
 from saev_curate.curation.scorers import SaevScorer, Scorer
-from saev_curate.errors import InputError
 
 
 class Parity(Scorer):

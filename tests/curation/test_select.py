@@ -7,7 +7,7 @@ import math
 import pytest
 
 from saev_curate import select, selection_report
-from saev_curate.errors import InputError
+from saev_curate.core.errors import InputError
 
 
 def scored_ds():

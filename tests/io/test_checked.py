@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from saev_curate.errors import CheckpointError
+from saev_curate.core.errors import CheckpointError
 from saev_curate.io.checked import check_tensors, looks_like_pickle, read_json_object, read_safetensors
 
 FIX = "re-run fit-weights"

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from saev_curate import SAE, SAEConfig, load_sae
 from saev_curate.cli import main as cli_main
-from saev_curate.errors import CheckpointError
+from saev_curate.core.errors import CheckpointError
 
 
 @pytest.fixture

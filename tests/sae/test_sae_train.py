@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from saev_curate import load_sae
-from saev_curate.errors import InputError
+from saev_curate.core.errors import InputError
 from saev_curate.sae.model import SAE, SAEConfig
 from saev_curate.sae.training.trainer import (
     TrainConfig,

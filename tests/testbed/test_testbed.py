@@ -213,7 +213,7 @@ def test_description_rows_carry_spans_and_controls():
 
 
 def test_auroc_per_task_combined_and_localisation_by_hand():
-    from saev_curate.testbed.detection import auroc, localisation, with_combined
+    from saev_curate.jobs.detection import auroc, localisation, with_combined
 
     labels = ["none", "none", "none", "hallucinated_detail", "hallucinated_detail"]
     tasks = ["describe", "describe", "qa", "describe", "describe"]
@@ -238,7 +238,7 @@ def test_auroc_per_task_combined_and_localisation_by_hand():
 def test_a_damaged_sae_cache_is_rebuilt(tmp_path):
     """A half-written data folder (an empty dataset_info.json) or a truncated SAE file beside the model is
     written again, not a bare JSONDecodeError / SafetensorError on every later run (issue 24, items 3-4)."""
-    from saev_curate.testbed.detection import testbed_sae
+    from saev_curate.jobs.detection import testbed_sae
     from saev_curate.testing import build_tiny_vlm, save_tiny_vlm
 
     path = save_tiny_vlm("llava", tmp_path / "tiny", seed=0)
@@ -256,7 +256,7 @@ def test_a_damaged_sae_cache_is_rebuilt(tmp_path):
 
 
 def test_ungrounded_facts_are_stated_at_random_and_the_rest_true():
-    from saev_curate.errors import InputError
+    from saev_curate.core.errors import InputError
 
     rng = np.random.RandomState(0)
     scenes = [c for _, c in timg.sample_images("dev", 300, seed=1) if c.kind == "scene"]

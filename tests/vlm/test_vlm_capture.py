@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saev_curate.errors import InputError, SaevError
+from saev_curate.core.errors import InputError, SaevError
 from saev_curate.testing import FAMILIES as TINY_FAMILIES
 from saev_curate.vlm import (
     capture_activations,

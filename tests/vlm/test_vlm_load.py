@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import saev_curate
-from saev_curate.devices import resolve_model_dtype as resolve_dtype
-from saev_curate.errors import InputError
+from saev_curate.core.devices import resolve_model_dtype as resolve_dtype
+from saev_curate.core.errors import InputError
 from saev_curate.testing import FAMILIES as TINY_FAMILIES
 from saev_curate.testing import build_tiny_vlm, save_tiny_vlm
 from saev_curate.vlm import capture_activations, load_vlm, prepare_batch

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import make_image
 
-from saev_curate.errors import InputError
+from saev_curate.core.errors import InputError
 from saev_curate.vlm import batch_to_rows, capture_activations, load_image, prepare_batch
 
 Q, CH, RJ = "What animal is shown here?", "A small grey cat.", "A large brown dog."

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saev_curate.errors import InputError, SaevError
+from saev_curate.core.errors import InputError, SaevError
 
 __all__ = ["CLASS_NAMES", "CrossModalFitter", "TokenBatch", "flatten_tokens", "token_keys", "token_top_features"]
 

@@ -12,6 +12,8 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import Tensor
 
+from saev_curate.core.devices import module_device
+from saev_curate.core.errors import InputError
 from saev_curate.curation.agreement import answer_slot, content_mask, template_token_ids
 from saev_curate.curation.capture import CapturedBatches, reference_indices
 from saev_curate.curation.crossmodal.fitter import (
@@ -23,8 +25,6 @@ from saev_curate.curation.crossmodal.fitter import (
 )
 from saev_curate.curation.pairs import FeaturePairs, PairCounter
 from saev_curate.curation.readout import AnswerReadout, ReadoutCounter
-from saev_curate.devices import module_device
-from saev_curate.errors import InputError
 from saev_curate.io.fingerprint import model_identity, sae_fingerprint
 from saev_curate.vlm.layers import resolve_sae_layer
 
@@ -293,8 +293,8 @@ class CrossModalWeights:
         Rows are fed as image + prompt only (``prepare_batch(mode="prompt")``).  Rows the processor
         cannot prepare are skipped and counted in ``meta["n_rows_skipped"]`` (and by reason in
         ``meta["row_errors"]``); when no row, or fewer than ``min_usable_share`` (default
-        :data:`~saev_curate.row_errors.DEFAULT_MIN_USABLE_SHARE`) of them, could be used the fit fails with
-        :class:`~saev_curate.row_errors.TooFewUsableRows` naming the most common row errors.  Two passes
+        :data:`~saev_curate.core.row_errors.DEFAULT_MIN_USABLE_SHARE`) of them, could be used the fit fails with
+        :class:`~saev_curate.core.row_errors.TooFewUsableRows` naming the most common row errors.  Two passes
         over the sampled rows (the second only over rows holding a selected token).  ``pairs=True`` also
         counts (content-token feature, image feature) pairs in pass 1 (:mod:`saev_curate.curation.pairs`; a
         feature "fires" above ``pair_delta``, counts from ``pair_min_count`` rows on are trusted) and, when
@@ -303,7 +303,7 @@ class CrossModalWeights:
         (feature > ``readout_delta`` at a response position, the token said next) counts in a third pass over the
         rows shown with their chosen response (:mod:`saev_curate.curation.readout`; ``readout_alpha`` smooths).
         """
-        from saev_curate.row_errors import check_usable
+        from saev_curate.core.row_errors import check_usable
 
         layer_index = resolve_sae_layer(model, sae, layer)
         indices = reference_indices(dataset, n_reference, seed)

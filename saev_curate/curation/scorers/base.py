@@ -33,7 +33,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from saev_curate.errors import InputError, SaevError
+from saev_curate.core.errors import InputError, SaevError
 
 __all__ = ["Scorer", "TypedColumn", "rows_of"]
 
@@ -270,10 +270,10 @@ class Scorer:
 
     def check_usable(self, scored, *, min_usable_share: float | None = None, action: str | None = None
                      ) -> dict[str, Any]:
-        """The row rule on a scored ``Dataset``: raise :class:`~saev_curate.row_errors.TooFewUsableRows` (with
+        """The row rule on a scored ``Dataset``: raise :class:`~saev_curate.core.row_errors.TooFewUsableRows` (with
         ``.result = scored``) when no row, or fewer than ``min_usable_share``, could be scored; else report
         the failed rows in one line on stderr and return their summary."""
-        from saev_curate.row_errors import check_usable
+        from saev_curate.core.row_errors import check_usable
 
         col = self.error_column(list(scored.column_names))
         errors = scored[col] if col and col in scored.column_names else []
@@ -294,7 +294,7 @@ class Scorer:
         a ``DatasetDict``, or a streaming ``IterableDataset`` / ``IterableDatasetDict``.
 
         For a ``Dataset`` (and each split of a ``DatasetDict``) the row rule applies: when no row, or fewer
-        than ``min_usable_share`` (default :data:`~saev_curate.row_errors.DEFAULT_MIN_USABLE_SHARE`; 0 to
+        than ``min_usable_share`` (default :data:`~saev_curate.core.row_errors.DEFAULT_MIN_USABLE_SHARE`; 0 to
         turn the check off except for "no row at all"), could be scored, :class:`TooFewUsableRows` is raised
         naming the most common errors (the scored dataset is on its ``.result``); otherwise a one-line
         summary of failed rows goes to stderr.  A 0-row dataset comes back with the score columns."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from saev_curate.core.devices import module_device
 from saev_curate.curation.scorers.base import Scorer
-from saev_curate.devices import module_device
 
 __all__ = ["ClipScorer"]
 

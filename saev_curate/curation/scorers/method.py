@@ -7,12 +7,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from saev_curate.core.errors import InputError
 from saev_curate.curation.config import DEFAULT_CONTROL_PROMPT, ScoreConfig
 from saev_curate.curation.methods import METHODS, SHAPES, data_shape, get_method
 from saev_curate.curation.scorers.base import Scorer
 from saev_curate.curation.scorers.perplexity import ResponsePerplexityScorer
 from saev_curate.curation.scorers.saev import SaevScorer, saev_columns
-from saev_curate.errors import InputError
 from saev_curate.io.fingerprint import module_fingerprint, processor_fingerprint, sae_fingerprint
 
 __all__ = ["DEFAULT_METHODS", "MethodScorer"]

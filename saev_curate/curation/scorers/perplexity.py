@@ -9,9 +9,9 @@ import os
 
 import torch
 
+from saev_curate.core.devices import to_model_inputs
+from saev_curate.core.errors import InputError
 from saev_curate.curation.scorers.base import Scorer
-from saev_curate.devices import to_model_inputs
-from saev_curate.errors import InputError
 from saev_curate.io.fingerprint import module_fingerprint, processor_fingerprint
 
 __all__ = ["ResponsePerplexityScorer"]

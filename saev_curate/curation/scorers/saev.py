@@ -60,6 +60,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saev_curate.core.devices import module_device
+from saev_curate.core.errors import InputError
 from saev_curate.curation.agreement import (
     AGREEMENT_COLUMNS,
     BLAME_COLUMNS,
@@ -72,8 +74,6 @@ from saev_curate.curation.config import FEATURE_SETS, ScoreConfig
 from saev_curate.curation.crossmodal import CLASS_NAMES, CrossModalWeights, flatten_tokens
 from saev_curate.curation.methods import data_shape
 from saev_curate.curation.scorers.base import Scorer
-from saev_curate.devices import module_device
-from saev_curate.errors import InputError
 from saev_curate.io.fingerprint import module_fingerprint, processor_fingerprint, sae_fingerprint
 from saev_curate.vlm.layers import resolve_sae_layer
 

@@ -1,8 +1,8 @@
 """Training SAEs on a VLM's activations: ``config`` (the options, torch-free), ``trainer`` (the recipe, on any
 activation source), ``activations`` (the stream of layer-L activations and its on-disk cache), ``pipeline`` (model +
-dataset in, SAE out: what ``saev-curate train-sae`` runs). Names load on first use (``saev_curate.lazy``)."""
+dataset in, SAE out: what ``saev-curate train-sae`` runs). Names load on first use (``saev_curate.core.lazy``)."""
 
-from saev_curate.lazy import lazy_exports
+from saev_curate.core.lazy import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
     "saev_curate.sae.training.activations": ("ActivationCache", "ActivationStream", "StreamConfig"),

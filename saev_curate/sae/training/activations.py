@@ -22,8 +22,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from saev_curate.devices import dtype_to_str, str_to_dtype
-from saev_curate.errors import InputError
+from saev_curate.core.devices import dtype_to_str, str_to_dtype
+from saev_curate.core.errors import InputError
 
 
 @dataclass
@@ -38,7 +38,7 @@ class StreamConfig:
     max_image_text_ratio: float | None = None  # subsample image tokens to at most ratio x text tokens
     buffer_tokens: int = 65_536  # shuffle-buffer size: tokens from many rows mix before a batch is cut
     seed: int = 0
-    min_usable_share: float | None = None  # the row rule (saev_curate.row_errors); None: the default share
+    min_usable_share: float | None = None  # the row rule (saev_curate.core.row_errors); None: the default share
     max_image_pixels: int | None = None  # larger images are row errors; None: images.max_image_pixels()
 
 
@@ -140,7 +140,7 @@ class ActivationStream:
 
     def check_rows(self) -> dict[str, Any]:
         """The row rule after a full pass: raise when no row, or too small a share, could be used."""
-        from saev_curate.row_errors import check_usable
+        from saev_curate.core.row_errors import check_usable
 
         return check_usable(len(self.dataset), list(self.row_errors.values()),
                             min_usable_share=self.cfg.min_usable_share, action="capturing activations",
@@ -168,7 +168,7 @@ class ActivationStream:
 
     def _warn_errors(self) -> None:
         if self.row_errors:
-            from saev_curate.row_errors import summary_line
+            from saev_curate.core.row_errors import summary_line
 
             warnings.warn(f"{summary_line(len(self.dataset), self.row_errors.values())} (skipped; see "
                           "ActivationStream.row_errors)", stacklevel=3)
@@ -262,7 +262,7 @@ class ActivationCache:
         if not shards:
             stream.check_rows()
             raise InputError("no activations were produced: the rows hold no image or text tokens")
-        from saev_curate.row_errors import summary
+        from saev_curate.core.row_errors import summary
 
         meta = {
             "row_error_summary": summary(len(stream.dataset), stream.row_errors.values()),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
-from saev_curate.errors import InputError
+from saev_curate.core.errors import InputError
 
 if TYPE_CHECKING:
     from saev_curate.sae.training.activations import StreamConfig

@@ -7,7 +7,7 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
-from saev_curate.errors import InputError
+from saev_curate.core.errors import InputError
 from saev_curate.sae.model import SAE
 from saev_curate.sae.training.activations import ActivationCache, ActivationStream
 from saev_curate.sae.training.config import SaevTrainConfig, TrainConfig
@@ -70,7 +70,7 @@ def train_sae(config: SaevTrainConfig, *, model=None, processor=None, dataset=No
                                            progress=progress)
     sae = train_on_activations(config.trainer_config(), source, progress=progress)
     if stream.row_errors:
-        from saev_curate.row_errors import summary, summary_line
+        from saev_curate.core.row_errors import summary, summary_line
 
         sae.cfg.extra["rows_skipped"] = len(stream.row_errors)
         sae.cfg.extra["row_errors"] = summary(len(dataset), stream.row_errors.values())

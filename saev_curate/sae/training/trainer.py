@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from saev_curate.errors import InputError
+from saev_curate.core.errors import InputError
 from saev_curate.sae.model import SAE, SAEConfig
 from saev_curate.sae.sparse import sparse_decode, topk_encode
 from saev_curate.sae.training.config import TrainConfig
@@ -271,7 +271,7 @@ def _latest_checkpoint(out: Path) -> dict[str, Any] | None:
     try:
         state = torch.load(found[-1], map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated or foreign file: name it and the way out
-        from saev_curate.errors import CheckpointError
+        from saev_curate.core.errors import CheckpointError
 
         raise CheckpointError(f"{found[-1]}: unreadable training checkpoint ({type(exc).__name__}: "
                               f"{str(exc)[:200]}); delete this file to resume from the one before it (or delete "
@@ -279,7 +279,7 @@ def _latest_checkpoint(out: Path) -> dict[str, Any] | None:
     need = ("step", "config", "sae_config", "sae", "optimizer", "scheduler", "input_scale", "since_fired",
             "fire_counts")
     if not isinstance(state, dict) or any(k not in state for k in need):
-        from saev_curate.errors import CheckpointError
+        from saev_curate.core.errors import CheckpointError
 
         raise CheckpointError(f"{found[-1]}: not a saev-curate training checkpoint (missing "
                               f"{[k for k in need if not isinstance(state, dict) or k not in state]}); delete it")

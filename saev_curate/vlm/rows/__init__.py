@@ -1,10 +1,10 @@
 """Dataset rows -> model inputs: ``images`` (decoding), ``conversations`` (row formats, chat turns),
 ``batch`` (processor call, padding, truncation, per-row errors).
 
-Names load on first use (``saev_curate.lazy``): ``images`` and ``conversations`` need no torch, ``batch`` does.
+Names load on first use (``saev_curate.core.lazy``): ``images`` and ``conversations`` need no torch, ``batch`` does.
 """
 
-from saev_curate.lazy import lazy_exports
+from saev_curate.core.lazy import lazy_exports
 
 __all__, __getattr__ = lazy_exports(__name__, {
     "saev_curate.vlm.rows.batch": ("PreparedBatch", "prepare_batch"),

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from saev_curate.errors import InputError
+from saev_curate.core.errors import InputError
 from saev_curate.vlm.rows.conversations import MODES, batch_to_rows, render, row_to_conversation
 from saev_curate.vlm.rows.images import RowError, load_image
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from saev_curate.errors import InputError
+from saev_curate.core.errors import InputError
 from saev_curate.vlm.rows.images import RowError
 
 if TYPE_CHECKING:

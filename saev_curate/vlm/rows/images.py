@@ -41,7 +41,7 @@ def set_max_image_pixels(n: int | None) -> None:
         os.environ.pop(_ENV_MAX_PIXELS, None)
         return
     if int(n) <= 0:
-        from saev_curate.errors import InputError
+        from saev_curate.core.errors import InputError
 
         raise InputError(f"max_image_pixels must be a positive number of pixels, got {n}")
     os.environ[_ENV_MAX_PIXELS] = str(int(n))

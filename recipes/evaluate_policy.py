@@ -11,7 +11,7 @@ index of the right option, its text, or its letter A, B, ...). Metrics:
   (the paper found it tracks benchmark scores, r = 0.84).
 
 ```bash
-python recipes/evaluate.py --model_name_or_path ./base --adapter out/dpo-top50 --dataset_name ./heldout \
+python recipes/evaluate_policy.py --model_name_or_path ./base --adapter out/dpo-top50 --dataset_name ./heldout \
     --sae ./sae --crossmodal_weights out/dpo-top50/crossmodal_weights --output_dir out/eval-top50 --log_samples
 ```
 
@@ -20,16 +20,12 @@ Writes `OUTPUT_DIR/results.json` (`results[task]["acc,none"]`, `"acc_stderr,none
 """
 
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: drop recipes/ from the path (recipes/evaluate.py must not shadow
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the `evaluate` library); the repo root instead
-
-from saev_curate.recipes.evaluate import EvalArguments, evaluate, load_policy, main, make_parser  # noqa: E402
+from saev_curate.recipes.evaluate_policy import EvalArguments, evaluate, load_policy, main, make_parser
 
 __all__ = ["EvalArguments", "evaluate", "load_policy", "main", "make_parser"]
 
 if __name__ == "__main__":
     from saev_curate.recipes.common import run_script
 
-    sys.exit(run_script(make_parser, main, prog="recipes/evaluate.py"))
+    sys.exit(run_script(make_parser, main, prog="recipes/evaluate_policy.py"))
