@@ -143,6 +143,7 @@ def test_saev_score_of_the_policy(tiny, case):
     import datasets
 
     from saev_curate import SAE, CrossModalWeights, SAEConfig
+    from saev_curate.curation.config import ScoreConfig
     from saev_curate.recipes.evaluate_policy import evaluate, scoring_rows
 
     model, processor = tiny
@@ -151,8 +152,8 @@ def test_saev_score_of_the_policy(tiny, case):
     with torch.no_grad():
         sae.W_enc.copy_(torch.randn(sae.W_enc.shape, generator=torch.Generator().manual_seed(0)) * 0.5)
     w = CrossModalWeights.fit(model, processor, sae, scoring_rows(rows), 1, n_reference=None, batch_size=6)
-    res = evaluate(model, processor, datasets.Dataset.from_list(rows), task="toy", sae=sae, weights=w, layer=1,
-                   delta=0.0, max_new_tokens=0)
+    res = evaluate(model, processor, datasets.Dataset.from_list(rows), task="toy", sae=sae, weights=w,
+                   score_config=ScoreConfig(layer=1, delta=0.0), max_new_tokens=0)
     r = res["results"]["toy"]
     assert math.isfinite(r["saev_score,none"]) and r["saev_score,none"] > 0
     assert "saev_score" in res["higher_is_better"]["toy"]

@@ -46,8 +46,10 @@ def _is_null(v: Any) -> bool:
     return v is None or (isinstance(v, float) and not math.isfinite(v))
 
 
-def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
+def kept_count(fraction: float, n_rows: int) -> int:
+    """How many rows the top ``fraction`` of ``n_rows`` keeps: ``round_half_up(fraction x n_rows)`` (every method
+    gets the same budget, counted over all rows; capped at the rows that have a score by the caller)."""
+    return int(math.floor(fraction * n_rows + 0.5))
 
 
 def _column_values(ds, column: str) -> list:
@@ -150,12 +152,12 @@ def select(ds, by: str | None = None, *, fraction: float | None = None, threshol
         chosen = []
         for i in ranked:  # best first: each group takes its own top round_half_up(fraction x its rows)
             g = groups[i]
-            if taken.get(g, 0) < _round_half_up(fraction * size[g]):
+            if taken.get(g, 0) < kept_count(fraction, size[g]):
                 taken[g] = taken.get(g, 0) + 1
                 chosen.append(i)
         rule = f"{word} {fraction:.4g} by {column} within each {stratify_by}"
     elif fraction is not None:
-        k = min(_round_half_up(fraction * n), len(ranked))
+        k = min(kept_count(fraction, n), len(ranked))
         chosen = ranked[:k]
         rule = f"{word} {fraction:.4g} by {column}"
     else:

@@ -50,6 +50,7 @@ from transformers import TrainerCallback
 
 from saev_curate.curation.config import ScoreConfig
 from saev_curate.curation.methods import default_by, get_method
+from saev_curate.curation.selection import kept_count, rank_rows
 from saev_curate.integrations.sampler import SelectionSampler
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,6 @@ __all__ = ["SaevRescoreCallback", "STATE_FILE"]
 
 STATE_FILE = "saev_rescore_state"  # .json (metadata) + .npz (arrays), in each checkpoint folder
 _STATE_VERSION = 1
-
-
-def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
 
 
 def _unwrap(model):
@@ -210,7 +207,7 @@ class SaevRescoreCallback(TrainerCallback):
             log.warning("SaevRescoreCallback replaces train_sampling_strategy=%r with its own sampler",
                         args.train_sampling_strategy)
         n = len(train)
-        if self.fraction is not None and _round_half_up(self.fraction * n) < 1:
+        if self.fraction is not None and kept_count(self.fraction, n) < 1:
             raise ValueError(f"fraction={self.fraction} of the {n} training rows keeps no row; give at least "
                              f"{1 / n:.3g} (one row) or fraction=None to re-score and log only")
         self.sampler = SelectionSampler(n, seed=self.seed, num_samples=self.num_samples,
@@ -273,9 +270,9 @@ class SaevRescoreCallback(TrainerCallback):
             z = values[valid] / self.temperature
             w[valid] = np.exp(z - z.max())
             return {"rows": None, "weights": w / w.sum()}
-        k = min(_round_half_up(self.fraction * n), valid.size)  # select()'s rule: counted over all rows
-        order = np.lexsort((valid, -values[valid]))  # best first, ties: the earlier row
-        return {"rows": np.sort(valid[order[:k]]), "weights": None}
+        ranked = rank_rows([None if np.isnan(v) else float(v) for v in values])  # select()'s rule and ties
+        return {"rows": np.sort(np.asarray(ranked[:min(kept_count(self.fraction, n), len(ranked))], dtype=np.int64)),
+                "weights": None}
 
     def _apply_selection(self, sel: dict[str, Any]) -> dict[str, float]:
         old = self.sampler.selection

@@ -30,18 +30,19 @@ import json
 import math
 import string
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from saev_curate.core.errors import InputError
+from saev_curate.curation.config import ScoreConfig
 from saev_curate.recipes.common import load_model_and_processor
 
 
 @dataclass
-class EvalArguments:
-    """What to evaluate on and where the results go."""
+class EvalArguments(ScoreConfig):
+    """What to evaluate on and where the results go; the SAE-V score's options are :class:`ScoreConfig`'s."""
 
     dataset_name: str | None = field(
         default=None, metadata={"help": "Held-out set: a local dataset path or a hub id (cache only offline)."})
@@ -55,8 +56,6 @@ class EvalArguments:
     max_new_tokens: int = field(default=16, metadata={"help": "Greedy generation length for exact match."})
     sae: str | None = field(default=None, metadata={"help": "SAE folder: also report the mean SAE-V score."})
     crossmodal_weights: str | None = field(default=None, metadata={"help": "Cross-modal weights for the score."})
-    layer: str | None = field(default=None, metadata={"help": "Layer the SAE reads (default: its metadata)."})
-    delta: float = field(default=1.0, metadata={"help": "SAE-V activation threshold δ."})
     output_dir: str = field(default="eval", metadata={"help": "Folder for results.json (and samples)."})
     log_samples: bool = field(default=False, metadata={"help": "Also write samples_<task>.jsonl."})
 
@@ -214,7 +213,7 @@ def scoring_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def saev_scores(model, processor, rows: list[dict], sae, weights, layer=None, delta: float = 1.0) -> list:
+def saev_scores(model, processor, rows: list[dict], sae, weights, score_config: ScoreConfig | None = None) -> list:
     """The policy's SAE-V score of each row (image + question only); None where a row cannot be scored."""
     import datasets
 
@@ -224,18 +223,16 @@ def saev_scores(model, processor, rows: list[dict], sae, weights, layer=None, de
 
     sae = load_sae(sae) if isinstance(sae, (str, Path)) else sae
     weights = CrossModalWeights.load(weights) if isinstance(weights, (str, Path)) else weights
-    if isinstance(layer, str) and layer.lstrip("-").isdigit():
-        layer = int(layer)
     ds = datasets.Dataset.from_list(scoring_rows(rows))
     was_training = model.training
     model.eval()
-    scored = SaevScorer(model, processor, sae, weights, layer, delta=delta, responses=False).map(ds)
+    scored = SaevScorer(model, processor, sae, weights, config=score_config, responses=False).map(ds)
     model.train(was_training)
     return list(scored["saev_score"])
 
 
-def evaluate(model, processor, dataset, *, task: str = "saev_heldout", sae=None, weights=None, layer=None,
-             delta: float = 1.0, max_new_tokens: int = 16, limit: int | None = None, output_dir=None,
+def evaluate(model, processor, dataset, *, task: str = "saev_heldout", sae=None, weights=None,
+             score_config: ScoreConfig | None = None, max_new_tokens: int = 16, limit: int | None = None, output_dir=None,
              log_samples: bool = False, config: dict | None = None, progress: bool = False) -> dict:
     """Evaluate ``model`` (base or with its adapter) on ``dataset`` rows; returns the results.json dict.
 
@@ -290,7 +287,7 @@ def evaluate(model, processor, dataset, *, task: str = "saev_heldout", sae=None,
                          f"most often ({count}): {reason}")
     if sae is not None and weights is not None:
         scores = saev_scores(model, processor, [r for i, r in enumerate(rows) if i not in row_errors], sae, weights,
-                             layer, delta)
+                             score_config)
         for s, v in zip(samples, scores):
             s["saev_score"] = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
         metrics.append("saev_score")
@@ -395,7 +392,8 @@ def main(eval_args, model_args) -> dict:
     results = evaluate(model, processor, dataset, task=eval_args.task,
                        sae=eval_args.sae if have_score else None,
                        weights=eval_args.crossmodal_weights if have_score else None,
-                       layer=eval_args.layer, delta=eval_args.delta, max_new_tokens=eval_args.max_new_tokens,
+                       score_config=ScoreConfig(**{f.name: getattr(eval_args, f.name) for f in fields(ScoreConfig)}),
+                       max_new_tokens=eval_args.max_new_tokens,
                        limit=eval_args.limit, output_dir=eval_args.output_dir, log_samples=eval_args.log_samples,
                        config=config)
     r = results["results"][eval_args.task]
