@@ -36,6 +36,8 @@ _MODULES: dict[str, tuple[str, ...]] = {
                                      "score_activations"),
     "saev_curate.curation.selection": ("select", "selection_report"),
     "saev_curate.curation.sharded": ("score_to_disk",),
+    # which method works on the user's own model: planted defects, AUROC per method x kind, a page
+    "saev_curate.jobs.check": ("check",),
     # training integration: re-score with the policy during TRL training, a sampler the trainer obeys
     "saev_curate.integrations.trl": ("SaevRescoreCallback",),
     # data in and out

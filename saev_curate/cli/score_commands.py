@@ -72,7 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     out_arg(sel, help="kept rows: a folder (save_to_disk), or a .parquet / .json / .jsonl file")
     sel.add_argument("--by", default=None,
                      help="method of the table (its direction decides: response_perplexity keeps the lowest), any "
-                          "numeric column, or random (default: the table's recommendation for the data's shape)")
+                          "numeric column, random, or auto (the default): --check's recommendation for the data's "
+                          "shape, else the methods table's")
+    sel.add_argument("--check", default=None, help="a `saev-curate check` folder for --by auto")
     group = sel.add_mutually_exclusive_group(required=True)
     group.add_argument("--fraction", type=float, help="keep the top fraction of all rows, e.g. 0.5")
     group.add_argument("--threshold", type=float, help="keep rows whose value is at least this")
@@ -179,7 +181,7 @@ def _select(args) -> int:
                              f"would overwrite them; give the report its own path (e.g. {out.name}-report.jsonl)")
     ds = load_rows(args.data)
     check_output_holds(ds, args.out)
-    kept, report = select(ds, args.by, fraction=args.fraction, threshold=args.threshold,
+    kept, report = select(ds, args.by, check=args.check, fraction=args.fraction, threshold=args.threshold,
                           descending=False if args.ascending else None, seed=args.seed, nulls=args.nulls,
                           return_report=True, min_usable_share=args.min_usable_share, stratify_by=args.stratify_by)
     save_dataset(kept, args.out)

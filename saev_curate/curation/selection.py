@@ -9,8 +9,9 @@
 
 ``by`` is a method of the table (:mod:`saev_curate.curation.methods`: its column and which direction is
 cleaner, so ``by="response_perplexity"`` keeps the *lowest* perplexity), an old alias (``"saev"``, ``"ppl"``), any
-numeric column (higher kept), ``"random"`` (seeded), or None: :func:`~saev_curate.curation.methods.default_by`,
-the detection benchmark's recommendation for the data's shape (prompt-only, SFT or preference rows).
+numeric column (higher kept), ``"random"`` (seeded), or ``"auto"`` / None: with ``check=`` (a ``saev-curate check``
+result), what that check measured best on the user's own model for the data's shape; without one,
+:func:`~saev_curate.curation.methods.default_by`, the detection benchmark's recommendation for the shape.
 
 Rules (deterministic):
 
@@ -66,6 +67,16 @@ def _column_values(ds, column: str) -> list:
     return list(ds[column])
 
 
+def resolve_auto(columns, check=None) -> str:
+    """``by="auto"``: the recommendation of a ``check`` (a :class:`~saev_curate.curation.check.CheckResult`, its
+    folder or ``check.json``) for data with these ``columns``, or without one the methods table's."""
+    if check is None:
+        return default_by(columns)
+    from saev_curate.curation.check import recommended_by
+
+    return recommended_by(check, columns)
+
+
 def rank_rows(values: list, *, descending: bool = True) -> list[int]:
     """Indices of non-null values, best first; ties: earlier row first."""
     idx = [i for i, v in enumerate(values) if not _is_null(v)]
@@ -76,7 +87,7 @@ def rank_rows(values: list, *, descending: bool = True) -> list[int]:
     return sorted(idx, key=lambda i: (sign * float(values[i]), i))
 
 
-def select(ds, by: str | None = None, *, fraction: float | None = None, threshold: float | None = None,
+def select(ds, by: str | None = None, *, check=None, fraction: float | None = None, threshold: float | None = None,
            descending: bool | None = None, seed: int = 0, nulls: str = "drop", order: str = "original",
            return_report: bool = False, min_usable_share: float | None = None, stratify_by: str | None = None):
     """Keep the best rows of ``ds`` by ``by``; see the module docstring for the rules.
@@ -102,8 +113,8 @@ def select(ds, by: str | None = None, *, fraction: float | None = None, threshol
         raise InputError("stratify_by= keeps a fraction of each group: pass fraction=, not threshold=")
     is_list = isinstance(ds, list)
     n = len(ds)
-    if by is None:
-        by = default_by(list(ds[0]) if is_list and ds else [] if is_list else ds.column_names)
+    if by in (None, "auto"):
+        by = resolve_auto(list(ds[0]) if is_list and ds else [] if is_list else ds.column_names, check)
     groups = None
     if stratify_by is not None:
         if is_list and any(stratify_by not in r for r in ds):

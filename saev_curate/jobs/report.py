@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-_COLORS = ["#3b6fb6", "#d9822b", "#3a9e5c", "#b33a3a", "#7d5ba6"]
+_COLORS = ["#3b6fb6", "#d9822b", "#3a9e5c", "#b33a3a", "#7d5ba6", "#8c6d31", "#d45fa0", "#17becf", "#7f7f7f"]
 
 
 def auc(scores: Sequence[float], positive: Sequence[bool]) -> float:
@@ -180,11 +180,77 @@ def write_score_report(rows: Sequence[dict[str, Any]], path: str | Path, *, by: 
             table(ranked[-n_examples:][::-1], f"Lowest {html.escape(by)}")]
     if errors:
         body.append(table(errors[:n_examples], "Rows that could not be scored"))
+    return _write_page(path, title, body)
+
+
+def _write_page(path: str | Path, title: str, body: Sequence[str]) -> Path:
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title><style>"
-            "body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
+            "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}img{image-rendering:pixelated}"
             "</style></head><body>" + "".join(body) + "</body></html>")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page)
     return path
+
+
+def write_check_report(result, scored, path: str | Path, *, n_histograms: int = 4) -> Path:
+    """The page of a check (:class:`~saev_curate.curation.check.CheckResult` and its scored rows): what was planted,
+    AUROC per method x kind with 95% intervals, the recommendation per data shape, the score histograms of the
+    recommended methods and the paper's, the planted rows each of them misses worst, and the cost per row."""
+    from saev_curate.curation.methods import METHODS
+
+    rows = scored if isinstance(scored, list) else list(scored)
+    kinds = list(result.kinds)
+    rec = {m: [s for s, r in result.recommended.items() if r == m] for m in result.recommended.values()}
+    body = [f"<h1>Which score works on this model and data</h1><ul>"
+            f"<li>{result.n_rows} sampled {html.escape(result.shape.replace('_', '-'))} rows (clean) and "
+            f"{sum(k['n'] for k in result.kinds.values())} planted copies; {len(result.rows_failed)} sampled rows "
+            f"could not be read{': ' + html.escape(result.rows_failed[0]['reason']) if result.rows_failed else ''}"
+            f"</li><li>recommended: " + ", ".join(
+                f"<b>{html.escape(m)}</b> for {html.escape(s.replace('_', '-'))} rows"
+                for s, m in result.recommended.items()) + f"</li><li>took {result.seconds:.0f} s</li></ul>",
+            "<h2>What was planted</h2><table><tr><th>kind</th><th>copies</th><th>what it does to a row</th></tr>"]
+    body += [f"<tr><td>{html.escape(k)}</td><td>{v['n']}</td><td>{html.escape(v['description'])}</td></tr>"
+             for k, v in result.kinds.items()]
+    body.append("</table><h2>AUROC of clean rows against each planted kind (95% bootstrap interval)</h2><p>1 = "
+                "every clean row outranks every planted one, 0.5 = chance; a row a method cannot score counts as its "
+                "lowest. Best per kind in bold; recommended methods shaded.</p><table><tr><th>method</th>"
+                "<th>family</th>" + "".join(f"<th>{html.escape(k.replace('_', ' '))}</th>" for k in kinds)
+                + "<th>ms / row</th></tr>")
+    best = {k: max((a[k]["mean"] for a in result.auroc.values() if a[k]["mean"] == a[k]["mean"]), default=None)
+            for k in kinds}
+    for m, a in result.auroc.items():
+        shade = ' style="background:#eef3fb"' if m in rec else ""
+        cells = []
+        for k in kinds:
+            v = a[k]
+            text = "n/a" if v["mean"] != v["mean"] else f"{v['mean']:.2f} [{v['low']:.2f}, {v['high']:.2f}]"
+            cells.append(f"<td>{'<b>' + text + '</b>' if v['mean'] == best[k] else text}</td>")
+        cost = result.cost_s_per_row.get(m)
+        body.append(f"<tr{shade}><td>{html.escape(m)}</td><td>{METHODS[m].family}</td>{''.join(cells)}"
+                    f"<td>{'' if cost is None else f'{1000 * cost:.1f}'}</td></tr>")
+    body.append("</table>")
+    shown = list(dict.fromkeys([*rec, "saev_score"]))[:n_histograms]
+    for m in shown:
+        if m not in result.auroc:
+            continue
+        col, sign = METHODS[m].column, 1.0 if METHODS[m].higher_is_cleaner else -1.0
+        groups: dict[str, list[float]] = {}
+        for r in rows:
+            if r.get(col) is not None and r[col] == r[col]:
+                groups.setdefault(r["check_kind"], []).append(sign * float(r[col]))
+        why = f" (recommended for {', '.join(rec[m])} rows)" if m in rec else " (the paper's score)"
+        body.append(f"<h2>{html.escape(m)}{html.escape(why)}: higher = cleaner</h2>" + _histogram_svg(
+            {k: groups[k] for k in ["clean", *kinds] if k in groups}))
+        body.append("<p>The planted row of each kind this method ranks cleanest (its worst miss):</p><table><tr>"
+                    "<th>kind</th><th>score</th><th>image</th><th>text</th></tr>")
+        for k, i in result.worst_misses.get(m, {}).items():
+            r = rows[i]
+            images = r.get("images") or [None]
+            word = f" [{r['check_word']}]" if r.get("check_word") else ""
+            body.append(f"<tr><td>{html.escape(k)}</td><td>{r.get(col)!s:.8}</td><td>"
+                        f"{_thumbnail(images[0]) if images[0] is not None else ''}</td>"
+                        f"<td>{html.escape(_row_text(r) + word)}</td></tr>")
+        body.append("</table>")
+    return _write_page(path, "saev-curate check", body)

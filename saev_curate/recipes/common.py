@@ -47,6 +47,10 @@ class SaevArguments(ScoreConfig):
                           "that is cleaner), any numeric column, 'random' (seeded; needs no scores), or 'auto': the "
                           "recommendation for the data's shape (preference rows: response_perplexity)."},
     )
+    check: str | None = field(
+        default=None,
+        metadata={"help": "A `saev-curate check` folder: select_by auto takes what it measured best on this model "
+                          "for the data's shape (recorded in selection.json)."})
     select_fraction: float | None = field(
         default=None, metadata={"help": "Keep the top fraction of rows, e.g. 0.5 (paper: 0.1 ... 1.0)."})
     select_threshold: float | None = field(
@@ -152,11 +156,12 @@ def _cache_key(dataset, model_args, saev_args, methods: list[str]) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def resolve_select_by(select_by: str, columns) -> str:
-    """``select_by`` with ``auto`` replaced by the methods table's recommendation for the data's shape."""
-    from saev_curate.curation.methods import default_by
+def resolve_select_by(select_by: str, columns, check: str | None = None) -> str:
+    """``select_by`` with ``auto`` replaced by a check's recommendation (``check``: its folder) or, without one, the
+    methods table's, for the data's shape."""
+    from saev_curate.curation.selection import resolve_auto
 
-    return default_by(columns) if select_by == "auto" else select_by
+    return resolve_auto(columns, check) if select_by == "auto" else select_by
 
 
 def is_scored(dataset) -> bool:
@@ -260,7 +265,7 @@ def curate(dataset, model, processor, saev_args, model_args, output_dir, *, data
     n = len(dataset)
     from saev_curate.curation.methods import find_method, resolve_by
 
-    by = resolve_select_by(saev_args.select_by, dataset.column_names)
+    by = resolve_select_by(saev_args.select_by, dataset.column_names, saev_args.check)
     column = None if by == "random" else resolve_by(by)[0]
     method = find_method(by)
     if column is None or column in dataset.column_names:
@@ -280,7 +285,8 @@ def curate(dataset, model, processor, saev_args, model_args, output_dir, *, data
                            "fraction": saev_args.select_fraction, "threshold": saev_args.select_threshold,
                            "scores_source": source}
     if saev_args.select_by == "auto":
-        doc["by_from"] = "auto: the methods table's recommendation for this data's shape"
+        doc["by_from"] = (f"auto: the recommendation of the check in {saev_args.check}" if saev_args.check
+                          else "auto: the methods table's recommendation for this data's shape")
     if not saev_args.selects:
         kept, kept_idx = dataset, list(range(n))
         values = dataset[column] if column in dataset.column_names else []
@@ -388,7 +394,7 @@ def attach_rescore_callback(trainer, scored, saev_args, output_dir):
         raise ValueError("rescore_every_n_steps re-selects a fraction: use select_fraction, not select_threshold")
     from saev_curate.curation.methods import resolve_by
 
-    by = resolve_select_by(saev_args.select_by, scored.column_names)
+    by = resolve_select_by(saev_args.select_by, scored.column_names, saev_args.check)
     from_column = saev_args.selects and by != "random" and resolve_by(by)[0] in scored.column_names
     callback = SaevRescoreCallback(
         sae=saev_args.sae, weights=saev_args.crossmodal_weights or str(Path(output_dir) / WEIGHTS_DIR),

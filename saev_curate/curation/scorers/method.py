@@ -4,6 +4,7 @@ share one scoring path."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -75,6 +76,8 @@ class MethodScorer(Scorer):
         self.add_role("sae", sae if needs_sae else None, optional=True)
         self.add_role("weights", weights if needs_sae else None, optional=True)
         self._parts: dict[str, Scorer] | None = None
+        #: part -> [seconds, rows] spent scoring in this process (what a method costs: its part's seconds per row)
+        self.timing: dict[str, list] = {}
 
     # -------------------------------------------------------------- the parts
     def methods_for(self, keys: list[str]) -> list[str]:
@@ -127,6 +130,13 @@ class MethodScorer(Scorer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._parts = None
+        self.timing = {}
+
+    def seconds_per_row(self, method: str) -> float | None:
+        """What scoring one row with ``method`` cost in this process: its part's seconds per row (a method shares
+        its forward pass with every method of the same part; None before any row was scored)."""
+        seconds, rows = self.timing.get(_part(get_method(method)), (0.0, 0))
+        return seconds / rows if rows else None
 
     # -------------------------------------------------------------- columns and scoring
     def _part_columns(self, part: str, keys: list[str]) -> dict[str, str]:
@@ -153,7 +163,11 @@ class MethodScorer(Scorer):
         out: dict[str, list] = {}
         errors: list[list[str]] = [[] for _ in range(n)]
         for part in self._needed(keys):
+            t0 = time.perf_counter()
             cols = parts[part].score_rows(rows, keys)
+            self.timing.setdefault(part, [0.0, 0])
+            self.timing[part][0] += time.perf_counter() - t0
+            self.timing[part][1] += n
             err = cols.get("error" if part != "ppl" else "ppl_error", [None] * n)
             for i, e in enumerate(err):
                 if e is not None and (part == "saev" or not errors[i]):  # saev_any repeats the main pass's errors
