@@ -79,6 +79,14 @@ def test_pipeline_cli_runs_end_to_end_and_reuses_its_cache(tmp_path, monkeypatch
     reused = set(json.loads((out / "pipeline.json").read_text())["reused"])
     assert "scores" not in reused and {"base", "full/seed0"} <= reused
 
+    # --by auto: a check on the training rows chooses the method, recorded beside the result (issue 21)
+    auto = argv[:argv.index("--by")] + ["--by", "auto", "--seeds", "0", "--fraction", "0.5"]
+    assert main(auto) == 0
+    doc = json.loads((out / "pipeline.json").read_text())
+    check = json.loads((out / "check" / "check.json").read_text())
+    assert doc["by_from"]["method"] == check["recommended"]["preference"] == doc["by"][0]
+    assert f"selected:{doc['by'][0]}" in doc["policies"] and "--by auto" in (out / "report.html").read_text()
+
 
 def test_differences_and_their_intervals_by_hand():
     from saev_curate.jobs.pipeline import difference, metrics_of
@@ -99,3 +107,4 @@ def test_differences_and_their_intervals_by_hand():
     assert all(v["difference"] == v["low"] == v["high"] == 0 for v in same.values())  # paired: no spread
     ones, zeros = items([1] * 5, [0] * 5, [1] * 5, [1] * 3), items([0] * 5, [1] * 5, [1] * 5, [0] * 3)
     assert difference([ones], [zeros], n_boot=50)["exact"] == {"difference": 1.0, "low": 1.0, "high": 1.0}
+

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--by", nargs="+", default=None,
                    help=f"method(s) to rank by, one selection each (default: {' '.join(default_pipeline_by())}: the "
                         "methods table's recommendations for preference rows, the best SAE-V method and the best "
-                        "of any kind)")
+                        "of any kind; auto: what `saev-curate check` on 200 of the rows measures best on this model)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
                    help=f"training seeds: every DPO run once per seed (default {' '.join(map(str, DEFAULT_SEEDS))})")
     p.add_argument("--dpo-steps", type=positive_int, default=80,

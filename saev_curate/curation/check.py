@@ -168,7 +168,7 @@ def run_check(model, processor, sae, weights, data, out: str | Path, *, n: int =
     names = methods or [m for m in methods_for(shape, have=have) if METHODS[m].column is not None]
     scorer = MethodScorer(model, processor, sae, weights, methods=names, config=config)
     out = Path(out)
-    score_to_disk(scorer, ds, str(out / "scored"), batch_size=batch_size, shard_rows=max(64, len(ds) // (4 * world)),
+    score_to_disk(scorer, ds, str(out / "scored"), batch_size=batch_size, shard_rows=-(-len(ds) // (4 * world)),
                   rank=rank, world=world, progress=progress, min_usable_share=0)
     if rank != 0:
         return None

@@ -33,6 +33,8 @@ class DemoResult:
     kept_defect_share: float
     all_defect_share: float
     seconds: float
+    #: the SAE folder the scores came from
+    sae: str = ""
 
 
 def default_demo_by() -> str:
@@ -52,7 +54,7 @@ def check_job_arguments(*, rows: int, defect_rate: float, fraction: float, by: s
         raise InputError(f"--defect-rate {defect_rate}: give the share of defective rows, between 0 and 1")
     if not 0 < fraction <= 1:
         raise InputError(f"--fraction {fraction}: give the share of rows to keep, in (0, 1]")
-    if by not in SAEV_METHODS and by not in BASELINES:
+    if by is not None and by not in SAEV_METHODS and by not in BASELINES:
         raise InputError(f"--by {by!r}: the job compares the methods of the table it can compute; use one of "
                          f"{', '.join([*SAEV_METHODS, *BASELINES])}")
 
@@ -113,7 +115,8 @@ def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae
     kept_bad = sum(d != "none" for d in kept["defect"]) / max(1, len(kept))
     all_bad = sum(d != "none" for d in labels) / len(labels)
     seconds = time.perf_counter() - start
-    result = DemoResult(out, out / "report.html", table, by, len(scored), n_scored, len(kept), kept_bad, all_bad, seconds)
+    result = DemoResult(out, out / "report.html", table, by, len(scored), n_scored, len(kept), kept_bad, all_bad, seconds,
+                        str(sae_dir))
     if report:
         write_score_report(
             scored, result.report, by=col, label="defect", auroc=table, highlight=by,

@@ -38,7 +38,7 @@ from saev_curate.core.errors import InputError
 
 #: LoRA and DPO settings of recipes/configs/dpo_testbed_cpu.yaml (the recipe's CPU config for the testbed)
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-KEY_VERSION = 2
+KEY_VERSION = 3
 
 
 def default_pipeline_by() -> tuple[str, str]:
@@ -49,6 +49,8 @@ def default_pipeline_by() -> tuple[str, str]:
     return default_by(shape="preference", saev_only=True), default_by(shape="preference")
 
 
+#: rows a ``--by auto`` check plants defects into (one copy each)
+AUTO_CHECK_ROWS = 200
 #: training seeds of every DPO run (error bars: the spread over seeds beside a bootstrap over held-out items)
 DEFAULT_SEEDS = (0, 1)
 
@@ -70,6 +72,8 @@ class PipelineResult:
     auroc: dict[str, dict[str, float]]
     seconds: float
     reused: list[str] = field(default_factory=list)
+    #: ``--by auto``: the check that chose the method (``{"method", "check", "recommended"}``)
+    by_from: dict[str, Any] | None = None
 
 
 def _key(doc: dict) -> str:
@@ -96,6 +100,23 @@ def _mark(folder: Path, key: str, **extra) -> None:
     tmp = folder / "pipeline_key.json.tmp"
     tmp.write_text(json.dumps({"key": key, **extra}, indent=2, default=str))
     tmp.replace(folder / "pipeline_key.json")
+
+
+def _auto_by(folder: Path, scores_key: str, model_path: Path, sae: str, weights: Path, scored, progress: bool
+             ) -> dict[str, Any]:
+    """``--by auto``: run ``saev-curate check`` on 200 of the training rows (cached in ``folder``) and take what it
+    measured best for preference rows."""
+    key = _key({"scores": scores_key, "n": AUTO_CHECK_ROWS})
+    hit = _cached(folder, key)
+    if hit is None:
+        from saev_curate.jobs.check import check
+
+        rows = scored.remove_columns([c for c in scored.column_names if c.startswith("method_") or c == "saev_error"])
+        result = check(str(model_path), sae, str(weights), rows, folder, n=AUTO_CHECK_ROWS, progress=progress)
+        hit = {"recommended": result.recommended}
+        _mark(folder, key, **hit)
+    return {"method": hit["recommended"]["preference"], "check": str(folder / "check.json"),
+            "recommended": hit["recommended"]}
 
 
 def score_column(by: str) -> str:
@@ -235,7 +256,7 @@ def run_pipeline(out_dir: str | Path = "saev-pipeline", *, model: str | None = N
     bys = [by] if isinstance(by, str) else list(by or default_pipeline_by())
     seeds = list(seeds)
     for b in bys:
-        check_job_arguments(rows=rows, defect_rate=defect_rate, fraction=fraction, by=b)
+        check_job_arguments(rows=rows, defect_rate=defect_rate, fraction=fraction, by=b if b != "auto" else None)
     if not 0 < fraction < 1:
         raise InputError(f"--fraction {fraction}: give the share of rows to keep, in (0, 1) (1 is the full-data run)")
     for name, value in (("--dpo-steps", dpo_steps), ("--batch-size", batch_size), ("--n-eval", n_eval),
@@ -275,13 +296,19 @@ def run_pipeline(out_dir: str | Path = "saev-pipeline", *, model: str | None = N
     else:
         demo = run_demo(scoring, model=str(model_path), sae=sae, rows=rows, defect_rate=defect_rate,
                         sae_steps=sae_steps, architecture=architecture, n_reference=n_reference, fraction=fraction,
-                        by=bys[0], seed=0, progress=progress, split="dev", report=False, mix=ALIGNMENT_MIX,
-                        describe_share=ALIGNMENT_DESCRIBE_SHARE)
+                        by=next((b for b in bys if b != "auto"), None), seed=0, progress=progress, split="dev",
+                        report=False, mix=ALIGNMENT_MIX, describe_share=ALIGNMENT_DESCRIBE_SHARE)
         auroc = demo.auroc
-        _mark(scoring, skey, auroc=auroc)
+        _mark(scoring, skey, auroc=auroc, sae=demo.sae)
+        hit = {"sae": demo.sae}
     import datasets
 
     scored = datasets.load_from_disk(str(scoring / "scored"))
+    by_from = None
+    if "auto" in bys:  # a check on a sample of the training rows chooses the method (issue 21)
+        by_from = _auto_by(out / "check", skey, model_path, hit.get("sae") or sae, scoring / "weights", scored,
+                           progress)
+        bys = list(dict.fromkeys(by_from["method"] if b == "auto" else b for b in bys))
     methods = sorted(c.removeprefix("method_") for c in scored.column_names if c.startswith("method_"))
     for b in bys:
         if b not in methods:
@@ -350,7 +377,7 @@ def run_pipeline(out_dir: str | Path = "saev-pipeline", *, model: str | None = N
 
     seconds = time.perf_counter() - start
     result = PipelineResult(out, out / "report.html", bys, fraction, len(scored), dpo_steps, seeds, policies, effects,
-                            auroc, seconds, reused)
+                            auroc, seconds, reused, by_from)
     write_pipeline_report(result, scored, model_path=model_path, defect_rate=defect_rate, batch_size=batch_size,
                           learning_rate=learning_rate, sft_weight=sft_weight, n_eval=n_eval,
                           eval_per_type=eval_per_type)
@@ -385,6 +412,10 @@ def effect_section(result: PipelineResult) -> str:
     """The first screen: what each selection bought (one sentence each), then every policy's scores."""
     seeds = ", ".join(map(str, result.seeds))
     lead = "".join(f"<p><b>{html.escape(headline(result, b))}</b></p>" for b in result.by)
+    if result.by_from:
+        lead += (f"<p>--by auto: <code>saev-curate check</code> on {AUTO_CHECK_ROWS} of the training rows measured "
+                 f"<b>{html.escape(result.by_from['method'])}</b> best for preference rows on this model "
+                 f"(<a href='check/report.html'>its page</a>).</p>")
     head = (f"<h2>What selection bought: DPO on the selection vs all rows vs random rows</h2>{lead}"
             f"<p>Mean over {len(result.seeds)} training seed(s) ({seeds}); [95% interval] from a paired bootstrap "
             "over the held-out images and questions (it covers which items were drawn, not training noise: compare "

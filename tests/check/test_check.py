@@ -169,3 +169,47 @@ def test_by_auto_takes_the_checks_recommendation(qwen_check, tmp_path, monkeypat
     (tmp_path / "pc" / "check.json").write_text(json.dumps(prompt_check))
     with pytest.raises(InputError, match="recommends only for prompt_only"):
         select(clean, "auto", check=tmp_path / "pc", fraction=0.5)
+
+
+def test_check_under_two_processes_scores_the_same_rows(tmp_path):
+    """`check` under torchrun (what `accelerate launch` uses): each process scores its shards of the same planted
+    rows; rank 0 writes what one process writes."""
+    import os
+    import subprocess
+    import sys
+
+    import datasets
+    import torch
+    from float_tolerance import assert_columns_close
+
+    from saev_curate import SAE, SAEConfig
+    from saev_curate.cli import main
+    from saev_curate.testing import save_tiny_vlm
+    from saev_curate.testing.rows import digit_preference_rows
+
+    save_tiny_vlm("llava", tmp_path / "model")
+    datasets.Dataset.from_list(digit_preference_rows(24, seed=2)).save_to_disk(str(tmp_path / "data"))
+    sae = SAE.init_paper(SAEConfig(d_in=64, d_sae=256, hook_name="blocks.2.hook_resid_post"), seed=0)
+    with torch.no_grad():
+        sae.W_enc.mul_(40)
+    sae.save(tmp_path / "sae")
+    common = ["--model", str(tmp_path / "model"), "--sae", str(tmp_path / "sae")]
+    assert main(["fit-weights", *common, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "w")]) == 0
+    args = ["check", *common, "--weights", str(tmp_path / "w"), "--data", str(tmp_path / "data"), "--rows", "20",
+            "--bootstrap", "50"]
+    assert main([*args, "--out", str(tmp_path / "single")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "saev_curate.cli", *args, "--out", str(tmp_path / "multi")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    single = datasets.load_from_disk(str(tmp_path / "single" / "scored"))
+    multi = datasets.load_from_disk(str(tmp_path / "multi" / "scored"))
+    assert multi["check_kind"] == single["check_kind"] and multi["prompt"] == single["prompt"]
+    shards = sorted((tmp_path / "multi" / "scored.shards").glob("shard-*.parquet"))
+    assert len(shards) >= 4  # the rows were split between the processes
+    for column in (c for c in single.column_names if c.startswith("saev_")):
+        assert_columns_close(multi[column], single[column], column)
+    assert json.loads((tmp_path / "multi" / "check.json").read_text())["kinds"] == \
+        json.loads((tmp_path / "single" / "check.json").read_text())["kinds"]
+    assert (tmp_path / "multi" / "report.html").is_file()

@@ -14,6 +14,7 @@ COMMANDS = {
     "demo": (False, True), "pipeline": (False, True),  # they make their own data
     "sae": (False, False), "sae info": (False, False),  # a group, and one SAE folder in, a table out
     "methods": (False, False),  # prints the methods table
+    "check": (True, True),
 }
 
 
