@@ -176,13 +176,14 @@ def policy_scores(model, processor, n_eval: int, eval_per_type: int, folder: Pat
     """Per held-out item: greedy descriptions of ``n_eval`` test-split images (``exact`` 0/1, ``false``, ``stated``,
     ``recalled``, ``true`` fact counts) and the recipe's likelihood accuracy on ``eval_per_type`` questions per type
     (``qa``; lmms-eval files in ``folder``)."""
-    from saev_curate.recipes.evaluate_policy import evaluate
+    from saev_curate.recipes.evaluate_policy import evaluate, latest_results
     from saev_curate.testbed import evaluate_descriptions, heldout_descriptions
 
     per = evaluate_descriptions(model, processor, heldout_descriptions(n_eval, seed=0))["per_image"]
     evaluate(model, processor, eval_rows(eval_per_type, seed=0), task="testbed_heldout", max_new_tokens=0,
-             output_dir=folder, log_samples=True)
-    qa = [json.loads(line)["acc"] for line in (folder / "samples_testbed_heldout.jsonl").read_text().splitlines()]
+             output_dir=folder, log_samples=True, model_name="policy")
+    _, samples = latest_results(folder, "testbed_heldout")
+    qa = [json.loads(line)["acc"] for line in samples.read_text().splitlines()]
     return {"exact": [float(p["false"] == 0 and p["recalled"] == p["true_facts"]) for p in per],
             "false": [p["false"] for p in per], "stated": [p["stated"] for p in per],
             "recalled": [p["recalled"] for p in per], "true": [p["true_facts"] for p in per], "qa": qa}
