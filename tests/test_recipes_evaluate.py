@@ -261,7 +261,8 @@ def test_recipe_mistakes_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("recipes/dpo.py: error: ") and "--traceback" in err and "Traceback" not in err, err
     run = subprocess.run([sys.executable, str(ROOT / "recipes" / "evaluate_policy.py"), *common, "--limit", "0"],
-                         capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1",
+                              "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
     assert run.returncode == 1 and "Traceback" not in run.stderr and "--limit 0" in run.stderr, run.stderr[-2000:]
 
 

@@ -19,7 +19,8 @@
 
 A rerun reuses what is cached: the model and SAE (beside the model, under ``~/.cache/saev-curate``), the scores
 (``OUT/scoring``, keyed by what they depend on; changing ``--fraction`` or ``--by`` does not re-score), and each
-trained-and-evaluated policy (``OUT/dpo/<name>/seed<s>``, keyed by its subset, seed and training settings).
+trained-and-evaluated policy (``OUT/dpo/<name>/seed<s>``, keyed by its subset, seed and training settings; a
+policy of other settings there, the job's own earlier one, is removed and trained anew, never mixed).
 """
 
 from __future__ import annotations
@@ -325,6 +326,10 @@ def run_pipeline(out_dir: str | Path = "saev-pipeline", *, model: str | None = N
             if (hit := _cached(folder, key)) is not None:
                 reused.append(f"{name}/seed{seed}")
             else:
+                if folder.exists():  # the job's own run of other settings (its record was stale): trained anew,
+                    import shutil  # never mixed with this run's files (the recipe refuses a folder of another run)
+
+                    shutil.rmtree(folder)
                 args = replace(saev_args, select_seed=seed)
                 policy, processor, selection = train_dpo(model_path, train_rows, folder, args, steps=dpo_steps,
                                                          batch_size=batch_size, learning_rate=learning_rate, seed=seed,
