@@ -63,6 +63,12 @@ class SaevArguments(ScoreConfig):
         default=None, metadata={"help": "Keep rows whose score is this good or better (>= where higher is "
                                         "cleaner, <= for perplexity), instead of a fraction."})
     select_seed: int = field(default=0, metadata={"help": "Seed for select_by='random'."})
+    max_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Largest image area in pixels the processor keeps (Qwen2-VL / Qwen2.5-VL: an image is "
+                          "resized to at most this many pixels, max_pixels / 784 image tokens), so one large image "
+                          "cannot overflow max_length mid-run. Not set: the processor's own default."},
+    )
     rescore_every_n_steps: int | None = field(
         default=None,
         metadata={"help": "Re-score the training rows with the current policy every N steps and re-select "
@@ -75,6 +81,8 @@ class SaevArguments(ScoreConfig):
             raise ValueError("give select_fraction or select_threshold, not both")
         if self.select_fraction is not None and not 0 < self.select_fraction <= 1:
             raise ValueError(f"select_fraction={self.select_fraction} must be in (0, 1]")
+        if self.max_pixels is not None and self.max_pixels <= 0:
+            raise ValueError(f"max_pixels={self.max_pixels} must be a positive number of pixels")
         if self.rescore_every_n_steps is not None and self.rescore_every_n_steps <= 0:
             raise ValueError("rescore_every_n_steps must be a positive number of steps")
 
@@ -98,8 +106,9 @@ def torch_dtype(name):
     return name if name in ("auto", None) else getattr(torch, name)
 
 
-def load_model_and_processor(model_args, training_args):
-    """``AutoModelForImageTextToText`` + ``AutoProcessor``; 4/8-bit through ``get_quantization_config``.
+def load_model_and_processor(model_args, training_args, max_pixels: int | None = None):
+    """``AutoModelForImageTextToText`` + ``AutoProcessor`` (with ``max_pixels`` when given: the image processor's
+    largest image area); 4/8-bit through ``get_quantization_config``.
 
     ``model_args.dtype`` is used as given (``ModelConfig`` defaults it to float32: the configs set it).
     A quantized model goes on this process's own device (one copy per process, as DDP/ZeRO-2 need).
@@ -126,7 +135,8 @@ def load_model_and_processor(model_args, training_args):
         trust_remote_code=trust_remote_code,
     )
     processor = AutoProcessor.from_pretrained(
-        path, revision=model_args.model_revision, trust_remote_code=trust_remote_code)
+        path, revision=model_args.model_revision, trust_remote_code=trust_remote_code,
+        **({} if max_pixels is None else {"max_pixels": max_pixels}))
     tok = getattr(processor, "tokenizer", processor)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -591,7 +601,7 @@ def run_recipe(recipe: str, trainer_class, to_rows, script_args, saev_args, trai
     dataset, eval_dataset = prepare_run(recipe, script_args, saev_args, training_args, model_args,
                                         dataset=dataset, eval_dataset=eval_dataset)
     if model is None or processor is None:
-        model, processor = load_model_and_processor(model_args, training_args)
+        model, processor = load_model_and_processor(model_args, training_args, saev_args.max_pixels)
     kept, selection, scored = curate(dataset, model, processor, saev_args, model_args, training_args.output_dir,
                                      dataset_name=script_args.dataset_name)
     # re-scoring during training: all rows go to the trainer and the callback's sampler draws the selection
