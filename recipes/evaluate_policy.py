@@ -15,8 +15,10 @@ python recipes/evaluate_policy.py --model_name_or_path ./base --adapter out/dpo-
     --sae ./sae --crossmodal_weights out/dpo-top50/crossmodal_weights --output_dir out/eval-top50 --log_samples
 ```
 
-Writes `OUTPUT_DIR/results.json` (`results[task]["acc,none"]`, `"acc_stderr,none"`, `"exact_match,none"`, ...,
-`config`, `n-samples`) and, with `--log_samples`, `OUTPUT_DIR/samples_<task>.jsonl` (one record per row).
+Writes lmms-eval's layout: `OUTPUT_DIR/<model>/<date>_results.json` (`results[task]["acc,none"]`,
+`"acc_stderr,none"`, `"exact_match,none"`, ..., `config`, `n-samples`) and, with `--log_samples`,
+`OUTPUT_DIR/<model>/<date>_samples_<task>.jsonl` (one record per row); `<model>` is the adapter (else the base
+model) path's last two parts joined by `__`, `<date>` is `YYYYmmdd_HHMMSS`; non-finite numbers are `"N/A"`.
 """
 
 import sys

@@ -21,7 +21,11 @@ The dataset (`--dataset_name`) is a hub id (read from the local cache under `HF_
 columns are selected on, never re-scored). Rows: TRL SFT (`messages`, or `prompt`/`completion`, + `image(s)`), or
 any preference shape the DPO recipe takes (TRL, Align-Anything, RLAIF-V), trained on its preferred response.
 Written to `--output_dir`: the adapter, `selection.json` (kept row indices, rule, score statistics, where the
-scores came from), `saev_scored/` and `crossmodal_weights/` when the recipe scored.
+scores came from), `saev_run.json` (the run's settings), and when the recipe scored `crossmodal_weights/` and
+`saev_scores/scores.parquet` (row index + score columns, no copy of the rows). One output_dir holds one run:
+other settings there are refused before the model loads (a rerun with the same settings resumes). As in TRL's
+scripts: `--eval_strategy` evaluates on `--dataset_test_split`, `--push_to_hub` pushes the folder;
+`--dataset_streaming` is refused (selection ranks every row).
 """
 
 import sys

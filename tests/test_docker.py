@@ -29,8 +29,19 @@ def test_hadolint_passes():
 
 def test_dockerfile_installs_through_the_shared_script():
     text = (ROOT / "Dockerfile").read_text()
-    runs = [line for line in text.splitlines() if line.startswith("RUN")]
-    assert len(runs) == 1 and "./scripts/install.sh" in runs[0]
+    lines = text.splitlines()
+    runs = [i for i, line in enumerate(lines) if line.startswith("RUN")]
+    assert len(runs) == 2 and all("./scripts/install.sh" in lines[i] for i in runs)
+    # issue 24, item 14: the dependencies' layer comes before the source is copied (a code edit keeps it), the
+    # package goes in after it, not editable, and the image runs as an unprivileged user
+    source = lines.index("COPY saev_curate/ saev_curate/")
+    assert runs[0] < source < runs[1]
+    assert "SAEV_INSTALL=deps" in lines[runs[0]] and "SAEV_INSTALL=package" in lines[runs[1]]
+    assert not any(line.startswith("COPY") and "saev_curate" in line for line in lines[:runs[0]])
+    assert " -e " not in text and "editable" not in lines[runs[1]]
+    users = [line.split()[1] for line in lines if line.startswith("USER")]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert lines.index(f"USER {users[-1]}") > runs[1]
     assert "pip install" not in text  # no second list of dependencies
     assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.M)
     assert 'ENTRYPOINT ["saev-curate"]' in text
@@ -53,13 +64,21 @@ def test_install_script_rejects_an_unknown_torch_mode(tmp_path):
     assert out.returncode == 2 and "SAEV_TORCH" in out.stderr
 
 
-def test_install_script_in_a_fresh_venv(tmp_path):
-    """The image's install path, for real, in a new virtual environment.
+def test_install_script_rejects_an_unknown_install_mode():
+    out = subprocess.run([str(ROOT / "scripts" / "install.sh"), sys.executable], capture_output=True, text=True,
+                         env={**os.environ, "SAEV_INSTALL": "wheel"})
+    assert out.returncode == 2 and "SAEV_INSTALL" in out.stderr
 
-    To keep it to seconds (~15 s, most of it the isolated editable build), the new venv (made without its own pip)
-    sees this environment's site-packages through a .pth file, so pip finds torch (CPU, 2.13.0) and every
-    dependency already satisfied and installs only saev-curate itself into the new venv: the script's two steps,
-    its constraints and the editable install all run; nothing is downloaded beyond the build backend.
+
+def test_install_script_in_a_fresh_venv(tmp_path):
+    """The image's install path, for real, in a new virtual environment: the Dockerfile's two steps, dependencies
+    (SAEV_INSTALL=deps) and then the package (SAEV_INSTALL=package, not editable).
+
+    No image builder works here (the `docker` client has no engine; podman and buildah are not installed), so the
+    image is not built; this runs its install steps instead.  To keep it to seconds, the new venv (made without its
+    own pip) sees this environment's site-packages through a .pth file, so pip finds torch (CPU, 2.13.0) and every
+    dependency already satisfied and installs only saev-curate itself into the new venv: the script's steps, its
+    constraints and the package build all run; nothing is downloaded beyond the build backend.
     """
     venv = tmp_path / "v"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -70,16 +89,18 @@ def test_install_script_in_a_fresh_venv(tmp_path):
     env = {**os.environ, "SAEV_TORCH": "cpu"}
     for var in ("TORCH_INDEX_URL", "PYTHONPATH"):
         env.pop(var, None)
-    out = subprocess.run([str(ROOT / "scripts" / "install.sh"), str(py), "quantization"], capture_output=True,
-                         text=True, env=env, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for mode in ("deps", "package"):
+        out = subprocess.run([str(ROOT / "scripts" / "install.sh"), str(py), "quantization"], capture_output=True,
+                             text=True, env={**env, "SAEV_INSTALL": mode}, timeout=600)
+        assert out.returncode == 0, mode + out.stdout[-3000:] + out.stderr[-3000:]
     check = subprocess.run(
         [str(py), "-c", "import torch, saev_curate, importlib.metadata as m; "
                         "print(torch.__version__, m.version('saev-curate'), saev_curate.__file__)"],
-        capture_output=True, text=True, check=True, env=env)
+        capture_output=True, text=True, check=True, env=env, cwd=tmp_path)  # not the checkout on sys.path
     torch_version, version, path = check.stdout.split()
     assert torch_version.startswith("2.13.0") and version
-    assert Path(path).resolve().is_relative_to(ROOT)  # the editable install of this checkout
+    assert Path(path).resolve().is_relative_to(Path(site).resolve())  # a copy in the venv, not this checkout
+    assert not list(Path(site).glob("__editable__*")) and not list(Path(site).glob("*saev_curate*.pth"))
     metadata = list(Path(site).glob("saev_curate-*.dist-info"))
     assert metadata, "saev-curate was not installed into the new venv"
     assert (venv / "bin" / "saev-curate").is_file()  # the image's entrypoint

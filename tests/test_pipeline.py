@@ -36,7 +36,9 @@ def test_pipeline_cli_runs_end_to_end_and_reuses_its_cache(tmp_path, monkeypatch
             for seed in (0, 1):
                 folder = out / "dpo" / name.replace(":", "-") / f"seed{seed}"
                 assert (folder / "adapter_model.safetensors").is_file()
-                assert (folder / "eval" / "results.json").is_file()  # lmms-eval's files
+                # lmms-eval's files: <eval>/<model>/<date>_results.json and the samples beside them
+                (res,) = (folder / "eval").glob("*/*_results.json")
+                assert res.with_name(res.name.replace("_results.json", "_samples_testbed_heldout.jsonl")).is_file()
     # the selection keeps the rows with the highest min_token_logprob: checked against the scored column itself
     scored = datasets.load_from_disk(str(out / "scoring" / "scored"))
     col = scored["method_min_token_logprob"]

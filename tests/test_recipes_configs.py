@@ -110,3 +110,51 @@ def test_entry_files_run_the_package_core():
     assert dpo.main is saev_curate.recipes.dpo.main and sft.main is saev_curate.recipes.sft.main
     assert evaluate_policy.evaluate is saev_curate.recipes.evaluate_policy.evaluate
     assert not (ROOT / "recipes" / "common.py").exists()
+
+
+def test_issue24_item14_qwen_configs_bound_the_image_tokens(tmp_path, monkeypatch):
+    """Every Qwen2.5-VL config sets max_pixels so the largest image (28 x 28 pixels per token after the 2 x 2 merge of
+    14-pixel patches) plus the scoring text fits max_length; the recipe's processor applies it: a 2000 x 2000 image
+    gives at most max_pixels / 784 image tokens."""
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from saev_curate.recipes.common import load_model_and_processor
+
+    configs = sorted(CONFIGS.glob("*qwen*"))
+    assert len(configs) == 4
+    for path in configs:
+        doc = yaml.safe_load(path.read_text())
+        assert doc["max_pixels"] == 1280 * 28 * 28, path.name
+        assert doc["max_pixels"] // (28 * 28) + doc["score_max_length"] < doc["max_length"], path.name
+    # the key the Qwen2-VL / Qwen2.5-VL image processor takes: a 2000 x 2000 image comes out at most max_pixels
+    # / 784 tokens (grid t*h*w 14-pixel patches, merged 2 x 2), and without it far more
+    from transformers import Qwen2VLImageProcessorPil
+
+    limit = 64 * 28 * 28
+    big = Image.fromarray(np.zeros((2000, 2000, 3), dtype=np.uint8))
+    for kwargs, bound in (({"max_pixels": limit}, lambda n: 0 < n <= 64), ({}, lambda n: n > 64)):
+        grid = Qwen2VLImageProcessorPil(**kwargs)(images=[big], return_tensors="pt")["image_grid_thw"][0]
+        assert bound(int(grid.prod()) // 4), (kwargs, grid)
+    # the recipe hands it to the processor (AutoProcessor.from_pretrained(..., max_pixels=...)), only when set
+    import transformers
+
+    from saev_curate.testing import save_tiny_vlm
+
+    model_dir = save_tiny_vlm("llava", tmp_path / "llava", seed=0)
+    seen = []
+    real = transformers.AutoProcessor.from_pretrained
+
+    def spy(*a, **k):
+        seen.append({key: k[key] for key in k if key == "max_pixels"})
+        return real(*a, **{key: v for key, v in k.items() if key != "max_pixels"})
+
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", spy)
+    model_args = SimpleNamespace(model_name_or_path=str(model_dir), model_revision="main", attn_implementation=None,
+                                 dtype="float32", load_in_4bit=False, load_in_8bit=False, use_bnb_nested_quant=False)
+    load_model_and_processor(model_args, SimpleNamespace(), max_pixels=limit)
+    load_model_and_processor(model_args, SimpleNamespace())
+    assert seen == [{"max_pixels": limit}, {}]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -121,9 +122,11 @@ def test_accuracy_and_exact_match_match_brute_force(tiny, case, tmp_path):
     assert r["acc_stderr,none"] == pytest.approx(math.sqrt(np.var(expect_acc, ddof=1) / 6))
     assert res["n-samples"]["toy"] == {"original": 6, "effective": 6}
     assert "config" in res and res["configs"]["toy"]["task"] == "toy"
-    on_disk = json.loads((tmp_path / "results.json").read_text())
+    (res_file,) = tmp_path.glob("*/*_results.json")  # lmms-eval's <model>/<date>_results.json
+    on_disk = json.loads(res_file.read_text())
     assert on_disk["results"]["toy"]["acc,none"] == r["acc,none"]
-    samples = [json.loads(line) for line in (tmp_path / "samples_toy.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in
+               res_file.with_name(res_file.name.replace("_results.json", "_samples_toy.jsonl")).read_text().splitlines()]
     assert [s["acc"] for s in samples] == expect_acc and [s["exact_match"] for s in samples] == expect_em
     for s, (_, lls) in zip(samples, rows):  # batched + padded log-likelihoods = one forward per option
         assert [ll for ll, _ in s["resps"]] == pytest.approx(lls, abs=1e-4)
@@ -177,18 +180,35 @@ def test_cli_main_with_an_adapter(tmp_path, case):
     r_base = main(*make_parser().parse_args_and_config(args=[*common, "--output_dir", str(tmp_path / "e0")]))
     r_ad = main(*make_parser().parse_args_and_config(
         args=[*common, "--adapter", str(tmp_path / "adapter"), "--output_dir", str(tmp_path / "e1")]))
-    assert (tmp_path / "e1" / "results.json").is_file() and (tmp_path / "e1" / "samples_saev_heldout.jsonl").is_file()
+    # lmms-eval's layout (issue 24, item 8): <output_dir>/<last two path parts joined by __>/<date>_results.json,
+    # the adapter's name when there is one, the samples beside it with the same date
+    base_dir, ad_dir = tmp_path / "e0" / f"{tmp_path.name}__base", tmp_path / "e1" / f"{tmp_path.name}__adapter"
+    assert [p.parent for p in (tmp_path / "e0").glob("*/*")] == [base_dir] * 2
+    (res0,) = base_dir.glob("*_results.json")
+    (res1,) = ad_dir.glob("*_results.json")
+    date = res1.name[: -len("_results.json")]
+    assert re.fullmatch(r"\d{8}_\d{6}", date) and (ad_dir / f"{date}_samples_saev_heldout.jsonl").is_file()
     assert "adapter=" in r_ad["config"]["model_args"]
-    s0 = [json.loads(x)["resps"] for x in (tmp_path / "e0" / "samples_saev_heldout.jsonl").read_text().splitlines()]
-    s1 = [json.loads(x)["resps"] for x in (tmp_path / "e1" / "samples_saev_heldout.jsonl").read_text().splitlines()]
+    s0 = [json.loads(x)["resps"] for x in next(base_dir.glob("*_samples_saev_heldout.jsonl")).read_text().splitlines()]
+    s1 = [json.loads(x)["resps"] for x in (ad_dir / f"{date}_samples_saev_heldout.jsonl").read_text().splitlines()]
     assert s0 != s1  # the adapter is on
     assert r_base["results"]["saev_heldout"]["acc,none"] == pytest.approx(sum(case[1]) / 6)
+    assert json.loads(res0.read_text())["results"]["saev_heldout"]["acc,none"] == pytest.approx(sum(case[1]) / 6)
+    # a second run into the same folder keeps the first run's files
+    main(*make_parser().parse_args_and_config(args=[*common, "--output_dir", str(tmp_path / "e0")]))
+    assert len(list(base_dir.glob("*_results.json"))) == 2 and res0.is_file()
     # one row: stderr is undefined and written as lmms-eval writes it, strict JSON (issue 24, item 8)
     main(*make_parser().parse_args_and_config(args=[*common, "--limit", "1", "--output_dir", str(tmp_path / "e2")]))
-    doc = json.loads((tmp_path / "e2" / "results.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    (res2,) = (tmp_path / "e2").glob("*/*_results.json")
+    doc = json.loads(res2.read_text(), parse_constant=lambda c: pytest.fail(c))
     assert doc["results"]["saev_heldout"]["acc_stderr,none"] == "N/A"
     # mistakes are refused before the model loads
-    for bad, named in ((["--limit", "0"], "--limit 0"), (["--sae", str(tmp_path)], "--sae and --crossmodal_weights")):
+    datasets.Dataset.from_list([{"question": r["question"], "image": r["image"], "answer": r["answer"]}
+                                for r, _ in case[0]]).save_to_disk(str(tmp_path / "no-options"))
+    datasets.Dataset.from_list([{**r, "answer": "horse"} for r, _ in case[0]]).save_to_disk(str(tmp_path / "bad-ans"))
+    for bad, named in ((["--limit", "0"], "--limit 0"), (["--sae", str(tmp_path)], "--sae and --crossmodal_weights"),
+                       (["--dataset_name", str(tmp_path / "no-options")], "no `options` column"),
+                       (["--dataset_name", str(tmp_path / "bad-ans")], "held-out row 0: answer 'horse'")):
         with pytest.raises(Exception, match=named):
             main(*make_parser().parse_args_and_config(args=[*common, *bad, "--model_name_or_path", "/no/such/model",
                                                             "--output_dir", str(tmp_path / "e3")]))
@@ -197,6 +217,7 @@ def test_cli_main_with_an_adapter(tmp_path, case):
 def test_description_rows_report_hallucination_rate_and_recall(monkeypatch):
     """Description rows (no options, a testbed concept): the greedy text's facts checked against the concept,
     aggregated over the set as CHAIR does; the counts below are worked out by hand."""
+    from saev_curate.core.errors import InputError
     from saev_curate.recipes import evaluate_policy as ev
     from saev_curate.testbed.images import Concept
 
@@ -214,7 +235,7 @@ def test_description_rows_report_hallucination_rate_and_recall(monkeypatch):
     assert res["hallucination_rate,none"] == pytest.approx(1 / 7)
     assert res["recall,none"] == pytest.approx(6 / 8)
     assert "acc,none" not in res
-    with pytest.raises(Exception, match="no options and no concept"):
+    with pytest.raises(InputError, match="no `options` column"):
         ev.evaluate(stub, None, [{"question": "describe the image .", "image": _image(0)}])
 
 
@@ -240,7 +261,8 @@ def test_recipe_mistakes_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("recipes/dpo.py: error: ") and "--traceback" in err and "Traceback" not in err, err
     run = subprocess.run([sys.executable, str(ROOT / "recipes" / "evaluate_policy.py"), *common, "--limit", "0"],
-                         capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1",
+                              "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
     assert run.returncode == 1 and "Traceback" not in run.stderr and "--limit 0" in run.stderr, run.stderr[-2000:]
 
 
@@ -267,3 +289,39 @@ def test_a_missing_image_is_that_rows_error_not_the_evaluations_end(tiny, case, 
     with pytest.raises(InputError, match="no row of toy could be evaluated: 6 rows"):
         evaluate(model, processor, datasets.Dataset.from_list([{**r, "image": str(tmp_path / "x.png")} for r in rows]),
                  task="toy", max_new_tokens=0)
+
+
+def test_issue24_item08_mistakes_in_the_held_out_set_and_the_score_arguments(tiny, case):
+    """No `options` column (a set the evaluation cannot read) and an SAE without its weights are one-line errors
+    naming the column or the argument, raised before any forward (the model here fails on any call)."""
+    from types import SimpleNamespace
+
+    from saev_curate.core.errors import InputError
+    from saev_curate.recipes.evaluate_policy import evaluate
+
+    def boom(*a, **k):
+        raise AssertionError("the model ran before the mistake was found")
+
+    model = SimpleNamespace(training=False, eval=boom, train=boom, parameters=boom, __call__=boom)
+    rows = [r for r, _ in case[0]]
+    for data, named in (([{"question": r["question"], "image": r["image"]} for r in rows], "no `options` column"),
+                        ([{"image": r["image"], "options": r["options"], "answer": r["answer"]} for r in rows],
+                         "no `question` column"),
+                        ([{k: v for k, v in r.items() if k != "answer"} for r in rows], "no `answer` column")):
+        with pytest.raises(InputError, match=named) as e:
+            evaluate(model, None, data)
+        assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match="sae and weights go together"):
+        evaluate(model, None, rows, sae=object())
+    with pytest.raises(InputError, match="sae and weights go together"):
+        evaluate(model, None, rows, weights=object())
+
+
+def test_lmms_eval_model_folder_names():
+    """lmms-eval's sanitize_model_name on hub ids and paths, written out by hand."""
+    from saev_curate.recipes.evaluate_policy import sanitize_model_name
+
+    assert sanitize_model_name("lmms-lab/llava-onevision-qwen2-0.5b") == "lmms-lab__llava-onevision-qwen2-0.5b"
+    assert sanitize_model_name("/data/runs/out/dpo-top50") == "out__dpo-top50"
+    assert sanitize_model_name("./base") == "base" and sanitize_model_name("out/dpo/") == "out__dpo"
+    assert sanitize_model_name("llava") == "llava"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -100,7 +101,8 @@ def test_dpo_lora_scores_selects_and_saves_adapter(dpo_run):
     assert lora_b_norm(out) > 0  # B starts at zero: non-zero means the adapter trained
     assert trainer.state.global_step == 2
     sel = json.loads((out / "selection.json").read_text())
-    scored = datasets.load_from_disk(str(out / "saev_scored"))
+    scored = datasets.Dataset.from_parquet(str(out / "saev_scores" / "scores.parquet"))
+    assert scored["row_index"] == list(range(8))
     # select_by auto: the table's recommendation for preference rows, the model's own perplexity, lowest kept
     assert sel["by"] == "response_perplexity" and "auto" in sel["by_from"]
     ppl = scored["saev_ppl"]
@@ -116,12 +118,26 @@ def test_dpo_lora_scores_selects_and_saves_adapter(dpo_run):
     assert sel["recipe"] == "dpo" and sel["args"]["saev"]["select_fraction"] == 0.5
 
 
-def test_sft_lora_selects_on_an_already_scored_folder(work, dpo_run):
+@pytest.fixture(scope="module")
+def scored_folder(work, dpo_run):
+    """The DPO run's data with its saved scores joined back (what `saev-curate score --out` writes)."""
+    import datasets
+
+    from saev_curate.recipes.common import join_scores
+
+    root, _ = work
+    path = root / "scored"
+    join_scores(datasets.load_from_disk(str(root / "data")),
+                dpo_run[0] / "saev_scores" / "scores.parquet").save_to_disk(str(path))
+    return path
+
+
+def test_sft_lora_selects_on_an_already_scored_folder(work, dpo_run, scored_folder):
     from saev_curate.recipes.sft import main
 
     root, model = work
     out = root / "sft"
-    scored = dpo_run[0] / "saev_scored"
+    scored = scored_folder
     args = parse("sft", CONFIGS / "sft_testbed_cpu.yaml", cpu_overrides(
         model, scored, out, "--select_fraction", "0.25"))
     trainer = main(*args)
@@ -130,7 +146,7 @@ def test_sft_lora_selects_on_an_already_scored_folder(work, dpo_run):
     dpo_sel = json.loads((dpo_run[0] / "selection.json").read_text())
     assert sel["scores_source"] == {"kind": "dataset columns", "dataset": str(scored)}
     assert sel["n_kept"] == 2 and set(sel["kept_indices"]) <= set(dpo_sel["kept_indices"])
-    assert not (out / "saev_scored").exists()  # nothing re-scored
+    assert not (out / "saev_scores").exists()  # nothing re-scored
 
 
 def test_selection_needs_scores_or_sae(work, tmp_path):
@@ -143,7 +159,7 @@ def test_selection_needs_scores_or_sae(work, tmp_path):
         main(*args)
 
 
-def test_dpo_with_rescoring_during_training(work, dpo_run):
+def test_dpo_with_rescoring_during_training(work, dpo_run, scored_folder):
     """--rescore_every_n_steps: all rows go to the trainer, the callback starts from the recipe's selection."""
     from saev_curate.recipes.dpo import main
 
@@ -151,7 +167,7 @@ def test_dpo_with_rescoring_during_training(work, dpo_run):
     first = dpo_run[0]
     out = root / "dpo-rescore"
     args = parse("dpo", CONFIGS / "dpo_testbed_cpu.yaml", cpu_overrides(
-        model, first / "saev_scored", out, "--sae", str(root / "sae"), "--crossmodal_weights",
+        model, scored_folder, out, "--sae", str(root / "sae"), "--crossmodal_weights",
         str(first / "crossmodal_weights"), "--delta", "0", "--rescore_every_n_steps", "1", "--score_batch_size", "4"))
     trainer = main(*args)
     callbacks = [c for c in trainer.callback_handler.callbacks if type(c).__name__ == "SaevRescoreCallback"]
@@ -201,8 +217,10 @@ def test_dpo_scores_and_trains_rlaif_v_rows(work, tmp_path):
         "--score_batch_size", "4"))
     trainer = main(*args)
     assert trainer.state.global_step == 2 and lora_b_norm(out) > 0
-    scored = datasets.load_from_disk(str(out / "saev_scored"))
-    assert scored["question"] == [r["question"] for r in rows] and "prompt" not in scored.column_names
+    scored = datasets.Dataset.from_parquet(str(out / "saev_scores" / "scores.parquet"))
+    # the scores alone, by row index: no second copy of the rows or their images (issue 24, item 15)
+    assert scored["row_index"] == [0, 1, 2, 3] and all(c.startswith("saev_") for c in scored.column_names[:-1])
+    assert not {"question", "image", "chosen", "rejected", "prompt"} & set(scored.column_names)
     assert all(v is not None for c in ("saev_score", "saev_score_margin") for v in scored[c])
     sel = json.loads((out / "selection.json").read_text())
     assert sel["n_rows"] == 4 and sel["n_kept"] == 2
@@ -257,10 +275,105 @@ def test_dpo_script_under_accelerate_launch_two_processes(work, tmp_path):
            "--dynamo_backend", "no", str(ROOT / "recipes" / "dpo.py"), "--config", str(CONFIGS / "dpo_testbed_cpu.yaml"),
            *cpu_overrides(model, root / "data", out, "--sae", str(root / "sae"), "--n_reference", "8",
                           "--delta", "0", "--per_device_train_batch_size", "1", "--select_by", "saev_score")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # this checkout's package, not whichever one the environment has installed (the launcher runs from tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert (out / "adapter_model.safetensors").is_file() and lora_b_norm(out) > 0
-    scores = datasets.load_from_disk(str(out / "saev_scored"))["saev_score"]
+    scores = datasets.Dataset.from_parquet(str(out / "saev_scores" / "scores.parquet"))["saev_score"]
     sel = json.loads((out / "selection.json").read_text())
     assert sel["kept_indices"] == sorted(sorted(range(8), key=lambda i: (-scores[i], i))[:4])
+
+
+# ----------------------------------------------------------------------------------- issue 24, items 7 and 15
+def _no_model(monkeypatch):
+    """Make loading the model fail loudly: the mistakes below must be found before it."""
+    from saev_curate.recipes import common
+
+    def boom(*a, **k):
+        raise AssertionError("the model was loaded before the mistake was found")
+
+    monkeypatch.setattr(common, "load_model_and_processor", boom)
+
+
+def test_issue24_item07_an_output_dir_holds_one_run(work, dpo_run, scored_folder, tmp_path, monkeypatch):
+    from saev_curate.core.errors import InputError
+    from saev_curate.recipes.dpo import main
+
+    root, model = work
+    out = dpo_run[0]
+    _no_model(monkeypatch)
+    base = ["--sae", str(root / "sae"), "--n_reference", "8", "--delta", "0", "--score_batch_size", "4"]
+    before = sorted(p.name for p in out.iterdir())
+    # resuming with another fraction or method: refused, both values named
+    for extra, named in ((["--select_fraction", "0.25"], "saev.select_fraction 0.5 -> 0.25"),
+                         (["--select_by", "saev_score"], "saev.select_by 'auto' -> 'saev_score'"),
+                         (["--learning_rate", "1e-3"], "training.learning_rate 0.01 -> 0.001")):
+        args = parse("dpo", CONFIGS / "dpo_testbed_cpu.yaml", [*cpu_overrides(model, root / "data", out, *base),
+                                                                 *extra])
+        with pytest.raises(InputError, match=re.escape(named)) as e:
+            main(*args)
+        assert "holds another run" in str(e.value) and "\n" not in str(e.value)
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing of the first run touched
+    # a folder with files and no record (another tool's, or a run from before the record): refused
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "adapter_model.safetensors").write_bytes(b"x")
+    args = parse("dpo", CONFIGS / "dpo_testbed_cpu.yaml", cpu_overrides(model, root / "data", tmp_path / "other"))
+    with pytest.raises(InputError, match="is not empty .*adapter_model.safetensors.* holds no saev_run.json"):
+        main(*args)
+    # rescoring on a dataset that already has its scores, without --crossmodal_weights: never the weights that
+    # happen to lie in output_dir (here: the first run's folder copied beside), refused before the model loads
+    import shutil
+
+    shutil.copytree(out / "crossmodal_weights", tmp_path / "fresh" / "crossmodal_weights")
+    args = parse("dpo", CONFIGS / "dpo_testbed_cpu.yaml", cpu_overrides(
+        model, scored_folder, tmp_path / "fresh", "--sae", str(root / "sae"), "--rescore_every_n_steps", "1",
+        "--select_by", "saev_score"))
+    with pytest.raises(InputError, match="already has saev_score, so the recipe fits none: pass --crossmodal_weights"):
+        main(*args)
+
+
+def test_issue24_item15_streaming_and_a_missing_eval_split_are_refused(work, tmp_path, monkeypatch):
+    from saev_curate.core.errors import InputError
+    from saev_curate.recipes.sft import main
+
+    root, model = work
+    _no_model(monkeypatch)
+    args = parse("sft", CONFIGS / "sft_testbed_cpu.yaml", cpu_overrides(model, root / "data", tmp_path / "a",
+                                                                         "--dataset_streaming", "true"))
+    with pytest.raises(InputError, match="--dataset_streaming: SAE-V selection ranks every row"):
+        main(*args)
+    args = parse("sft", CONFIGS / "sft_testbed_cpu.yaml", cpu_overrides(
+        model, root / "data", tmp_path / "b", "--eval_strategy", "steps", "--eval_steps", "1"))
+    with pytest.raises(InputError, match="--dataset_test_split 'test'"):
+        main(*args)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_issue24_item15_eval_split_and_push_to_hub_as_trl_scripts(work, tmp_path, monkeypatch):
+    """With eval_strategy set the recipe evaluates on dataset_test_split (TRL's scripts: eval_dataset =
+    dataset[dataset_test_split]); push_to_hub calls trainer.push_to_hub(dataset_name=...) after saving."""
+    import datasets
+    import transformers
+
+    from saev_curate.recipes.dpo import main
+
+    root, model = work
+    datasets.DatasetDict(train=datasets.Dataset.from_list(align_anything_rows(4, seed=5)),
+                         test=datasets.Dataset.from_list(align_anything_rows(2, seed=6))).save_to_disk(
+        str(tmp_path / "dd"))
+    pushed = []
+    monkeypatch.setattr(transformers.Trainer, "init_hf_repo", lambda self, *a, **k: None)
+    monkeypatch.setattr(transformers.Trainer, "push_to_hub",
+                        lambda self, *a, **k: pushed.append((sorted(p.name for p in Path(self.args.output_dir)
+                                                                    .iterdir()), k)))
+    args = parse("dpo", CONFIGS / "dpo_testbed_cpu.yaml", cpu_overrides(
+        model, tmp_path / "dd", tmp_path / "out", "--select_by", "random", "--select_fraction", "1.0",
+        "--eval_strategy", "steps", "--eval_steps", "1", "--push_to_hub", "true", "--hub_model_id", "me/x"))
+    trainer = main(*args)
+    assert len(trainer.eval_dataset) == 2
+    assert any("eval_loss" in entry for entry in trainer.state.log_history)
+    files, kw = pushed[-1]  # (Trainer.save_model pushes too when push_to_hub is set; the script's call is last)
+    assert kw == {"dataset_name": str(tmp_path / "dd")}
+    assert "selection.json" in files and "adapter_model.safetensors" in files and "saev_run.json" in files

@@ -455,7 +455,8 @@ class SaevRescoreCallback(TrainerCallback):
         meta, arrays = self.sampler.state_arrays()
         doc = {"format": "saev-curate/rescore-state", "version": _STATE_VERSION, "step": step,
                "sampler": meta, "last_rescore_step": self.last_rescore_step, "n_rescores": self.n_rescores,
-               "by": self.by, "seed": self.seed, "last_metrics": self.last_metrics}
+               "by": self.by, "fraction": self.fraction, "weighting": self.weighting, "seed": self.seed,
+               "last_metrics": self.last_metrics}
         np.savez(folder / f"{STATE_FILE}.npz", scores=self.scores, **arrays)
         (folder / f"{STATE_FILE}.json").write_text(json.dumps(doc, indent=1, default=float))
         return folder / f"{STATE_FILE}.json"
@@ -469,6 +470,13 @@ class SaevRescoreCallback(TrainerCallback):
         doc = json.loads(js.read_text())
         if doc.get("format") != "saev-curate/rescore-state":
             raise ValueError(f"{js} is not a SAE-V re-score state file")
+        for name in ("by", "fraction", "weighting"):  # the selection rule the earlier steps trained on
+            if name in doc and doc[name] != getattr(self, name):
+                from saev_curate.core.errors import InputError
+
+                raise InputError(f"{js}: the run being resumed selected with {name}={doc[name]!r}, this callback with "
+                                 f"{name}={getattr(self, name)!r}; resume with {name}={doc[name]!r}, or start a new run "
+                                 "in another output_dir")
         if doc.get("seed") != self.seed:
             log.warning("the checkpoint's re-score seed %s differs from this run's %s; keeping the checkpoint's",
                         doc.get("seed"), self.seed)

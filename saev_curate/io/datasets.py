@@ -11,9 +11,24 @@ Relative image paths in a data file (an ``image`` string column, or an ``images`
 are resolved against the file's folder, not the current directory.
 
 ``save_dataset(ds, path)`` writes a ``.parquet`` / ``.json`` / ``.jsonl`` / ``.csv`` file by the
-extension of ``path``, otherwise a ``save_to_disk`` folder.  ``raw_rows(ds, indices)`` reads rows with
-``datasets.Image`` values undecoded (``{"bytes", "path"}`` dicts), so the library decodes each image
-itself and a corrupt one is that row's error, not the run's.
+extension of ``path`` (whole or not at all: written beside it, then renamed), otherwise a ``save_to_disk``
+folder.
+
+Images in JSON Lines.  A ``datasets.Image`` column (or a list of them) goes to ``.json`` / ``.jsonl`` as
+one JSON object per image, the ``datasets.Image`` storage with the bytes in base64::
+
+    {"image": {"bytes": "<base64 of the encoded file, e.g. PNG>", "path": "cat.png"}, ...}
+
+``bytes`` is the image file as stored (not re-encoded; an image kept only as a local path is read and
+embedded, so the file is self-contained); ``path`` is the original file name or ``null``.  A missing
+image is ``null``.  :func:`load_local_dataset` reads such a column (an object with exactly the keys
+``bytes`` and ``path``, or a list of them) back as a ``datasets.Image`` column: the same image bytes and
+the same other columns.  An object with ``"bytes": null`` is an image by ``path`` (relative paths resolve
+against the file's folder).  CSV cannot hold images: a ``.csv`` output with an image column is refused
+(:func:`check_output_holds`), as is an image nested deeper than a list (write ``.parquet`` for those).
+
+``raw_rows(ds, indices)`` reads rows with ``datasets.Image`` values undecoded (``{"bytes", "path"}`` dicts), so
+the library decodes each image itself and a corrupt one is that row's error, not the run's.
 """
 
 from __future__ import annotations
@@ -63,7 +78,7 @@ def load_local_dataset(path: str | Path, split: str | None = None):
         except Exception as exc:  # noqa: BLE001 - unreadable or empty files: one clear line
             raise InputError(f"{p}: could not be read as a dataset ({type(exc).__name__}: {str(exc)[:200]}); "
                              f"expected {_FORMATS}") from None
-        ds = _resolve_relative_images(ds, files[0].parent)
+        ds = _resolve_relative_images(_decode_json_images(ds, files[0].parent), files[0].parent)
     else:
         ds = _from_hub_cache(text, split)
     if isinstance(ds, datasets.DatasetDict):
@@ -138,34 +153,101 @@ def check_output_path(path: str | Path, flag: str = "--out") -> None:
 
 
 def check_output_holds(ds, path: str | Path, flag: str = "--out") -> None:
-    """Refuse a text format (``.csv`` / ``.json`` / ``.jsonl``) for a dataset with image columns, before any work:
-    CSV would write the image bytes as text, JSON fails on them; Parquet and save_to_disk folders keep them."""
+    """Refuse, before any work, an output format that cannot hold the dataset's image columns: ``.csv`` (it would
+    write the image bytes as text) and, for an image nested deeper than a list, ``.json`` / ``.jsonl``.  Image
+    columns and lists of images go to JSON Lines in base64 (see the module docstring); Parquet and
+    save_to_disk folders keep every shape."""
     suffix = Path(str(path)).suffix.lower()
     features = getattr(ds, "features", None) or {}
     images = [name for name, f in features.items() if has_image_feature(f)]
-    if suffix in (".csv", ".json", ".jsonl") and images:
-        raise InputError(f"{flag} {path}: a {suffix} file cannot hold the image column(s) {images}; write "
-                         f"{Path(str(path)).with_suffix('.parquet').name} or a folder (a path without an extension)")
+    if suffix == ".csv":
+        refused = images
+    elif suffix in (".json", ".jsonl"):
+        refused = [name for name in images if _image_level(features[name]) is None]
+    else:
+        refused = []
+    if not refused:
+        return
+    target = Path(str(path))
+    if suffix == ".csv":
+        raise InputError(f"{flag} {path}: a .csv file cannot hold the image column(s) {refused}; write "
+                         f"{target.with_suffix('.parquet').name}, {target.with_suffix('.jsonl').name} (images in "
+                         "base64) or a folder (a path without an extension)")
+    raise InputError(f"{flag} {path}: a {suffix} file cannot hold the image column(s) {refused} (images nested "
+                     f"deeper than a list); write {target.with_suffix('.parquet').name} or a folder (a path "
+                     "without an extension)")
 
 
 def save_dataset(ds, path: str | Path) -> None:
     """Write ``ds`` to a ``.parquet`` / ``.json`` / ``.jsonl`` / ``.csv`` file, or (a name without one of
     those extensions) a save_to_disk folder; other file extensions (``.tsv``, ``.txt``, ...) are refused, and so
-    are text formats for image columns (:func:`check_output_holds`)."""
+    is CSV for image columns (:func:`check_output_holds`).  Image columns go to JSON Lines in base64 (the module
+    docstring).  A file is written beside ``path`` and renamed when complete."""
+    import os
+
     check_output_path(path)
     check_output_holds(ds, path)
     p = Path(path)
     suffix = p.suffix.lower()
-    if suffix in _SAVE_SUFFIXES:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        if suffix == ".parquet":
-            ds.to_parquet(str(p))
-        elif suffix == ".csv":
-            ds.to_csv(str(p), index=False)
-        else:
-            ds.to_json(str(p))
-    else:
+    if suffix not in _SAVE_SUFFIXES:
         ds.save_to_disk(str(p))
+        return
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    try:
+        if suffix == ".parquet":
+            ds.to_parquet(str(tmp))
+        elif suffix == ".csv":
+            ds.to_csv(str(tmp), index=False)
+        elif any(has_image_feature(f) for f in ds.features.values()):
+            _to_json_with_images(ds, tmp)
+        else:
+            ds.to_json(str(tmp))
+        tmp.replace(p)  # a finished file or none: never a half-written one under the name asked for
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _image_level(feature) -> int | None:
+    """0 for an ``Image`` feature, 1 for a list of them, None for any other shape (JSON Lines holds those two)."""
+    from datasets import Image
+
+    if isinstance(feature, Image):
+        return 0
+    inner = getattr(feature, "feature", None)
+    if isinstance(feature, (list, tuple)) and len(feature) == 1:
+        inner = feature[0]
+    return 1 if isinstance(inner, Image) else None
+
+
+def _to_json_with_images(ds, path: Path, batch_size: int = 256) -> None:
+    """JSON Lines with each image as ``{"bytes": <base64>, "path": ...}`` (the module docstring's encoding);
+    the other columns are written by ``datasets`` itself, as :meth:`datasets.Dataset.to_json` writes them."""
+    import base64
+
+    import datasets
+
+    feats = ds.features
+    levels = {c: _image_level(f) for c, f in feats.items() if has_image_feature(f)}
+    as_text = {"bytes": datasets.Value("string"), "path": datasets.Value("string")}
+    out_feats = datasets.Features({c: (f if c not in levels else as_text if levels[c] == 0 else
+                                       datasets.List(as_text)) for c, f in feats.items()})
+
+    def encode(value):
+        if value is None:
+            return None
+        data, name = value.get("bytes"), value.get("path")
+        if data is None and name and Path(name).is_file():
+            data = Path(name).read_bytes()  # an image kept by local path: embedded, the file stands alone
+        return {"bytes": None if data is None else base64.b64encode(data).decode("ascii"), "path": name}
+
+    with open(path, "wb") as fh:
+        for table in ds.with_format("arrow").iter(batch_size=batch_size):  # Image storage: undecoded bytes/path
+            batch = table.to_pydict()
+            for c, level in levels.items():
+                batch[c] = [encode(v) if level == 0 else (None if v is None else [encode(x) for x in v])
+                            for v in batch[c]]
+            datasets.Dataset.from_dict(batch, features=out_feats).to_json(fh)
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -208,6 +290,51 @@ def raw_rows(ds, indices) -> list[dict]:
 
 def _rows_from_columns(batch: dict, n: int) -> list[dict]:
     return [{k: v[i] for k, v in batch.items()} for i in range(n)]
+
+
+def _is_image_struct(feature) -> bool:
+    """An object with exactly the keys ``bytes`` and ``path``, both text or null: an image as JSON holds it."""
+    from datasets import Value
+
+    return (isinstance(feature, dict) and set(feature) == {"bytes", "path"}
+            and all(isinstance(v, Value) and v.dtype in ("string", "large_string", "null") for v in feature.values()))
+
+
+def _decode_json_images(ds, base: Path):
+    """Columns in the JSON Lines image encoding (the module docstring) back to ``datasets.Image`` columns:
+    base64 bytes decoded; a relative path without bytes resolved against the data file's folder."""
+    import base64
+
+    import datasets
+
+    feats = ds.features
+    cols = {c: 0 if _is_image_struct(f) else 1 for c, f in feats.items()
+            if _is_image_struct(f) or _is_image_struct(getattr(f, "feature", None))}
+    if not cols or len(ds) == 0:
+        return ds
+    base = base.resolve()
+
+    def decode(value):
+        if value is None:
+            return None
+        data, name = value.get("bytes"), value.get("path")
+        if data is not None:
+            try:
+                return {"bytes": base64.b64decode(data, validate=True), "path": name}
+            except ValueError:
+                raise InputError(f"{base}: the image column's bytes are not base64 (got {data[:20]!r}...); JSON "
+                                 "Lines images are {\"bytes\": <base64>, \"path\": ...} objects") from None
+        if name and not name.startswith(("http://", "https://", "/", "~")):
+            name = str(base / name)
+        return {"bytes": None, "path": name}
+
+    def fix(batch):
+        return {c: [decode(v) if level == 0 else (None if v is None else [decode(x) for x in v])
+                    for v in batch[c]] for c, level in cols.items()}
+
+    new = datasets.Features({c: (f if c not in cols else datasets.Image() if cols[c] == 0 else
+                                 datasets.List(datasets.Image())) for c, f in feats.items()})
+    return ds.map(fix, batched=True, features=new, desc="decoding images")
 
 
 def _resolve_relative_images(ds, base: Path):

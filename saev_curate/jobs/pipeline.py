@@ -19,7 +19,8 @@
 
 A rerun reuses what is cached: the model and SAE (beside the model, under ``~/.cache/saev-curate``), the scores
 (``OUT/scoring``, keyed by what they depend on; changing ``--fraction`` or ``--by`` does not re-score), and each
-trained-and-evaluated policy (``OUT/dpo/<name>/seed<s>``, keyed by its subset, seed and training settings).
+trained-and-evaluated policy (``OUT/dpo/<name>/seed<s>``, keyed by its subset, seed and training settings; a
+policy of other settings there, the job's own earlier one, is removed and trained anew, never mixed).
 """
 
 from __future__ import annotations
@@ -197,13 +198,14 @@ def policy_scores(model, processor, n_eval: int, eval_per_type: int, folder: Pat
     """Per held-out item: greedy descriptions of ``n_eval`` test-split images (``exact`` 0/1, ``false``, ``stated``,
     ``recalled``, ``true`` fact counts) and the recipe's likelihood accuracy on ``eval_per_type`` questions per type
     (``qa``; lmms-eval files in ``folder``)."""
-    from saev_curate.recipes.evaluate_policy import evaluate
+    from saev_curate.recipes.evaluate_policy import evaluate, latest_results
     from saev_curate.testbed import evaluate_descriptions, heldout_descriptions
 
     per = evaluate_descriptions(model, processor, heldout_descriptions(n_eval, seed=0))["per_image"]
     evaluate(model, processor, eval_rows(eval_per_type, seed=0), task="testbed_heldout", max_new_tokens=0,
-             output_dir=folder, log_samples=True)
-    qa = [json.loads(line)["acc"] for line in (folder / "samples_testbed_heldout.jsonl").read_text().splitlines()]
+             output_dir=folder, log_samples=True, model_name="policy")
+    _, samples = latest_results(folder, "testbed_heldout")
+    qa = [json.loads(line)["acc"] for line in samples.read_text().splitlines()]
     return {"exact": [float(p["false"] == 0 and p["recalled"] == p["true_facts"]) for p in per],
             "false": [p["false"] for p in per], "stated": [p["stated"] for p in per],
             "recalled": [p["recalled"] for p in per], "true": [p["true_facts"] for p in per], "qa": qa}
@@ -351,6 +353,10 @@ def run_pipeline(out_dir: str | Path = "saev-pipeline", *, model: str | None = N
             if (hit := _cached(folder, key)) is not None:
                 reused.append(f"{name}/seed{seed}")
             else:
+                if folder.exists():  # the job's own run of other settings (its record was stale): trained anew,
+                    import shutil  # never mixed with this run's files (the recipe refuses a folder of another run)
+
+                    shutil.rmtree(folder)
                 args = replace(saev_args, select_seed=seed)
                 policy, processor, selection = train_dpo(model_path, train_rows, folder, args, steps=dpo_steps,
                                                          batch_size=batch_size, learning_rate=learning_rate, seed=seed,

@@ -19,8 +19,18 @@ from saev_curate.curation.config import ScoreConfig
 
 log = logging.getLogger("saev_curate.recipes")
 
-SCORED_DIR = "saev_scored"  # output_dir/saev_scored: the scored dataset, reused by a rerun with the same inputs
+SCORED_DIR = "saev_scores"  # output_dir/saev_scores/: scores.parquet (row_index + score columns) and its cache key
+SCORES_FILE = "scores.parquet"
 WEIGHTS_DIR = "crossmodal_weights"  # output_dir/crossmodal_weights: ω fitted by the recipe (when not given)
+RUN_FILE = "saev_run.json"  # output_dir/saev_run.json: the settings of the run that owns output_dir
+
+#: training settings that make a run another run (a resume with other values would mix two trainings); logging,
+#: saving, evaluation, hub and length-of-training options may change on a resume
+RUN_TRAINING_FIELDS = ("learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "weight_decay",
+                       "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim", "seed", "data_seed",
+                       "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "beta",
+                       "loss_type", "rpo_alpha", "completion_only_loss", "assistant_only_loss", "packing", "bf16",
+                       "fp16")
 
 
 @dataclass
@@ -57,6 +67,12 @@ class SaevArguments(ScoreConfig):
         default=None, metadata={"help": "Keep rows whose score is this good or better (>= where higher is "
                                         "cleaner, <= for perplexity), instead of a fraction."})
     select_seed: int = field(default=0, metadata={"help": "Seed for select_by='random'."})
+    max_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Largest image area in pixels the processor keeps (Qwen2-VL / Qwen2.5-VL: an image is "
+                          "resized to at most this many pixels, max_pixels / 784 image tokens), so one large image "
+                          "cannot overflow max_length mid-run. Not set: the processor's own default."},
+    )
     rescore_every_n_steps: int | None = field(
         default=None,
         metadata={"help": "Re-score the training rows with the current policy every N steps and re-select "
@@ -69,6 +85,8 @@ class SaevArguments(ScoreConfig):
             raise ValueError("give select_fraction or select_threshold, not both")
         if self.select_fraction is not None and not 0 < self.select_fraction <= 1:
             raise ValueError(f"select_fraction={self.select_fraction} must be in (0, 1]")
+        if self.max_pixels is not None and self.max_pixels <= 0:
+            raise ValueError(f"max_pixels={self.max_pixels} must be a positive number of pixels")
         if self.rescore_every_n_steps is not None and self.rescore_every_n_steps <= 0:
             raise ValueError("rescore_every_n_steps must be a positive number of steps")
 
@@ -92,8 +110,9 @@ def torch_dtype(name):
     return name if name in ("auto", None) else getattr(torch, name)
 
 
-def load_model_and_processor(model_args, training_args):
-    """``AutoModelForImageTextToText`` + ``AutoProcessor``; 4/8-bit through ``get_quantization_config``.
+def load_model_and_processor(model_args, training_args, max_pixels: int | None = None):
+    """``AutoModelForImageTextToText`` + ``AutoProcessor`` (with ``max_pixels`` when given: the image processor's
+    largest image area); 4/8-bit through ``get_quantization_config``.
 
     ``model_args.dtype`` is used as given (``ModelConfig`` defaults it to float32: the configs set it).
     A quantized model goes on this process's own device (one copy per process, as DDP/ZeRO-2 need).
@@ -120,7 +139,8 @@ def load_model_and_processor(model_args, training_args):
         trust_remote_code=trust_remote_code,
     )
     processor = AutoProcessor.from_pretrained(
-        path, revision=model_args.model_revision, trust_remote_code=trust_remote_code)
+        path, revision=model_args.model_revision, trust_remote_code=trust_remote_code,
+        **({} if max_pixels is None else {"max_pixels": max_pixels}))
     tok = getattr(processor, "tokenizer", processor)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -145,6 +165,93 @@ def load_train_dataset(script_args):
     from datasets import load_dataset
 
     return load_dataset(name, name=script_args.dataset_config, split=script_args.dataset_train_split)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One run per output_dir (issue 24, item 7)
+
+
+def _scalars(obj, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    try:
+        items = asdict(obj).items()
+    except TypeError:
+        items = vars(obj).items()
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in items
+            if (only is None or k in only) and isinstance(v, (str, int, float, bool, type(None), list, tuple))
+            and not k.startswith("_")}
+
+
+def run_record(recipe: str, script_args, saev_args, training_args, model_args, dataset) -> dict[str, Any]:
+    """What makes a recipe run this run: the recipe, the data (name, split and content fingerprint), every SAE-V
+    and model argument, and the training settings of :data:`RUN_TRAINING_FIELDS`."""
+    from saev_curate.io.fingerprint import data_fingerprint
+
+    return {"recipe": recipe,
+            "data": {**_scalars(script_args, ("dataset_name", "dataset_config", "dataset_train_split")),
+                     "fingerprint": data_fingerprint(dataset)},
+            "saev": _scalars(saev_args), "model": _scalars(model_args),
+            "training": _scalars(training_args, RUN_TRAINING_FIELDS)}
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, "(unset)"), new.get(k, "(unset)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} {a!r} -> {b!r}")
+    return out
+
+
+def claim_output_dir(output_dir, record: dict[str, Any], *, main_process: bool = True) -> None:
+    """Make ``output_dir`` this run's, before any expensive work, or refuse with one line.
+
+    ``output_dir/saev_run.json`` records the settings of the run that owns the folder.  A rerun with the same
+    settings continues there (a resume, a cached score); other settings (another ``select_fraction`` or
+    ``select_by``, another model, data or learning rate, ...) are refused, naming each difference as
+    ``field old -> new``; a non-empty folder without the record (another tool's or an older run's files) is
+    refused too.  Nothing of another run is overwritten or mixed with this one's files.
+    """
+    from saev_curate.core.errors import InputError
+    from saev_curate.io.checked import read_json_object
+
+    out = Path(output_dir)
+    path = out / RUN_FILE
+    if path.is_file():
+        old = read_json_object(path, fix=f"delete {path} only if {out} holds nothing you want to keep")
+        diff = _differences(old, json.loads(json.dumps(record, default=str)))
+        if diff:
+            raise InputError(f"--output_dir {out} holds another run ({RUN_FILE}): {'; '.join(diff[:6])}"
+                             f"{' ...' if len(diff) > 6 else ''}; give this run its own --output_dir, or rerun with "
+                             "that run's settings to resume it")
+        return
+    if out.is_dir() and any(out.iterdir()):
+        names = sorted(p.name for p in out.iterdir())
+        raise InputError(f"--output_dir {out} is not empty ({', '.join(names[:5])}{' ...' if len(names) > 5 else ''}) "
+                         f"and holds no {RUN_FILE} of a recipe run; give this run an empty or new --output_dir")
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{RUN_FILE}.tmp")
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+        tmp.replace(path)
+
+
+def check_rescore_weights(dataset, saev_args) -> None:
+    """``rescore_every_n_steps`` re-scores with the SAE and the cross-modal weights of the initial scores: on a
+    dataset that already has its scores the recipe fits no weights, so ``crossmodal_weights`` must be given
+    (never whatever an earlier run left in ``output_dir``).  Raised before the model loads."""
+    from saev_curate.core.errors import InputError
+    from saev_curate.curation.methods import resolve_by
+
+    if not saev_args.rescore_every_n_steps or saev_args.crossmodal_weights:
+        return
+    by = resolve_select_by(saev_args.select_by, dataset.column_names)
+    column = None if by == "random" else resolve_by(by)[0]
+    if not saev_args.sae or column is None or column in dataset.column_names:
+        raise InputError(f"--rescore_every_n_steps re-scores with the cross-modal weights of the first scores, and "
+                         f"this dataset already has {column or 'its selection'!s}, so the recipe fits none: pass "
+                         "--crossmodal_weights (the weights the scores were made with)")
 
 
 def _cache_key(dataset, model_args, saev_args, methods: list[str]) -> str:
@@ -173,10 +280,11 @@ def score_dataset(dataset, model, processor, saev_args, model_args, output_dir, 
     (:data:`~saev_curate.curation.scorers.DEFAULT_METHODS`) plus ``by``; without one, ``by``'s columns (a method that
     needs no SAE, such as ``response_perplexity``); returns ``(scored, source)``.
 
-    The scored rows are saved to ``output_dir/saev_scored``: under ``accelerate launch`` the main process scores
-    and saves first and the other processes load its result; a rerun with the same inputs reuses it.
+    The scores (not the rows: no second copy of the images) are saved to ``output_dir/saev_scores/scores.parquet``
+    (``row_index`` + the score columns; :func:`join_scores` puts them back on the dataset): under ``accelerate
+    launch`` the main process scores and saves first and the other processes join its result; a rerun with the same
+    inputs reuses it.
     """
-    import datasets
     from accelerate import PartialState
 
     from saev_curate.curation.crossmodal import CrossModalWeights
@@ -194,12 +302,12 @@ def score_dataset(dataset, model, processor, saev_args, model_args, output_dir, 
               "model": model_args.model_name_or_path, "scored_dataset": str(cache), "cache_key": key}
     with state.main_process_first():
         key_file = cache / "saev_cache_key.json"
-        if key_file.is_file() and json.loads(key_file.read_text()).get("key") == key:
+        if key_file.is_file() and (cache / SCORES_FILE).is_file() and json.loads(key_file.read_text()).get("key") == key:
             doc = json.loads(key_file.read_text())
             source.update(doc.get("source", {}), reused=True)
-            return datasets.load_from_disk(str(cache)), source
+            return join_scores(dataset, cache / SCORES_FILE), source
         if not state.is_main_process:  # the main process failed to write it: score here too rather than hang
-            log.warning("no scored dataset from the main process at %s; scoring on this process", cache)
+            log.warning("no scores from the main process at %s; scoring on this process", cache)
         import torch
 
         if torch.cuda.is_available() and getattr(model, "hf_device_map", None) is None:
@@ -231,14 +339,34 @@ def score_dataset(dataset, model, processor, saev_args, model_args, output_dir, 
         model.train(was_training)
         source["scorer_fingerprint"] = scorer.fingerprint()
         if state.is_main_process:
-            if cache.exists():
-                import shutil
-
-                shutil.rmtree(cache)
-            scored.save_to_disk(str(cache))
+            new_columns = [c for c in scored.column_names if c not in dataset.column_names]
+            cache.mkdir(parents=True, exist_ok=True)
+            key_file.unlink(missing_ok=True)  # a half-written cache is never taken for a finished one
+            tmp = cache / f".{SCORES_FILE}.tmp"
+            scored.select_columns(new_columns).add_column("row_index", list(range(len(scored)))).to_parquet(str(tmp))
+            tmp.replace(cache / SCORES_FILE)
             key_file.write_text(json.dumps({"key": key, "source": source}, indent=2))
-            scored = datasets.load_from_disk(str(cache))
     return scored, source
+
+
+def join_scores(dataset, scores_file):
+    """``dataset`` with the score columns of a recipe's ``saev_scores/scores.parquet`` added (row ``i`` of the file
+    is row ``i`` of the dataset; its ``row_index`` column says so and is checked)."""
+    import datasets
+
+    from saev_curate.core.errors import InputError
+
+    scores = datasets.Dataset.from_parquet(str(scores_file))
+    if scores["row_index"] != list(range(len(dataset))):
+        raise InputError(f"{scores_file}: holds scores for {len(scores)} rows, not rows 0..{len(dataset) - 1} of this "
+                         "dataset; delete the folder to score again")
+    out = dataset
+    for c in scores.column_names:
+        if c != "row_index":
+            if c in out.column_names:
+                out = out.remove_columns(c)
+            out = out.add_column(c, scores[c], feature=scores.features[c])
+    return out
 
 
 def _stats(values: list) -> dict[str, Any]:
@@ -377,19 +505,25 @@ def _with_image_feature(dataset):
 # Optional re-scoring during training (issue 12's callback)
 
 
-def attach_rescore_callback(trainer, scored, saev_args, output_dir):
+def attach_rescore_callback(trainer, scored, saev_args, selection: dict):
     """Attach ``saev_curate.SaevRescoreCallback`` to ``trainer`` when ``rescore_every_n_steps`` is set.
 
     ``scored`` is the full scored dataset, row ``i`` = row ``i`` of the trainer's (unselected) training set: the
     run starts from the recipe's selection (``initial_selection="column"``) and the callback re-scores the rows
-    with the current policy and re-selects the top ``select_fraction`` every N steps.
+    with the current policy and re-selects the top ``select_fraction`` every N steps, with the cross-modal weights
+    given or fitted by this run (``selection["scores_source"]``), never a file another run left.
     """
     if not saev_args.rescore_every_n_steps:
         return None
+    from saev_curate.core.errors import InputError
     from saev_curate.integrations.trl import SaevRescoreCallback
 
     if not saev_args.sae:
         raise ValueError("rescore_every_n_steps needs --sae (the SAE that scores the current policy)")
+    weights = saev_args.crossmodal_weights or selection.get("scores_source", {}).get("crossmodal_weights")
+    if not weights:
+        raise InputError("--rescore_every_n_steps needs the cross-modal weights of the first scores: pass "
+                         "--crossmodal_weights")
     if saev_args.select_threshold is not None:
         raise ValueError("rescore_every_n_steps re-selects a fraction: use select_fraction, not select_threshold")
     from saev_curate.curation.methods import resolve_by
@@ -397,11 +531,99 @@ def attach_rescore_callback(trainer, scored, saev_args, output_dir):
     by = resolve_select_by(saev_args.select_by, scored.column_names, saev_args.check)
     from_column = saev_args.selects and by != "random" and resolve_by(by)[0] in scored.column_names
     callback = SaevRescoreCallback(
-        sae=saev_args.sae, weights=saev_args.crossmodal_weights or str(Path(output_dir) / WEIGHTS_DIR),
+        sae=saev_args.sae, weights=weights,
         config=saev_args.score_config(), every_n_steps=saev_args.rescore_every_n_steps,
         fraction=saev_args.select_fraction, by=by,
         train_dataset=scored, initial_selection="column" if from_column else "all")
     return callback.attach(trainer)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What every recipe does before and after training, as TRL's scripts do (issue 24, item 15)
+
+
+def prepare_run(recipe: str, script_args, saev_args, training_args, model_args, *, dataset=None, eval_dataset=None):
+    """The checks and loads before the model: returns ``(dataset, eval_dataset)``.
+
+    ``dataset_streaming`` is refused (selection ranks every row); the eval split (``dataset_test_split``) is
+    loaded when ``eval_strategy`` is not ``"no"``, as TRL's scripts do; ``output_dir`` is claimed for this run
+    (:func:`claim_output_dir`); ``rescore_every_n_steps`` is checked for its weights.  Every mistake is one line
+    before the model loads.
+    """
+    from accelerate import PartialState
+
+    from saev_curate.core.errors import InputError
+
+    if getattr(script_args, "dataset_streaming", False):
+        raise InputError("--dataset_streaming: SAE-V selection ranks every row, which a streamed dataset cannot give; "
+                         "drop --dataset_streaming (the recipe reads the dataset, from the local cache when offline)")
+    if dataset is None:
+        dataset = load_train_dataset(script_args)
+    wants_eval = str(getattr(getattr(training_args, "eval_strategy", "no"), "value",
+                             getattr(training_args, "eval_strategy", "no"))) != "no"
+    if wants_eval and eval_dataset is None:
+        if not script_args.dataset_name:
+            raise InputError("--eval_strategy needs an eval split: pass eval_dataset=, or set --eval_strategy no")
+        from types import SimpleNamespace
+
+        split = script_args.dataset_test_split
+        try:
+            eval_dataset = load_train_dataset(SimpleNamespace(dataset_name=script_args.dataset_name,
+                                                              dataset_config=script_args.dataset_config,
+                                                              dataset_train_split=split))
+        except Exception as exc:  # noqa: BLE001 - the split is missing: say which flag names it
+            raise InputError(f"--eval_strategy {training_args.eval_strategy} evaluates on the split "
+                             f"--dataset_test_split {split!r}, which could not be read ({exc}); name an existing "
+                             "split, or set --eval_strategy no") from None
+    check_rescore_weights(dataset, saev_args)
+    state = PartialState()
+    with state.main_process_first():
+        claim_output_dir(training_args.output_dir,
+                         run_record(recipe, script_args, saev_args, training_args, model_args, dataset),
+                         main_process=state.is_main_process)
+    return dataset, eval_dataset
+
+
+def finish_run(trainer, recipe: str, selection: dict, script_args, saev_args, model_args, output_dir) -> None:
+    """Save the adapter and ``selection.json``; push to the hub when ``push_to_hub`` is set (as TRL's scripts do:
+    ``trainer.push_to_hub(dataset_name=...)``; the folder holds no copy of the rows, only their scores)."""
+    trainer.save_model(output_dir)
+    if trainer.accelerator.is_main_process:
+        write_selection(selection, output_dir,
+                        {"recipe": recipe, "args": args_record(script=script_args, saev=saev_args, model=model_args)})
+    if getattr(trainer.args, "push_to_hub", False):
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    trainer.accelerator.print(f"adapter and selection.json saved to {output_dir} "
+                              f"({selection['n_kept']} of {selection['n_rows']} rows by {selection['by']})")
+
+
+def run_recipe(recipe: str, trainer_class, to_rows, script_args, saev_args, training_args, model_args, *,
+               model=None, processor=None, dataset=None, eval_dataset=None, **trainer_kwargs):
+    """The recipes' one body, in the order of TRL's scripts: check and load (:func:`prepare_run`), curate, train
+    ``trainer_class`` with ``peft_config=get_peft_config(model_args)`` on ``to_rows`` of the selection, save
+    (:func:`finish_run`); returns the trainer."""
+    from trl import get_peft_config
+
+    dataset, eval_dataset = prepare_run(recipe, script_args, saev_args, training_args, model_args,
+                                        dataset=dataset, eval_dataset=eval_dataset)
+    if model is None or processor is None:
+        model, processor = load_model_and_processor(model_args, training_args, saev_args.max_pixels)
+    kept, selection, scored = curate(dataset, model, processor, saev_args, model_args, training_args.output_dir,
+                                     dataset_name=script_args.dataset_name)
+    # re-scoring during training: all rows go to the trainer and the callback's sampler draws the selection
+    trainer = trainer_class(
+        model=model,
+        args=training_args,
+        train_dataset=to_rows(scored if saev_args.rescore_every_n_steps else kept),
+        eval_dataset=None if eval_dataset is None else to_rows(eval_dataset),
+        processing_class=processor,
+        peft_config=get_peft_config(model_args),
+        **trainer_kwargs,
+    )
+    attach_rescore_callback(trainer, scored, saev_args, selection)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    finish_run(trainer, recipe, selection, script_args, saev_args, model_args, training_args.output_dir)
+    return trainer
 
 
 def args_record(**dataclasses_by_name) -> dict[str, Any]:

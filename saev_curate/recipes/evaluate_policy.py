@@ -20,8 +20,13 @@ python recipes/evaluate_policy.py --model_name_or_path ./base --adapter out/dpo-
     --sae ./sae --crossmodal_weights out/dpo-top50/crossmodal_weights --output_dir out/eval-top50 --log_samples
 ```
 
-Writes `OUTPUT_DIR/results.json` (`results[task]["acc,none"]`, `"acc_stderr,none"`, `"exact_match,none"`, ...,
-`config`, `n-samples`) and, with `--log_samples`, `OUTPUT_DIR/samples_<task>.jsonl` (one record per row).
+Writes lmms-eval's layout: `OUTPUT_DIR/<model>/<date>_results.json` (`results[task]["acc,none"]`,
+`"acc_stderr,none"`, `"exact_match,none"`, ..., `config`, `n-samples`) and, with `--log_samples`,
+`OUTPUT_DIR/<model>/<date>_samples_<task>.jsonl` (one record per row). `<model>` is the adapter's path when one is
+given, else the base model's, its last two parts joined by `__` (lmms-eval's `sanitize_model_name`); `<date>` is
+`YYYYmmdd_HHMMSS` (lmms-eval's `get_datetime_str`), so runs never overwrite each other. A value that is not a finite
+number (the stderr of one row) is written as `"N/A"`, as lmms-eval does: the files are strict JSON.
+:func:`latest_results` finds the newest run's files.
 """
 
 from __future__ import annotations
@@ -56,8 +61,9 @@ class EvalArguments(ScoreConfig):
     max_new_tokens: int = field(default=16, metadata={"help": "Greedy generation length for exact match."})
     sae: str | None = field(default=None, metadata={"help": "SAE folder: also report the mean SAE-V score."})
     crossmodal_weights: str | None = field(default=None, metadata={"help": "Cross-modal weights for the score."})
-    output_dir: str = field(default="eval", metadata={"help": "Folder for results.json (and samples)."})
-    log_samples: bool = field(default=False, metadata={"help": "Also write samples_<task>.jsonl."})
+    output_dir: str = field(default="eval", metadata={
+        "help": "Folder for lmms-eval's files: <output_dir>/<model>/<date>_results.json (and samples)."})
+    log_samples: bool = field(default=False, metadata={"help": "Also write <date>_samples_<task>.jsonl."})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -87,6 +93,35 @@ def gold_index(row: dict) -> int:
     if len(text) == 1 and text.upper() in string.ascii_uppercase[: len(options)]:
         return string.ascii_uppercase.index(text.upper())
     raise ValueError(f"answer {answer!r} is none of the options {options}")
+
+
+def check_eval_rows(dataset, limit: int | None = None) -> None:
+    """Refuse, before any model work, a held-out set the evaluation cannot read: it needs ``question`` and either
+    ``options`` + ``answer`` (questions) or a testbed ``concept`` (descriptions), and every answer must name one
+    of its row's options.  One line naming the column or the row, and the fix."""
+    columns = list(getattr(dataset, "column_names", None) or (dataset[0].keys() if len(dataset) else []))
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    if n == 0:
+        raise InputError("the held-out set has no rows; check --dataset_name, --dataset_split and --limit")
+    if "question" not in columns:
+        raise InputError(f"the held-out set has no `question` column (its columns: {columns}); rename the prompt "
+                         "column to `question`, e.g. ds.rename_column('prompt', 'question')")
+    if "options" not in columns and "concept" not in columns:
+        raise InputError(f"the held-out set has no `options` column (its columns: {columns}): give `options` (the "
+                         "answer strings) and `answer` (an index, text or letter) for questions, or a testbed "
+                         "`concept` for descriptions")
+    if "options" in columns and "answer" not in columns:
+        raise InputError(f"the held-out set has `options` but no `answer` column (its columns: {columns}); add the "
+                         "right option's index, text or letter as `answer`")
+    if "options" in columns:
+        for i in range(n):
+            row = dataset[i]
+            if row.get("options"):
+                try:
+                    gold_index(row)
+                except ValueError as e:
+                    raise InputError(f"held-out row {i}: {e}; fix the row's `answer` (an index into `options`, "
+                                     "an option's text, or its letter A, B, ...)") from None
 
 
 def normalize(text: str) -> str:
@@ -233,13 +268,21 @@ def saev_scores(model, processor, rows: list[dict], sae, weights, score_config: 
 
 def evaluate(model, processor, dataset, *, task: str = "saev_heldout", sae=None, weights=None,
              score_config: ScoreConfig | None = None, max_new_tokens: int = 16, limit: int | None = None, output_dir=None,
-             log_samples: bool = False, config: dict | None = None, progress: bool = False) -> dict:
+             log_samples: bool = False, config: dict | None = None, progress: bool = False,
+             model_name: str | None = None) -> dict:
     """Evaluate ``model`` (base or with its adapter) on ``dataset`` rows; returns the results.json dict.
 
-    ``sae`` and ``weights`` (objects or folders), both given, add ``saev_score``. With ``output_dir`` the dict is
-    written to ``results.json`` there (and ``samples_<task>.jsonl`` with ``log_samples``). ``progress``: a bar.
+    ``sae`` and ``weights`` (objects or folders) go together and add ``saev_score``; one without the other is an
+    error.  With ``output_dir`` the dict is written in lmms-eval's layout (the module docstring:
+    ``<output_dir>/<model>/<date>_results.json``, and ``<date>_samples_<task>.jsonl`` with ``log_samples``);
+    ``model_name`` names the model's folder (default: the adapter or model in ``config["model_args"]``, else the
+    model's ``name_or_path``). ``progress``: a bar.
     """
     t0 = time.time()
+    if (sae is None) != (weights is None):
+        raise InputError("sae and weights go together (the SAE-V score needs the SAE and its cross-modal weights): "
+                         "give both, or neither")
+    check_eval_rows(dataset, limit)
     rows = [dataset[i] for i in range(len(dataset) if limit is None else min(limit, len(dataset)))]
     was_training = model.training
     model.eval()
@@ -285,7 +328,7 @@ def evaluate(model, processor, dataset, *, task: str = "saev_heldout", sae=None,
         (reason, count), = Counter(row_errors.values()).most_common(1)
         raise InputError(f"no row of {task} could be evaluated: {len(row_errors)} rows have an unreadable image, "
                          f"most often ({count}): {reason}")
-    if sae is not None and weights is not None:
+    if sae is not None:
         scores = saev_scores(model, processor, [r for i, r in enumerate(rows) if i not in row_errors], sae, weights,
                              score_config)
         for s, v in zip(samples, scores):
@@ -321,14 +364,69 @@ def evaluate(model, processor, dataset, *, task: str = "saev_heldout", sae=None,
         "total_evaluation_time_seconds": str(time.time() - t0),
     }
     if output_dir is not None:
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(_strict(results), indent=2, default=str, allow_nan=False))
-        if log_samples:
-            with open(out / f"samples_{task}.jsonl", "w") as f:
-                for s in samples:
-                    f.write(json.dumps(_strict(s), default=str) + "\n")
+        name = model_name or _model_name(config, model)
+        results["model_name"], results["model_name_sanitized"] = name, sanitize_model_name(name)
+        write_results(results, samples if log_samples else None, output_dir, task)
     return results
+
+
+# --------------------------------------------------------------------------------------------------------------
+# lmms-eval's files
+
+
+def sanitize_model_name(model_name: str) -> str:
+    """lmms-eval's folder name for a model: its last two path parts, runs of ``"<>:/|\\?*[]`` as ``__`` (empty,
+    ``.`` and ``..`` parts left out, so ``./base`` is ``base``, not a hidden folder)."""
+    import re
+
+    parts = [p for p in model_name.split("/") if p not in ("", ".", "..")] or ["model"]
+    last_two = "/".join(parts[-2:]) if len(parts) > 1 else parts[-1]
+    return re.sub(r"[\"<>:/\|\\?\*\[\]]+", "__", last_two) or "model"
+
+
+def _model_name(config: dict | None, model) -> str:
+    """The model's name as lmms-eval takes it from ``model_args``: the adapter first, then the base model."""
+    args = dict(kv.split("=", 1) for kv in str((config or {}).get("model_args", "")).split(",") if "=" in kv)
+    return args.get("adapter") or args.get("pretrained") or str(getattr(model, "name_or_path", "") or "model")
+
+
+def write_results(results: dict, samples: list[dict] | None, output_dir, task: str) -> tuple[Path, Path | None]:
+    """Write ``results`` (and ``samples``) as ``<output_dir>/<model_name_sanitized>/<date>_results.json`` (and
+    ``<date>_samples_<task>.jsonl``), strict JSON; a date whose files exist already waits for the next second,
+    so no run overwrites another.  Returns the two paths."""
+    folder = Path(output_dir) / results.get("model_name_sanitized", "model")
+    folder.mkdir(parents=True, exist_ok=True)
+    while True:
+        date = time.strftime("%Y%m%d_%H%M%S")
+        res_path, sam_path = folder / f"{date}_results.json", folder / f"{date}_samples_{task}.jsonl"
+        if not res_path.exists() and not sam_path.exists():
+            break
+        time.sleep(0.25)
+    results["date"] = date
+    if samples is not None:
+        tmp = sam_path.with_name(f".{sam_path.name}.tmp")
+        with open(tmp, "w") as f:
+            for s in samples:
+                f.write(json.dumps(_strict(s), default=str, allow_nan=False) + "\n")
+        tmp.replace(sam_path)
+    tmp = res_path.with_name(f".{res_path.name}.tmp")
+    tmp.write_text(json.dumps(_strict(results), indent=2, default=str, allow_nan=False))
+    tmp.replace(res_path)
+    return res_path, sam_path if samples is not None else None
+
+
+def latest_results(output_dir, task: str | None = None) -> tuple[Path, Path | None]:
+    """The newest ``<date>_results.json`` under ``output_dir`` (any model folder), and its samples file for
+    ``task`` (None when it was not written); an InputError naming the folder when there is none."""
+    found = sorted(Path(output_dir).glob("*/*_results.json"), key=lambda p: (p.name, str(p)))
+    if not found:
+        raise InputError(f"{output_dir}: no <model>/<date>_results.json (lmms-eval's layout); run "
+                         "recipes/evaluate_policy.py with --output_dir there first")
+    res = found[-1]
+    if task is None:
+        return res, None
+    sam = res.with_name(res.name.replace("_results.json", f"_samples_{task}.jsonl"))
+    return res, sam if sam.is_file() else None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -381,9 +479,10 @@ def main(eval_args, model_args) -> dict:
     if (eval_args.sae is None) != (eval_args.crossmodal_weights is None):
         raise InputError("--sae and --crossmodal_weights go together (the SAE-V score needs both): give both, or "
                          "neither")
-    model, processor = load_policy(model_args, eval_args.adapter, eval_args.merge_adapter)
     dataset = load_eval_dataset(eval_args)
-    have_score = eval_args.sae is not None and eval_args.crossmodal_weights is not None
+    check_eval_rows(dataset, eval_args.limit)  # a set the evaluation cannot read fails before the model loads
+    model, processor = load_policy(model_args, eval_args.adapter, eval_args.merge_adapter)
+    have_score = eval_args.sae is not None
     config = {"model_args": f"pretrained={model_args.model_name_or_path}"
                             + (f",adapter={eval_args.adapter}" if eval_args.adapter else ""),
               "dataset": eval_args.dataset_name, "split": eval_args.dataset_split,

@@ -294,11 +294,10 @@ def test_item10_out_paths(env, tmp_path, capsys):
     assert rc == 1 and "is the input dataset" in err
     rc, err = run(capsys, *_score(env, root / "data", tmp_path / "scored.tsv"))
     assert rc == 1 and "cannot write .tsv files" in err
-    # text formats cannot hold image columns (issue 24, items 1-2): refused before scoring, nothing written
-    for suffix in (".csv", ".jsonl"):
-        rc, err = run(capsys, *_score(env, root / "data", tmp_path / f"scored{suffix}"))
-        assert rc == 1 and "cannot hold the image column(s) ['images']" in err and "scored.parquet" in err, err
-        assert not (tmp_path / f"scored{suffix}").exists() and not any(tmp_path.glob(f"scored{suffix}*"))
+    # CSV cannot hold image columns (issue 24, item 2): refused before scoring, nothing written
+    rc, err = run(capsys, *_score(env, root / "data", tmp_path / "scored.csv"))
+    assert rc == 1 and "cannot hold the image column(s) ['images']" in err and "scored.parquet" in err, err
+    assert "scored.jsonl" in err and not any(tmp_path.glob("scored.csv*"))
     rc, _ = run(capsys, *_score(env, root / "data", tmp_path / "scored.parquet"))
     assert rc == 0 and (tmp_path / "scored.parquet").is_file()
     rc, err = run(capsys, "select", "--data", tmp_path / "scored.parquet", "--out", tmp_path / "kept.csv",
@@ -317,6 +316,48 @@ def test_item10_out_paths(env, tmp_path, capsys):
         rc, err = run(capsys, "select", "--data", tmp_path / "scored.parquet", "--out", out, "--fraction", "0.5",
                       "--report", report)
         assert rc == 1 and "would overwrite them" in err and not out.exists(), err
+
+
+def _raw_images(ds) -> list:
+    """Each row's image bytes, undecoded (``datasets.Image`` storage)."""
+    import datasets
+
+    raw = ds.cast_column("images", datasets.List(datasets.Image(decode=False)))
+    return [[x["bytes"] for x in row] for row in raw["images"]]
+
+
+def test_issue24_item01_score_and_select_write_image_rows_to_json_lines(env, tmp_path, capsys):
+    """``score --out x.jsonl`` / ``select --out x.jsonl`` on rows with a list of images: JSON Lines with the images
+    in base64, loaded back as the same rows (the same image bytes as the input, the same other columns)."""
+    import base64
+
+    import datasets
+
+    from saev_curate.io.datasets import load_local_dataset
+
+    root, _ = env
+    data = datasets.load_from_disk(str(root / "data"))
+    rc, err = run(capsys, *_score(env, root / "data", tmp_path / "scored.jsonl"))
+    assert rc == 0, err
+    lines = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
+    assert len(lines) == len(data)
+    assert [[base64.b64decode(x["bytes"]) for x in r["images"]] for r in lines] == _raw_images(data)
+    back = load_local_dataset(tmp_path / "scored.jsonl")
+    assert back.features["images"] == datasets.List(datasets.Image())
+    assert _raw_images(back) == _raw_images(data)
+    for col in data.column_names:
+        if col != "images":
+            assert back[col] == data[col], col
+    assert all(isinstance(v, float) for v in back["saev_score"])
+    # select reads the JSON Lines and writes JSON Lines: the kept rows are the input's rows
+    rc, err = run(capsys, "select", "--data", tmp_path / "scored.jsonl", "--out", tmp_path / "kept.jsonl",
+                  "--fraction", "0.5", "--by", "saev_score")
+    assert rc == 0, err
+    kept = load_local_dataset(tmp_path / "kept.jsonl")
+    order = sorted(range(len(back)), key=lambda i: -back["saev_score"][i])[:4]
+    assert sorted(kept["saev_score"]) == sorted(back["saev_score"][i] for i in order)
+    by_prompt = {p: imgs for p, imgs in zip(data["prompt"], _raw_images(data))}
+    assert [by_prompt[p] for p in kept["prompt"]] == _raw_images(kept)
 
 
 def test_item10_sae_files(env, tmp_path, capsys):

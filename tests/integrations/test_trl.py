@@ -184,6 +184,21 @@ def test_resume_draws_what_the_uninterrupted_run_draws(sae_w, tmp_path):
     again.train(resume_from_checkpoint=str(ckpt))
 
 
+def test_resume_with_another_selection_rule_is_refused(sae_w, tmp_path):
+    """Issue 24, item 7: a checkpoint's re-score state records its rule; resuming with another fraction or method
+    names both values (the earlier steps trained on the recorded one)."""
+    from saev_curate.core.errors import InputError
+
+    doc = {"format": "saev-curate/rescore-state", "version": 1, "step": 3, "sampler": {}, "by": "saev_score",
+           "fraction": 0.5, "weighting": None, "seed": 0}
+    (tmp_path / "saev_rescore_state.json").write_text(json.dumps(doc))
+    np.savez(tmp_path / "saev_rescore_state.npz", scores=np.zeros(4))
+    with pytest.raises(InputError, match=r"selected with fraction=0\.5, this callback with fraction=0\.25"):
+        _callback(sae_w, every_n_steps=2, fraction=0.25).load_state(tmp_path)
+    with pytest.raises(InputError, match=r"selected with by='saev_score', this callback with by='saev_score_mean'"):
+        _callback(sae_w, every_n_steps=2, fraction=0.5, by="saev_score_mean").load_state(tmp_path)
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_two_processes_draw_the_same_selection(tmp_path):
     script = Path(__file__).with_name("_rescore_ddp.py")
