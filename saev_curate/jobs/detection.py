@@ -9,6 +9,7 @@ description and a one-word answer differ in every score for reasons that are not
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -47,11 +48,18 @@ def testbed_sae(model_path: str | os.PathLike, model, processor, *, architecture
     import datasets
 
     from saev_curate.core.errors import SaevError
+    from saev_curate.io.fingerprint import path_fingerprint
     from saev_curate.sae import load_sae
     from saev_curate.sae.training import SaevTrainConfig, train_sae
 
     model_path = Path(model_path)
     out = model_path.parent / f"{model_path.name}-sae-{architecture}-x{expansion_factor}-s{steps}-seed{seed}"
+    act_cache = model_path.parent / f"{model_path.name}-act-cache"
+    stamp = {"model_fingerprint": path_fingerprint(model_path)}  # a rebuilt model keeps its folder's name
+    for folder in (out, act_cache):
+        if folder.exists() and _read_stamp(folder) != stamp:
+            print(f"{folder} was made for another build of {model_path.name}; making it again")
+            shutil.rmtree(folder)
     if (out / "cfg.json").is_file() and (out / "sae_weights.safetensors").is_file():
         try:
             return load_sae(str(out)), out
@@ -72,9 +80,22 @@ def testbed_sae(model_path: str | os.PathLike, model, processor, *, architecture
     cfg = SaevTrainConfig(model=str(model_path), dataset=str(data), layer="middle", mode="full",
                           expansion_factor=expansion_factor, total_steps=steps, batch_size=1024,
                           checkpoint_every=None, buffer_tokens=32768, output_dir=str(out),
-                          activation_cache=str(model_path.parent / f"{model_path.name}-act-cache"), seed=seed, **kw)
+                          activation_cache=str(act_cache), seed=seed, **kw)
     sae = train_sae(cfg, model=model, processor=processor, dataset=datasets.load_from_disk(str(data)), progress=progress)
+    for folder in (out, act_cache):
+        (folder / STAMP).write_text(json.dumps(stamp))
     return sae, out
+
+
+#: beside a cached testbed SAE and activation cache: the content fingerprint of the model they were made from
+STAMP = "testbed_model.json"
+
+
+def _read_stamp(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _scored(scorer, rows: list[dict], batch_size: int = 32) -> dict[str, list]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -253,6 +255,13 @@ def test_a_damaged_sae_cache_is_rebuilt(tmp_path):
     import datasets
 
     assert len(datasets.load_from_disk(str(data))) == 3000
+    # a model rebuilt into the same folder (other weights) gets a new SAE and new activations, not the old ones
+    other, _ = build_tiny_vlm("llava", seed=1)
+    other.save_pretrained(path)
+    rebuilt, _ = testbed_sae(path, other, processor, steps=5, progress=False)
+    assert not torch.equal(rebuilt.W_enc, sae.W_enc)
+    assert json.loads((tmp_path / "tiny-act-cache" / "testbed_model.json").read_text()) == \
+        json.loads((out / "testbed_model.json").read_text())
 
 
 def test_ungrounded_facts_are_stated_at_random_and_the_rest_true():
