@@ -6,17 +6,19 @@ import argparse
 import json
 
 from saev_curate.cli.common import DATA_FORMATS, data_arg, min_usable_share_arg, model_arg, out_arg, positive
+from saev_curate.core.errors import InputError
 from saev_curate.curation.config import add_score_args, score_config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="plant known defects in a sample of your rows and measure every method on your "
                                      "model: AUROC per method x kind, the recommended --by, a page")
-    model_arg(p)
+    model_arg(p, required=False, help="vision-language model folder (default: the embedded testbed, with its SAE and "
+                                      "clean test-split rows unless --sae / --data are given)")
     p.add_argument("--sae", default=None, help="SAE folder (without one: only the methods that need no SAE)")
     p.add_argument("--weights", default=None,
                    help="cross-modal weights folder (default: fitted on --n-reference rows of --data)")
-    data_arg(p, help="your dataset: " + DATA_FORMATS)
+    data_arg(p, help="your dataset: " + DATA_FORMATS, required=False)
     out_arg(p, help="folder for check.json, report.html and the scored rows", required=False, default="saev-check")
     p.add_argument("--rows", type=int, default=400, help="rows sampled (seeded); each gets one planted copy "
                                                           "(default 400)")
@@ -40,12 +42,29 @@ def _check(args) -> int:
     from saev_curate.jobs.check import check
 
     check_output_path(args.out)
-    check_distinct_output(args.data, args.out)
+    if args.data is not None:
+        check_distinct_output(args.data, args.out)
     for name in ("--rows", "--n-reference"):
         positive(name, getattr(args, name[2:].replace("-", "_")))
     positive("--bootstrap", args.bootstrap, allow_zero=True)
     config = score_config_from_args(args)
-    ds = load_rows(args.data)
+    if args.model is None:  # the embedded default: the testbed model, its SAE, clean held-out rows
+        import datasets
+
+        from saev_curate.jobs.detection import testbed_sae
+        from saev_curate.testbed import build_testbed
+        from saev_curate.testbed.data import defect_rows
+        from saev_curate.vlm.load import load_vlm
+
+        args.model = str(build_testbed())
+        if args.sae is None:
+            args.sae = str(testbed_sae(args.model, *load_vlm(args.model))[1])
+        if args.data is None:
+            ds = datasets.Dataset.from_list(defect_rows(max(args.rows, 10), defect_rate=0.0, split="test", seed=5))
+    elif args.data is None:
+        raise InputError("--data: give your dataset (or leave --model out to check the embedded testbed)")
+    if args.data is not None:
+        ds = load_rows(args.data)
     rank, world, local = process_rank()
     device = args.device
     if device is None:
