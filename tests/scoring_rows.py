@@ -45,3 +45,30 @@ def make_rlaif_v_rows(n: int, seed: int = 0) -> list[dict]:
     """RLAIF-V-shaped rows (``question``, ``image``, ``chosen``, ``rejected``; strings), every row with an image."""
     return [{"question": r["prompt"], "image": r["images"][0], "chosen": r["chosen"], "rejected": r["rejected"]}
             for r in make_rows(n, seed, with_bad=False)]
+
+
+def fitted(tiny_vlm, n_rows: int, seed: int):
+    """The tiny LLaVA, a random SAE for it, ``make_rows(n_rows, seed)`` and the cross-modal weights fitted on them."""
+    from saev_curate.curation.crossmodal import CrossModalWeights
+
+    model, processor = tiny_vlm("llava")
+    sae = make_sae(model.config.get_text_config().hidden_size)
+    rows = make_rows(n_rows, seed=seed)
+    weights = CrossModalWeights.fit(model, processor, sae, rows, LAYER, n_reference=None)
+    return model, processor, sae, weights, rows
+
+
+def save_launch_inputs(root, rows: list[dict]) -> list[str]:
+    """A saved tiny LLaVA, ``rows`` saved as a dataset (``root/data``) and an SAE active enough to score them
+    (``root/sae``), for runs in other processes; returns the ``--model ... --sae ...`` flags."""
+    import datasets
+
+    from saev_curate.testing import save_tiny_vlm
+
+    save_tiny_vlm("llava", root / "model")
+    datasets.Dataset.from_list(rows).save_to_disk(str(root / "data"))
+    sae = SAE.init_paper(SAEConfig(d_in=64, d_sae=256, hook_name="blocks.2.hook_resid_post"), seed=0)
+    with torch.no_grad():
+        sae.W_enc.mul_(40)
+    sae.save(root / "sae")
+    return ["--model", str(root / "model"), "--sae", str(root / "sae")]

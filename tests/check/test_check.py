@@ -179,21 +179,13 @@ def test_check_under_two_processes_scores_the_same_rows(tmp_path):
     import sys
 
     import datasets
-    import torch
     from float_tolerance import assert_columns_close
+    from scoring_rows import save_launch_inputs
 
-    from saev_curate import SAE, SAEConfig
     from saev_curate.cli import main
-    from saev_curate.testing import save_tiny_vlm
     from saev_curate.testing.rows import digit_preference_rows
 
-    save_tiny_vlm("llava", tmp_path / "model")
-    datasets.Dataset.from_list(digit_preference_rows(24, seed=2)).save_to_disk(str(tmp_path / "data"))
-    sae = SAE.init_paper(SAEConfig(d_in=64, d_sae=256, hook_name="blocks.2.hook_resid_post"), seed=0)
-    with torch.no_grad():
-        sae.W_enc.mul_(40)
-    sae.save(tmp_path / "sae")
-    common = ["--model", str(tmp_path / "model"), "--sae", str(tmp_path / "sae")]
+    common = save_launch_inputs(tmp_path, digit_preference_rows(24, seed=2))
     assert main(["fit-weights", *common, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "w")]) == 0
     args = ["check", *common, "--weights", str(tmp_path / "w"), "--data", str(tmp_path / "data"), "--rows", "20",
             "--bootstrap", "50"]

@@ -7,25 +7,17 @@ import subprocess
 import sys
 
 import datasets
-import torch
 from float_tolerance import assert_columns_close
+from scoring_rows import save_launch_inputs
 
-from saev_curate import SAE, SAEConfig
 from saev_curate.cli import main
-from saev_curate.testing import save_tiny_vlm
 from saev_curate.testing.rows import digit_preference_rows
 
 
 def test_two_processes_give_the_single_process_result_in_row_order(tmp_path):
-    save_tiny_vlm("llava", tmp_path / "model")
     rows = digit_preference_rows(30, seed=2)
     rows[5]["images"] = []  # an unscorable row (no image) must keep its place in every process's shard
-    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "data"))
-    sae = SAE.init_paper(SAEConfig(d_in=64, d_sae=256, hook_name="blocks.2.hook_resid_post"), seed=0)
-    with torch.no_grad():
-        sae.W_enc.mul_(40)
-    sae.save(tmp_path / "sae")
-    common = ["--model", str(tmp_path / "model"), "--sae", str(tmp_path / "sae")]
+    common = save_launch_inputs(tmp_path, rows)
     assert main(["fit-weights", *common, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "w")]) == 0
     args = ["score", *common, "--weights", str(tmp_path / "w"), "--data", str(tmp_path / "data"), "--shard-rows", "4"]
     assert main([*args, "--out", str(tmp_path / "single")]) == 0

@@ -14,7 +14,7 @@ import math
 
 import pytest
 import torch
-from scoring_rows import LAYER, make_rows, make_sae  # noqa: E402
+from scoring_rows import LAYER, fitted  # noqa: E402
 
 from saev_curate.curation.capture import capture_rows
 from saev_curate.curation.crossmodal import CrossModalWeights
@@ -25,10 +25,7 @@ CONTROL = "describe the image"
 
 @pytest.fixture(scope="module")
 def setup(tiny_vlm):
-    model, processor = tiny_vlm("llava")
-    sae = make_sae(model.config.get_text_config().hidden_size)
-    rows = make_rows(10, seed=3)
-    weights = CrossModalWeights.fit(model, processor, sae, rows, LAYER, n_reference=None)
+    model, processor, sae, weights, rows = fitted(tiny_vlm, 10, seed=3)
     assert int(weights.defined.sum()) > 3  # the test needs weighted features
     return model, processor, sae, weights, rows
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from scoring_rows import LAYER, make_rows, make_sae
+from scoring_rows import LAYER, fitted
 
 from saev_curate import select
 from saev_curate.core.errors import InputError
@@ -88,13 +88,7 @@ def test_every_default_by_follows_the_table(monkeypatch):
 
 @pytest.fixture(scope="module")
 def scored(tiny_vlm):
-    from saev_curate.curation.crossmodal import CrossModalWeights
-
-    model, processor = tiny_vlm("llava")
-    sae = make_sae(model.config.get_text_config().hidden_size)
-    rows = make_rows(6, seed=5)
-    weights = CrossModalWeights.fit(model, processor, sae, rows, LAYER, n_reference=None)
-    return model, processor, sae, weights, rows
+    return fitted(tiny_vlm, 6, seed=5)
 
 
 def test_method_scorer_equals_each_scorer_run_by_hand(scored):
