@@ -7,7 +7,8 @@ and ``chosen`` / ``rejected`` (preference) or ``completion`` (SFT), as TRL names
 
 The fact words (numbers, colours, object words) are English lists plus digits; the model's own tokenizer keeps a
 replacement only when it is as many tokens as the word it replaces (the length of an answer never gives the swap
-away). Data in another language: pass ``fact_words={"colour": [...], ...}`` with words of that language.
+away) and holds no unknown token (a closed vocabulary would read it as noise, not as another fact). Data in another
+language: pass ``fact_words={"colour": [...], ...}`` with words of that language.
 """
 
 from __future__ import annotations
@@ -172,8 +173,14 @@ def _chosen_rejected_swap(row, i, pool, rng, ctx):
     return _with(row, chosen=row["rejected"], rejected=row["chosen"])
 
 
-def _token_count(tokenizer, word: str) -> int:
-    return len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) if tokenizer is not None else 1
+def _token_count(tokenizer, word: str) -> int | None:
+    """How many tokens ``word`` is after a space under ``tokenizer`` (None: it has a word the tokenizer does not
+    know, so the replacement would read as an unknown token, not as another fact)."""
+    if tokenizer is None:
+        return 1
+    ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return None if unk is not None and unk in ids else len(ids)
 
 
 def _fact_word_replaced(row, i, pool, rng, ctx):
@@ -187,7 +194,7 @@ def _fact_word_replaced(row, i, pool, rng, ctx):
     rng.shuffle(spans)
     for start, end, word, cls in spans:
         n = _token_count(tok, word.lower())
-        options = [w for w in words[cls] if w != word.lower() and _token_count(tok, w) == n
+        options = [w for w in words[cls] if w != word.lower() and n is not None and _token_count(tok, w) == n
                    and not (w.isdigit() != word.isdigit())]
         if not options:
             continue

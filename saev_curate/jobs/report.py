@@ -241,8 +241,13 @@ def write_check_report(result, scored, path: str | Path, *, n_histograms: int = 
             if r.get(col) is not None and r[col] == r[col]:
                 groups.setdefault(r["check_kind"], []).append(sign * float(r[col]))
         why = f" (recommended for {', '.join(rec[m])} rows)" if m in rec else " (the paper's score)"
-        body.append(f"<h2>{html.escape(m)}{html.escape(why)}: higher = cleaner</h2>" + _histogram_svg(
-            {k: groups[k] for k in ["clean", *kinds] if k in groups}))
+        shown_groups = {k: groups[k] for k in ["clean", *kinds] if k in groups}
+        every = sorted(v for vs in shown_groups.values() for v in vs)
+        if len(every) > 20:  # a few far-out rows (a perplexity of 1e6) would squeeze everything into one bar
+            lo, hi = every[len(every) // 100], every[-1 - len(every) // 100]
+            shown_groups = {k: [min(max(v, lo), hi) for v in vs] for k, vs in shown_groups.items()}
+        body.append(f"<h2>{html.escape(m)}{html.escape(why)}: higher = cleaner</h2><p>Rows beyond the 1st and 99th "
+                    "percentiles are drawn in the end bars.</p>" + _histogram_svg(shown_groups))
         body.append("<p>The planted row of each kind this method ranks cleanest (its worst miss):</p><table><tr>"
                     "<th>kind</th><th>score</th><th>image</th><th>text</th></tr>")
         for k, i in result.worst_misses.get(m, {}).items():

@@ -69,8 +69,10 @@ class MethodScorer(Scorer):
         cfg = ScoreConfig.of(config, **options)
         if cfg.control_prompt is None and any("control" in METHODS[n].needs for n in named):
             cfg = replace(cfg, control_prompt=DEFAULT_CONTROL_PROMPT)
-        super().__init__(prefix=prefix, device=device, methods=methods, named=named, config=cfg.to_dict(),
-                         dtype=dtype)
+        # the batch size is how rows are fed, not what they score: kept out of the fingerprint (a resumed run may
+        # change it)
+        config_doc = {k: v for k, v in cfg.to_dict().items() if k != "score_batch_size"}
+        super().__init__(prefix=prefix, device=device, methods=methods, named=named, config=config_doc, dtype=dtype)
         self.add_role("model", model)
         self.add_role("processor", processor, optional=True)
         self.add_role("sae", sae if needs_sae else None, optional=True)
