@@ -262,7 +262,8 @@ def test_row_shapes_become_trl_rows():
 
 
 def test_dpo_script_under_accelerate_launch_two_processes(work, tmp_path):
-    """The script as users run it: `accelerate launch` (2 CPU processes, gloo); rank 0 scores, rank 1 reuses."""
+    """The script under a two-process launcher (2 CPU processes, gloo): each process scores its share of the rows, the
+    scores are gathered, the selection is the one-process selection."""
     import os
     import subprocess
 
@@ -270,9 +271,10 @@ def test_dpo_script_under_accelerate_launch_two_processes(work, tmp_path):
 
     root, model = work
     out = tmp_path / "out"
-    accelerate = Path(sys.executable).parent / "accelerate"
-    cmd = [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", str(ROOT / "recipes" / "dpo.py"), "--config", str(CONFIGS / "dpo_testbed_cpu.yaml"),
+    # torchrun, what `accelerate launch --multi_gpu` runs: on a CPU, `accelerate launch --cpu --num_processes 2`
+    # starts one process (accelerate's multi-CPU mode needs its config or mpirun), which hid that only one scored
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "recipes" / "dpo.py"), "--config", str(CONFIGS / "dpo_testbed_cpu.yaml"),
            *cpu_overrides(model, root / "data", out, "--sae", str(root / "sae"), "--n_reference", "8",
                           "--delta", "0", "--per_device_train_batch_size", "1", "--select_by", "saev_score")]
     # this checkout's package, not whichever one the environment has installed (the launcher runs from tmp_path)
@@ -281,6 +283,9 @@ def test_dpo_script_under_accelerate_launch_two_processes(work, tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert (out / "adapter_model.safetensors").is_file() and lora_b_norm(out) > 0
+    # each process scored its own half of the 8 rows (issue 24, item 13), not the main process all of them
+    logs = run.stdout + run.stderr
+    assert "process 1 of 2: 4 of 8 rows" in logs and "process 2 of 2: 4 of 8 rows" in logs, logs[-3000:]
     scores = datasets.Dataset.from_parquet(str(out / "saev_scores" / "scores.parquet"))["saev_score"]
     sel = json.loads((out / "selection.json").read_text())
     assert sel["kept_indices"] == sorted(sorted(range(8), key=lambda i: (-scores[i], i))[:4])

@@ -9,13 +9,15 @@
 What happens at a re-score (every ``every_n_steps`` optimizer steps, and/or at each epoch end,
 and/or once before the first step):
 
-1. rank 0 takes the training rows (all, or a seeded sample of ``sample_size``), runs the **current
-   policy** (LoRA adapters active; eval mode and no grad, train mode restored) up to the SAE's
-   layer, and scores them through the scorers' own path (:class:`saev_curate.MethodScorer`, ``by``'s method);
-   with ``refit_reference=N`` it first re-fits ω on N seeded rows (:meth:`CrossModalWeights.fit`);
-2. the new selection (top ``fraction`` by ``by``, or ``weighting="softmax"`` sampling weights) is
-   broadcast to every rank and handed to the :class:`SelectionSampler`: the dataloader draws only
-   those rows from the next batch group on (about one batch late: dataloaders look ahead);
+1. each process takes its share of the training rows (all, or a seeded sample of ``sample_size``; process r of
+   n takes every n-th row from the r-th), runs the **current policy** (LoRA adapters active; eval mode and no grad,
+   train mode restored) up to the SAE's layer, and scores them through the scorers' own path
+   (:class:`saev_curate.MethodScorer`, ``by``'s method); with ``refit_reference=N`` it first re-fits ω on N seeded
+   rows (:meth:`CrossModalWeights.fit`, the same on every process);
+2. the scores are gathered (``accelerate.utils.gather_object``) and every process makes the same new selection
+   (top ``fraction`` by ``by``, or ``weighting="softmax"`` sampling weights) and hands it to the
+   :class:`SelectionSampler`: the dataloader draws only those rows from the next batch group on (about one batch
+   late: dataloaders look ahead);
 3. metrics go to the trainer's log (hence wandb / tensorboard): ``saev/score_mean`` (the policy's mean
    cross-modal score over the scored rows; the SAE-V paper found it tracks benchmark scores),
    ``saev/kept_fraction``, ``saev/selection_change`` (Jaccard distance to the previous selection),
@@ -30,7 +32,8 @@ rebuilt from JSON arguments could not hold a model, and a resume from a checkpoi
 ``ExportableState`` entry raises ``KeyError`` at the next save.  A checkpoint without the side file
 (written before the callback was added) resumes with a warning from the initial selection.
 
-Limits: rank 0 scores alone, so models sharded across ranks (DeepSpeed ZeRO-3, FSDP) are not supported;
+Limits: each process runs its own copy of the policy, so models sharded across ranks (DeepSpeed ZeRO-3, FSDP) are
+not supported;
 a selection changes which rows are drawn, never how many (a ``DataLoader`` reads its length once).
 """
 
@@ -71,12 +74,6 @@ def _unwrap(model):
         model = inner
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
-
-
-def _dist_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class SaevRescoreCallback(TrainerCallback):
@@ -314,9 +311,10 @@ class SaevRescoreCallback(TrainerCallback):
         return values if self.method.higher_is_cleaner else -values
 
     @torch.no_grad()
-    def _score_rows(self, model, indices: list[int], weights) -> tuple[np.ndarray, dict[str, float]]:
-        """``by`` values of ``indices`` (higher = cleaner; NaN where a row has no score) and the scoring metrics,
-        through the scorers' own path (:class:`~saev_curate.MethodScorer`) with the current policy."""
+    def _score_rows(self, model, indices: list[int], weights) -> tuple[np.ndarray, dict[str, Any]]:
+        """``by`` values of ``indices`` (higher = cleaner; NaN where a row has no score) and the sums the metrics
+        are made of (added up over the processes by :meth:`rescore`), through the scorers' own path
+        (:class:`~saev_curate.MethodScorer`) with the current policy."""
         from saev_curate.curation.scorers import MethodScorer
         from saev_curate.curation.scorers.saev import Reconstruction
 
@@ -325,7 +323,7 @@ class SaevRescoreCallback(TrainerCallback):
         recon = Reconstruction()
         scorer.parts["saev"].reconstruction = recon
         values = np.full(len(indices), np.nan)
-        score_sum, n_score, n_errors = 0.0, 0, 0
+        sums = {"score_sum": 0.0, "n_score": 0, "n_errors": 0}
         short = self.by.removeprefix(self.prefix)
         for start in range(0, len(indices), self.batch_size):
             chunk = indices[start:start + self.batch_size]
@@ -333,19 +331,29 @@ class SaevRescoreCallback(TrainerCallback):
             cols = scorer.score_rows(rows, list(rows[0]) if rows else [])
             for j, (v, sc) in enumerate(zip(cols[short], cols["score"])):
                 if v is None or (isinstance(v, float) and math.isnan(v)):
-                    n_errors += 1
+                    sums["n_errors"] += 1
                     continue
                 values[start + j] = float(v)
                 if sc is not None:
-                    score_sum += float(sc)
-                    n_score += 1
-        values = self._cleaner(values)
-        metrics = {"saev/n_scored": float(np.count_nonzero(~np.isnan(values))), "saev/n_errors": float(n_errors)}
-        if n_score:
-            metrics["saev/score_mean"] = score_sum / n_score
-        if recon.n > 1:
-            metrics["saev/explained_variance"] = recon.explained_variance()
-        return values, metrics
+                    sums["score_sum"] += float(sc)
+                    sums["n_score"] += 1
+        sums.update(sse=recon.sse, n_tok=recon.n, x_sum=None if recon.x_sum is None else recon.x_sum.cpu().numpy(),
+                    x_sq=None if recon.x_sq is None else recon.x_sq.cpu().numpy())
+        return self._cleaner(values), sums
+
+    @staticmethod
+    def _metrics(values: np.ndarray, parts: list[dict[str, Any]]) -> dict[str, float]:
+        """The scoring metrics from every process's sums."""
+        total = {k: sum(p[k] for p in parts) for k in ("score_sum", "n_score", "n_errors", "sse", "n_tok")}
+        metrics = {"saev/n_scored": float(np.count_nonzero(~np.isnan(values))), "saev/n_errors": float(total["n_errors"])}
+        if total["n_score"]:
+            metrics["saev/score_mean"] = total["score_sum"] / total["n_score"]
+        x = [p for p in parts if p["x_sum"] is not None]
+        if total["n_tok"] > 1 and x:
+            x_sum, x_sq = sum(p["x_sum"] for p in x), sum(p["x_sq"] for p in x)
+            sst = float((x_sq - x_sum ** 2 / total["n_tok"]).sum())
+            metrics["saev/explained_variance"] = 1.0 - total["sse"] / sst if sst > 0 else float("nan")
+        return metrics
 
     def _sample_indices(self, n: int) -> list[int]:
         if self.sample_size is None or self.sample_size >= n:
@@ -356,40 +364,46 @@ class SaevRescoreCallback(TrainerCallback):
     def rescore(self, model=None) -> dict[str, float]:
         """Re-score now with ``model`` (default: the trainer's) and re-select; returns the metrics.
 
-        Under several processes every rank must call it (the trainer's events do): rank 0 scores,
-        the selection is broadcast.
+        Under several processes every rank must call it (the trainer's events do): each scores its share of the
+        rows (``indices[rank::world]``), the scores are gathered (``accelerate.utils.gather_object``) and every rank
+        makes the same selection from them.
         """
         if self.sampler is None:
             raise RuntimeError("SaevRescoreCallback.attach(trainer) was not called")
-        rank, world = _dist_world()
-        payload = None
-        if rank == 0:
-            t0 = time.perf_counter()
-            policy = _unwrap(model if model is not None else self.trainer.model)
-            weights = self.weights
-            if self.refit_reference:
-                from saev_curate.curation.crossmodal import CrossModalWeights
+        from accelerate import PartialState
+        from accelerate.utils import gather_object
 
-                weights = CrossModalWeights.fit(policy, self.processor, self.sae, self.train_dataset, self.layer,
-                                                n_reference=self.refit_reference, seed=int(self.seed),
-                                                batch_size=self.batch_size, max_length=self.config.score_max_length,
-                                                exclude_special_tokens=self.config.exclude_special_tokens)
-                self.weights = weights
-            indices = self._sample_indices(self.sampler.n_rows)
-            values, metrics = self._score_rows(policy, indices, weights)
-            scores = self.scores.copy()
-            scores[np.asarray(indices, dtype=np.int64)] = values
-            try:
-                sel = self._selection_from(scores)
-            except RuntimeError as e:
-                log.warning("%s", e)
-                sel = None
-            metrics["saev/rescore_seconds"] = time.perf_counter() - t0
-            payload = {"scores": scores, "selection": sel, "metrics": metrics}
-        if world > 1:
-            box = [payload]
-            torch.distributed.broadcast_object_list(box, src=0)
-            payload = box[0]
+        state = PartialState()
+        rank, world = state.process_index, state.num_processes
+        t0 = time.perf_counter()
+        policy = _unwrap(model if model is not None else self.trainer.model)
+        weights = self.weights
+        if self.refit_reference:  # every process fits the same ω (the same seeded rows): nothing to send
+            from saev_curate.curation.crossmodal import CrossModalWeights
+
+            weights = CrossModalWeights.fit(policy, self.processor, self.sae, self.train_dataset, self.layer,
+                                            n_reference=self.refit_reference, seed=int(self.seed),
+                                            batch_size=self.batch_size, max_length=self.config.score_max_length,
+                                            exclude_special_tokens=self.config.exclude_special_tokens)
+            self.weights = weights
+        indices = self._sample_indices(self.sampler.n_rows)
+        mine = indices[rank::world]  # this process's share; the others score theirs at the same time
+        values, sums = self._score_rows(policy, mine, weights)
+        self.last_rows_scored_here = len(mine)
+        shares = gather_object([(mine, values.tolist(), sums)]) if world > 1 else [(mine, values.tolist(), sums)]
+        scores = self.scores.copy()
+        got = np.full(0, np.nan)
+        for rows_r, values_r, _ in shares:
+            scores[np.asarray(rows_r, dtype=np.int64)] = values_r
+            got = np.concatenate([got, np.asarray(values_r, dtype=np.float64)])
+        metrics = self._metrics(got, [s_r for _, _, s_r in shares])
+        try:
+            sel = self._selection_from(scores)  # the same on every process: the same scores, a deterministic rule
+        except RuntimeError as e:
+            log.warning("%s", e)
+            sel = None
+        metrics["saev/rescore_seconds"] = time.perf_counter() - t0
+        payload = {"scores": scores, "selection": sel, "metrics": metrics}
         self.scores = payload["scores"]
         metrics = dict(payload["metrics"])
         if payload["selection"] is not None:

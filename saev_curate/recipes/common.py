@@ -282,8 +282,8 @@ def score_dataset(dataset, model, processor, saev_args, model_args, output_dir, 
 
     The scores (not the rows: no second copy of the images) are saved to ``output_dir/saev_scores/scores.parquet``
     (``row_index`` + the score columns; :func:`join_scores` puts them back on the dataset): under ``accelerate
-    launch`` the main process scores and saves first and the other processes join its result; a rerun with the same
-    inputs reuses it.
+    launch`` every process scores its share of the rows (:func:`score_across_processes`) and the main process saves
+    the joined scores; a rerun with the same inputs reuses them.
     """
     from accelerate import PartialState
 
@@ -300,53 +300,78 @@ def score_dataset(dataset, model, processor, saev_args, model_args, output_dir, 
     cache, key = out / SCORED_DIR, _cache_key(dataset, model_args, saev_args, methods)
     source = {"kind": "computed", "sae": saev_args.sae, "methods": methods, **saev_args.score_config().to_dict(),
               "model": model_args.model_name_or_path, "scored_dataset": str(cache), "cache_key": key}
-    with state.main_process_first():
-        key_file = cache / "saev_cache_key.json"
-        if key_file.is_file() and (cache / SCORES_FILE).is_file() and json.loads(key_file.read_text()).get("key") == key:
-            doc = json.loads(key_file.read_text())
-            source.update(doc.get("source", {}), reused=True)
-            return join_scores(dataset, cache / SCORES_FILE), source
-        if not state.is_main_process:  # the main process failed to write it: score here too rather than hang
-            log.warning("no scores from the main process at %s; scoring on this process", cache)
-        import torch
+    key_file = cache / "saev_cache_key.json"
+    if key_file.is_file() and (cache / SCORES_FILE).is_file() and json.loads(key_file.read_text()).get("key") == key:
+        doc = json.loads(key_file.read_text())
+        source.update(doc.get("source", {}), reused=True)
+        return join_scores(dataset, cache / SCORES_FILE), source
+    import torch
 
-        if torch.cuda.is_available() and getattr(model, "hf_device_map", None) is None:
-            model.to(state.device)  # score on this process's GPU (a quantized model is already placed)
-        sae = weights = None
-        if not saev_args.sae:
-            pass
-        elif saev_args.crossmodal_weights:
-            sae = load_sae(saev_args.sae)
-            weights = CrossModalWeights.load(saev_args.crossmodal_weights)
-            source["crossmodal_weights"] = saev_args.crossmodal_weights
-        else:
-            sae = load_sae(saev_args.sae)
-            weights = CrossModalWeights.fit(model, processor, sae, dataset, saev_args.score_config().layer_value,
-                                            n_reference=saev_args.n_reference, seed=saev_args.reference_seed,
-                                            batch_size=saev_args.score_batch_size,
-                                            max_length=saev_args.score_max_length)
-            if state.is_main_process:
-                weights.save(out / WEIGHTS_DIR)
-            source["crossmodal_weights"] = str(out / WEIGHTS_DIR)
-            source["crossmodal_weights_fitted_on"] = {"n_reference": saev_args.n_reference,
-                                                      "seed": saev_args.reference_seed}
-        was_training = model.training
-        model.eval()
-        scorer = MethodScorer(model, processor, sae, weights, methods=extra if not saev_args.sae else
-                              None if not extra or extra[0] in DEFAULT_METHODS else methods,
-                              config=saev_args.score_config())
-        scored = scorer.map(dataset, batch_size=saev_args.score_batch_size)
-        model.train(was_training)
-        source["scorer_fingerprint"] = scorer.fingerprint()
+    if torch.cuda.is_available() and getattr(model, "hf_device_map", None) is None:
+        model.to(state.device)  # score on this process's GPU (a quantized model is already placed)
+    sae = weights = None
+    if not saev_args.sae:
+        pass
+    elif saev_args.crossmodal_weights:
+        sae = load_sae(saev_args.sae)
+        weights = CrossModalWeights.load(saev_args.crossmodal_weights)
+        source["crossmodal_weights"] = saev_args.crossmodal_weights
+    else:  # every process fits the same ω (the same seeded reference rows); the main process saves it
+        sae = load_sae(saev_args.sae)
+        weights = CrossModalWeights.fit(model, processor, sae, dataset, saev_args.score_config().layer_value,
+                                        n_reference=saev_args.n_reference, seed=saev_args.reference_seed,
+                                        batch_size=saev_args.score_batch_size,
+                                        max_length=saev_args.score_max_length)
         if state.is_main_process:
-            new_columns = [c for c in scored.column_names if c not in dataset.column_names]
-            cache.mkdir(parents=True, exist_ok=True)
-            key_file.unlink(missing_ok=True)  # a half-written cache is never taken for a finished one
-            tmp = cache / f".{SCORES_FILE}.tmp"
-            scored.select_columns(new_columns).add_column("row_index", list(range(len(scored)))).to_parquet(str(tmp))
-            tmp.replace(cache / SCORES_FILE)
-            key_file.write_text(json.dumps({"key": key, "source": source}, indent=2))
+            weights.save(out / WEIGHTS_DIR)
+        source["crossmodal_weights"] = str(out / WEIGHTS_DIR)
+        source["crossmodal_weights_fitted_on"] = {"n_reference": saev_args.n_reference,
+                                                  "seed": saev_args.reference_seed}
+    was_training = model.training
+    model.eval()
+    scorer = MethodScorer(model, processor, sae, weights, methods=extra if not saev_args.sae else
+                          None if not extra or extra[0] in DEFAULT_METHODS else methods,
+                          config=saev_args.score_config())
+    scored = score_across_processes(scorer, dataset, state, batch_size=saev_args.score_batch_size)
+    model.train(was_training)
+    scorer.check_usable(scored)  # the same rows on every process: every process decides the same
+    source["scorer_fingerprint"] = scorer.fingerprint()
+    if state.is_main_process:
+        new_columns = [c for c in scored.column_names if c not in dataset.column_names]
+        cache.mkdir(parents=True, exist_ok=True)
+        key_file.unlink(missing_ok=True)  # a half-written cache is never taken for a finished one
+        tmp = cache / f".{SCORES_FILE}.tmp"
+        scored.select_columns(new_columns).add_column("row_index", list(range(len(scored)))).to_parquet(str(tmp))
+        tmp.replace(cache / SCORES_FILE)
+        key_file.write_text(json.dumps({"key": key, "source": source}, indent=2))
     return scored, source
+
+
+def score_across_processes(scorer, dataset, state, *, batch_size: int):
+    """``dataset`` with ``scorer``'s columns, each process of ``state`` (``accelerate.PartialState``) scoring every
+    n-th row from its own index, the columns gathered (``accelerate.utils.gather_object``) so that every process
+    returns the whole scored dataset; one process scores all rows."""
+    from accelerate.utils import gather_object
+
+    n, world = len(dataset), state.num_processes
+    mine = list(range(state.process_index, n, world))
+    desc = f"SAE-V scoring (process {state.process_index + 1} of {world}: {len(mine)} of {n} rows)"
+    part = dataset.select(mine).map(scorer, batched=True, batch_size=batch_size, desc=desc) if mine else None
+    feats = scorer.features(dataset)
+    names = [c for c in feats if c not in dataset.column_names]
+    local = {c: (part[c] if part is not None else []) for c in names}
+    shares = gather_object([(mine, local)]) if world > 1 else [(mine, local)]
+    columns: dict[str, list] = {c: [None] * n for c in names}
+    for rows, cols in shares:
+        for c in names:
+            for i, v in zip(rows, cols[c]):
+                columns[c][i] = v
+    out = dataset
+    for c in names:
+        if c in out.column_names:
+            out = out.remove_columns(c)
+        out = out.add_column(c, columns[c], feature=feats[c])
+    return out
 
 
 def join_scores(dataset, scores_file):

@@ -34,7 +34,8 @@ def main(out: str) -> None:
     doc = {"world_size": torch.distributed.get_world_size(),
            "segments": [{"start": s.start, "version": s.version, "rows": None if s.rows is None else s.rows.tolist()}
                         for s in cb.sampler.segments],
-           "draws": [r for _, _, r in cb.sampler.record], "seen": seen}
+           "draws": [r for _, _, r in cb.sampler.record], "seen": seen,
+           "rows_scored_here": cb.last_rows_scored_here, "scores": [None if v != v else v for v in cb.scores.tolist()]}
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(doc, f)
 

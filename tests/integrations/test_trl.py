@@ -212,6 +212,9 @@ def test_two_processes_draw_the_same_selection(tmp_path):
     assert r0["world_size"] == r1["world_size"] == 2
     assert r0["segments"] == r1["segments"] and len(r0["segments"]) == 3  # two re-scores, same on both
     assert r0["draws"] == r1["draws"]  # every rank iterates the whole sampler identically
+    # each rank scored its half of the 16 rows, and both hold every row's score (issue 24, item 13)
+    assert r0["rows_scored_here"] == r1["rows_scored_here"] == 8
+    assert r0["scores"] == r1["scores"] and all(v is not None for v in r0["scores"])
     # each rank trained on its own slice of the draws: batch g goes to rank g % 2
     draws, bs = r0["draws"], 2
     for rank, r in enumerate((r0, r1)):
