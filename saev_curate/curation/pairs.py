@@ -64,14 +64,27 @@ class FeaturePairs:
 
 
 class PairCounter:
-    """Accumulates per-row feature sets over reference rows; :meth:`result` turns counts into npmi."""
+    """Accumulates per-row feature sets over reference rows; :meth:`result` turns counts into npmi.
 
-    def __init__(self, d_sae: int, *, delta: float = 0.0, min_count: int = 5):
+    Counts merge as they go: a row's pairs wait in a buffer of at most ``merge_every`` keys, then join the running
+    ``(distinct pair, count)`` table, so memory is the distinct pairs seen plus the buffer, not rows x pairs per row
+    (exact: the same counts as counting everything at the end)."""
+
+    def __init__(self, d_sae: int, *, delta: float = 0.0, min_count: int = 5, merge_every: int = 1 << 22):
         self.d_sae, self.delta, self.min_count = d_sae, float(delta), int(min_count)
+        self.merge_every = int(merge_every)
         self.n_text = torch.zeros(d_sae, dtype=torch.float64)
         self.n_image = torch.zeros(d_sae, dtype=torch.float64)
         self.n_rows = 0
-        self._keys: list[Tensor] = []
+        self._keys = torch.zeros(0, dtype=torch.long)  # distinct pairs so far, sorted
+        self._counts = torch.zeros(0, dtype=torch.long)
+        self._pending: list[Tensor] = []
+        self._n_pending = 0
+
+    @property
+    def held_keys(self) -> int:
+        """Pair keys held in memory now: the distinct pairs merged so far plus the buffer."""
+        return len(self._keys) + self._n_pending
 
     def observe(self, text_max: Tensor, image_max: Tensor) -> None:
         """One row: the maximum activation of every feature over its content tokens / image tokens."""
@@ -81,11 +94,24 @@ class PairCounter:
         self.n_text[a] += 1
         self.n_image[b] += 1
         if len(a) and len(b):
-            self._keys.append((a[:, None] * self.d_sae + b[None, :]).reshape(-1))
+            keys = (a[:, None] * self.d_sae + b[None, :]).reshape(-1)
+            if self._n_pending + len(keys) > self.merge_every:
+                self._merge()
+            self._pending.append(keys)
+            self._n_pending += len(keys)
+
+    def _merge(self) -> None:
+        if not self._pending:
+            return
+        pending = torch.cat(self._pending)
+        keys, inverse = torch.unique(torch.cat([self._keys, pending]), return_inverse=True)
+        weights = torch.cat([self._counts, torch.ones(len(pending), dtype=torch.long)])
+        self._keys, self._counts = keys, torch.zeros(len(keys), dtype=torch.long).scatter_add_(0, inverse, weights)
+        self._pending, self._n_pending = [], 0
 
     def result(self) -> FeaturePairs:
-        keys, counts = (torch.unique(torch.cat(self._keys), return_counts=True) if self._keys
-                        else (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)))
+        self._merge()
+        keys, counts = self._keys, self._counts
         n = max(self.n_rows, 1)
         p_ab = counts.double() / n
         p_a = self.n_text[keys // self.d_sae] / n

@@ -98,3 +98,26 @@ def test_agreement_is_the_mean_npmi_over_the_rows_known_features():
     assert pairs.agreement(_max_acts(text, 104), _max_acts(set(), 105)) is None
     assert pairs.summary() == {"n_rows": 8, "n_pairs": len(npmi), "delta": DELTA, "min_count": 3,
                                "text_features": 2, "image_features": 2}
+
+
+def test_counts_merge_as_they_go_with_the_same_result_and_bounded_memory():
+    """A buffer of a few keys gives, bit for bit, what counting every key at the end gives, and holds at most the
+    distinct pairs plus the buffer (issue 23: memory by distinct pairs, not rows x pairs)."""
+    rng = torch.Generator().manual_seed(0)
+    rows = [(torch.rand(40, generator=rng) * 2, torch.rand(40, generator=rng) * 2) for _ in range(300)]
+    at_end, merging = PairCounter(40, delta=1.6, min_count=1), PairCounter(40, delta=1.6, min_count=1, merge_every=50)
+    peak = 0
+    for t, i in rows:
+        at_end.observe(t, i)
+        merging.observe(t, i)
+        peak = max(peak, merging.held_keys)
+    held_at_end = at_end.held_keys
+    a, b = at_end.result(), merging.result()
+    assert torch.equal(a.keys, b.keys) and torch.equal(a.npmi, b.npmi)
+    # brute force: the distinct (text, image) pairs over all rows
+    distinct = {(x, y) for t, i in rows for x in (t > 1.6).nonzero().flatten().tolist()
+                for y in (i > 1.6).nonzero().flatten().tolist()}
+    assert len(b.keys) == len(distinct)
+    row_pairs = max(int((t > 1.6).sum()) * int((i > 1.6).sum()) for t, i in rows)
+    assert peak <= len(distinct) + max(50, row_pairs)  # the buffer never outgrows its size (or one row's pairs)
+    assert held_at_end == sum(int((t > 1.6).sum()) * int((i > 1.6).sum()) for t, i in rows) > peak  # every row's
