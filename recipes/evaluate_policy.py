@@ -8,7 +8,10 @@ index of the right option, its text, or its letter A, B, ...). Metrics:
   log-likelihood divided by the option's length in bytes, as lm-eval does);
 - `exact_match`: greedy generation, stripped and lower-cased, equals the answer's text;
 - `saev_score` (with `--sae` and `--crossmodal_weights`): the policy's mean SAE-V cross-modal score on the set
-  (the paper found it tracks benchmark scores, r = 0.84).
+  (the paper found it tracks benchmark scores, r = 0.84);
+- description rows (no `options`, a testbed `concept`: `saev_curate.testbed.evaluate.heldout_descriptions`):
+  `hallucination_rate` (CHAIR-style: false stated facts / stated facts, over the set) and `recall` (true facts
+  stated / the images' facts) of greedy descriptions, checked exactly against the concept records.
 
 ```bash
 python recipes/evaluate_policy.py --model_name_or_path ./base --adapter out/dpo-top50 --dataset_name ./heldout \

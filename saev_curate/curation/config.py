@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -116,6 +117,12 @@ class ScoreConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_fields(cls, obj: Any) -> "ScoreConfig":
+        """The scoring options that ``obj`` carries under the field names (``SaevArguments``, ``EvalArguments``,
+        parsed CLI flags); a missing or None value keeps the field's default."""
+        return cls(**{f.name: getattr(obj, f.name) for f in fields(cls) if getattr(obj, f.name, None) is not None})
+
 
 #: the CLI's shorter spelling of a field (field metadata holds only what HfArgumentParser passes to argparse)
 CLI_FLAGS = {"score_max_length": "--max-length", "score_batch_size": "--batch-size"}
@@ -128,6 +135,8 @@ def _flag(f) -> str:
 def add_score_args(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
     """Every :class:`ScoreConfig` field as a CLI flag (help and choices from the field; ``--max-length`` also
     answers to ``--score-max-length``)."""
+    # the annotations, resolved (a field's own ``type`` is a string here, and HfArgumentParser rewrites it in place)
+    hints = typing.get_type_hints(ScoreConfig)
     for f in fields(ScoreConfig):
         if f.name in skip:
             continue
@@ -135,10 +144,11 @@ def add_score_args(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = (
         names = [flag] + ([] if flag == "--" + f.name.replace("_", "-") else ["--" + f.name.replace("_", "-")])
         kw: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata["help"] + (
             f" (default {f.default})" if f.default not in (None, False) else "")}
-        if f.type in ("bool",) or f.default is False:
+        kind = next((t for t in (bool, int, float) if t in typing.get_args(hints[f.name]) or hints[f.name] is t), str)
+        if kind is bool:
             kw.update(action="store_true", default=False)
         else:
-            kw["type"] = {"float": float, "float | None": float, "int": int, "int | None": int}.get(str(f.type), str)
+            kw["type"] = kind
             if "choices" in f.metadata:
                 kw["choices"] = f.metadata["choices"]
         parser.add_argument(*names, **kw)
@@ -146,6 +156,4 @@ def add_score_args(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = (
 
 def score_config_from_args(args: argparse.Namespace) -> ScoreConfig:
     """The :class:`ScoreConfig` of parsed CLI flags (flags not given keep the field's default)."""
-    given = {f.name: getattr(args, f.name) for f in fields(ScoreConfig)
-             if hasattr(args, f.name) and getattr(args, f.name) is not None}
-    return ScoreConfig(**given)
+    return ScoreConfig.from_fields(args)

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ class SaevArguments(ScoreConfig):
 
     def score_config(self) -> ScoreConfig:
         """The scoring options alone."""
-        return ScoreConfig(**{f.name: getattr(self, f.name) for f in fields(ScoreConfig)})
+        return ScoreConfig.from_fields(self)
 
     @property
     def selects(self) -> bool:

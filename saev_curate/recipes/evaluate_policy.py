@@ -1,33 +1,6 @@
 """The evaluation recipe's core: ``evaluate(model, processor, rows)`` (lmms-eval-shaped results), ``load_policy``,
-``main``/``make_parser``; ``recipes/evaluate_policy.py`` is the file users run.
-
-Evaluate a base model + LoRA adapter on a held-out question set; results in lmms-eval's shape.
-
-Rows: `question` (the prompt text), `image` (or `images`), `options` (list of answer strings) and `answer` (the
-index of the right option, its text, or its letter A, B, ...). Metrics:
-
-- `acc`: the option with the highest log-likelihood given image + question is the answer (`acc_norm`: the
-  log-likelihood divided by the option's length in bytes, as lm-eval does);
-- `exact_match`: greedy generation, stripped and lower-cased, equals the answer's text;
-- `saev_score` (with `--sae` and `--crossmodal_weights`): the policy's mean SAE-V cross-modal score on the set
-  (the paper found it tracks benchmark scores, r = 0.84);
-- description rows (no `options`, a testbed `concept`: :func:`saev_curate.testbed.evaluate.heldout_descriptions`):
-  `hallucination_rate` (CHAIR-style: false stated facts / stated facts, over the set) and `recall` (true facts
-  stated / the images' facts) of greedy descriptions, checked exactly against the concept records.
-
-```bash
-python recipes/evaluate_policy.py --model_name_or_path ./base --adapter out/dpo-top50 --dataset_name ./heldout \
-    --sae ./sae --crossmodal_weights out/dpo-top50/crossmodal_weights --output_dir out/eval-top50 --log_samples
-```
-
-Writes lmms-eval's layout: `OUTPUT_DIR/<model>/<date>_results.json` (`results[task]["acc,none"]`,
-`"acc_stderr,none"`, `"exact_match,none"`, ..., `config`, `n-samples`) and, with `--log_samples`,
-`OUTPUT_DIR/<model>/<date>_samples_<task>.jsonl` (one record per row). `<model>` is the adapter's path when one is
-given, else the base model's, its last two parts joined by `__` (lmms-eval's `sanitize_model_name`); `<date>` is
-`YYYYmmdd_HHMMSS` (lmms-eval's `get_datetime_str`), so runs never overwrite each other. A value that is not a finite
-number (the stderr of one row) is written as `"N/A"`, as lmms-eval does: the files are strict JSON.
-:func:`latest_results` finds the newest run's files.
-"""
+``main``/``make_parser``. Its manual (rows, metrics, the command, the output layout) is the docstring of
+``recipes/evaluate_policy.py``, the file users run."""
 
 from __future__ import annotations
 
@@ -35,7 +8,7 @@ import json
 import math
 import string
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -491,7 +464,7 @@ def main(eval_args, model_args) -> dict:
     results = evaluate(model, processor, dataset, task=eval_args.task,
                        sae=eval_args.sae if have_score else None,
                        weights=eval_args.crossmodal_weights if have_score else None,
-                       score_config=ScoreConfig(**{f.name: getattr(eval_args, f.name) for f in fields(ScoreConfig)}),
+                       score_config=ScoreConfig.from_fields(eval_args),
                        max_new_tokens=eval_args.max_new_tokens,
                        limit=eval_args.limit, output_dir=eval_args.output_dir, log_samples=eval_args.log_samples,
                        config=config)

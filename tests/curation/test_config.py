@@ -57,3 +57,18 @@ def test_options_by_name_and_bad_values_are_named():
                 {"control_prompt": "  "}, {"score_max_length": 0}, {"score_batch_size": True}):
         with pytest.raises(InputError, match=next(iter(bad))):
             ScoreConfig(**bad)
+
+
+def test_the_cli_flags_keep_their_types_after_the_recipes_parse_the_config():
+    """HfArgumentParser (the recipes' TrlParser) rewrites the dataclass fields' ``type`` in place; the CLI's flags
+    must still parse numbers as numbers afterwards."""
+    from trl import TrlParser
+
+    from saev_curate.cli import build_parser
+    from saev_curate.curation.config import score_config_from_args
+    from saev_curate.recipes.evaluate_policy import EvalArguments
+
+    TrlParser((EvalArguments,))
+    args = build_parser().parse_args(["score", "--model", "m", "--data", "d", "--out", "o", "--batch-size", "2",
+                                      "--delta", "0.5", "--exclude-special-tokens"])
+    assert score_config_from_args(args) == ScoreConfig(score_batch_size=2, delta=0.5, exclude_special_tokens=True)
