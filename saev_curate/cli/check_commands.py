@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from saev_curate.cli.common import DATA_FORMATS, data_arg, min_usable_share_arg, model_arg, out_arg, positive
+from saev_curate.cli.common import DATA_FORMATS, data_arg, model_arg, out_arg, positive, traceback_arg
 from saev_curate.core.errors import InputError
 from saev_curate.curation.config import add_score_args, score_config_from_args
 
@@ -30,8 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: a GPU when there is one)")
     p.add_argument("--dtype", default=None, help="model dtype (default: float32 on CPU)")
     add_score_args(p)
-    min_usable_share_arg(p)
-    p.add_argument("--traceback", action="store_true", help="show full Python tracebacks for errors")
+    traceback_arg(p)
     p.set_defaults(func=_check)
 
 

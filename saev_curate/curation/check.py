@@ -22,6 +22,7 @@ import numpy as np
 from saev_curate.core.errors import InputError
 from saev_curate.curation.methods import METHODS, data_shape, methods_for
 from saev_curate.curation.planting import KINDS, canonical_rows, kinds_for, plant_rows
+from saev_curate.io.checked import strict_json
 
 __all__ = ["CHECK_FILE", "CheckResult", "auroc_with_interval", "load_check", "recommended_by", "run_check"]
 
@@ -53,20 +54,9 @@ class CheckResult:
         path = Path(out) / CHECK_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(_finite(self.to_json()), indent=1))
+        tmp.write_text(json.dumps(strict_json(self.to_json()), indent=1, allow_nan=False))
         tmp.replace(path)
         return path
-
-
-def _finite(x):
-    """Strict JSON: NaN / inf become null."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return x
 
 
 def load_check(path: str | Path | CheckResult) -> CheckResult:

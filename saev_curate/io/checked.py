@@ -5,6 +5,7 @@ naming the file, what is wrong with it, and what to do."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 
 from saev_curate.core.errors import CheckpointError
 
-__all__ = ["check_tensors", "looks_like_pickle", "read_json_object", "read_safetensors"]
+__all__ = ["check_tensors", "looks_like_pickle", "read_json_object", "read_safetensors", "strict_json"]
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's zip format
 
@@ -89,3 +90,13 @@ def check_tensors(where: Path, tensors: dict[str, torch.Tensor], *, required: di
                                       f"{first[1]}; {fix}")
         if name in finite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise CheckpointError(f"{where}: tensor {name!r} holds NaN/inf values; {fix}")
+
+
+def strict_json(x: Any, not_finite: Any = None) -> Any:
+    """``x`` (dicts, lists, numbers) with every NaN or infinite float replaced by ``not_finite``: strict JSON has no
+    NaN (lmms-eval writes ``"N/A"``; null elsewhere)."""
+    if isinstance(x, dict):
+        return {k: strict_json(v, not_finite) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [strict_json(v, not_finite) for v in x]
+    return not_finite if isinstance(x, float) and not math.isfinite(x) else x

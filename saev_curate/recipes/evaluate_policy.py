@@ -15,6 +15,7 @@ from typing import Any
 
 from saev_curate.core.errors import InputError
 from saev_curate.curation.config import ScoreConfig
+from saev_curate.io.checked import strict_json
 from saev_curate.recipes.common import load_model_and_processor
 
 
@@ -195,11 +196,7 @@ def _description_sample(model, processor, row: dict, i: int, max_new_tokens: int
 
 def _strict(x):
     """``x`` with every NaN / infinite number written as ``"N/A"``, as lmms-eval does (strict JSON has no NaN)."""
-    if isinstance(x, dict):
-        return {k: _strict(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_strict(v) for v in x]
-    return "N/A" if isinstance(x, float) and not math.isfinite(x) else x
+    return strict_json(x, "N/A")
 
 
 def mean_stderr(values: list[float]) -> float:
