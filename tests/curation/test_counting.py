@@ -1,0 +1,137 @@
+"""Bounded counting (saev_curate.curation.counting, issue 23): the merged tables against brute-force counts
+(collections.Counter) on small random streams, exact below the cap and within the stated undercount beyond it;
+the pair counter's and the read-out counter's tables bit for bit equal to counting everything at the end."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from saev_curate.core.errors import InputError
+from saev_curate.curation.counting import KeyCounter
+from saev_curate.curation.pairs import PairCounter
+from saev_curate.curation.readout import ReadoutCounter
+
+
+def _stream(seed: int, n_rows: int = 200, n_keys: int = 400) -> list[torch.Tensor]:
+    """Rows of distinct keys with a skewed (Zipf-like) popularity: a few frequent keys, a long tail of rare ones."""
+    g = torch.Generator().manual_seed(seed)
+    p = 1.0 / torch.arange(1, n_keys + 1, dtype=torch.float64) ** 1.1
+    out = []
+    for _ in range(n_rows):
+        size = int(torch.randint(1, 30, (1,), generator=g))
+        out.append(torch.multinomial(p, size, replacement=False, generator=g) * 7919 + 3)  # spread-out int64 keys
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exact_without_a_cap_or_below_it(seed):
+    rows = _stream(seed)
+    truth = Counter(k for r in rows for k in r.tolist())
+    for counter in (KeyCounter(capacity=None, merge_every=37), KeyCounter(capacity=len(truth), merge_every=11)):
+        for r in rows:
+            counter.add(r)
+        keys, counts = counter.result()
+        assert counter.max_undercount == 0
+        assert keys.tolist() == sorted(truth) and counts.tolist() == [truth[k] for k in sorted(truth)]
+
+
+@pytest.mark.parametrize("seed,capacity", [(0, 40), (1, 64), (2, 100), (3, 16)])
+def test_a_capped_count_keeps_its_stated_error_bound(seed, capacity):
+    rows = _stream(seed)
+    truth = Counter(k for r in rows for k in r.tolist())
+    assert len(truth) > capacity  # the cap is reached
+    counter = KeyCounter(capacity=capacity, merge_every=25)
+    for r in rows:
+        counter.add(r)
+        assert len(counter.keys) <= capacity and counter.held <= capacity + 25  # memory stays bounded
+    keys, counts = counter.result()
+    floor = counter.max_undercount
+    assert 0 < floor < max(truth.values())
+    kept = dict(zip(keys.tolist(), counts.tolist()))
+    for k, n in truth.items():
+        if k in kept:
+            assert kept[k] <= n <= kept[k] + floor, (k, n, kept[k], floor)  # low by at most the floor
+        else:
+            assert n <= floor, (k, n, floor)  # only keys seen at most `floor` times may be missing
+    assert set(kept) <= set(truth) and keys.tolist() == sorted(kept)
+    heavy = [k for k, n in truth.items() if n > floor]
+    assert heavy and all(k in kept for k in heavy)
+
+
+def test_bad_capacities_are_clear():
+    with pytest.raises(InputError, match="capacity"):
+        KeyCounter(capacity=1)
+    with pytest.raises(InputError, match="merge_every"):
+        KeyCounter(merge_every=0)
+
+
+def _pair_rows(seed: int, d: int, n: int):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.rand(d, generator=g) * 2, torch.rand(d, generator=g) * 2) for _ in range(n)]
+
+
+def test_pair_counter_default_and_uncapped_equal_bit_for_bit_and_rows_wider_than_the_buffer_are_sliced():
+    rows = _pair_rows(0, 40, 120)
+    exact = PairCounter(40, delta=1.2, min_count=1, capacity=None)
+    default = PairCounter(40, delta=1.2, min_count=1)  # 40^2 pairs < the default cap: exact by construction
+    sliced = PairCounter(40, delta=1.2, min_count=1, merge_every=7)  # fewer than one row's pairs per buffer
+    for t, i in rows:
+        for c in (exact, default, sliced):
+            c.observe(t, i)
+        assert sliced.held_keys <= 40 * 40 + 7
+    a, b, c = exact.result(), default.result(), sliced.result()
+    for other in (b, c):
+        assert torch.equal(a.keys, other.keys) and torch.equal(a.npmi, other.npmi) and other.max_undercount == 0
+    truth = Counter((x, y) for t, i in rows for x in (t > 1.2).nonzero().flatten().tolist()
+                    for y in (i > 1.2).nonzero().flatten().tolist())
+    assert [(k // 40, k % 40) for k in a.keys.tolist()] == sorted(truth)
+    assert "max_undercount" not in a.summary()
+
+
+def test_pair_counter_with_a_cap_states_its_undercount():
+    rows = _pair_rows(1, 30, 150)
+    truth = Counter((x, y) for t, i in rows for x in (t > 1.0).nonzero().flatten().tolist()
+                    for y in (i > 1.0).nonzero().flatten().tolist())
+    capped = PairCounter(30, delta=1.0, min_count=1, capacity=200, merge_every=100)
+    for t, i in rows:
+        capped.observe(t, i)
+    p = capped.result()
+    floor = p.max_undercount
+    assert floor > 0 and len(p.keys) <= 200 and p.summary()["max_undercount"] == floor
+    kept = {(k // 30, k % 30) for k in p.keys.tolist()}
+    assert all(n <= floor for pair, n in truth.items() if pair not in kept)
+    assert all(pair in kept for pair, n in truth.items() if n > floor)
+
+
+def _readout_brute(rows, d_sae: int, delta: float):
+    """The read-out's counts as defined: vocabulary = the tokens of any row, n(t), n(k), n(k, t) by loops."""
+    vocab = sorted({t for _, toks in rows for t in toks.tolist()})
+    n_token = Counter(t for _, toks in rows for t in set(toks.tolist()))
+    n_slot = [0] * d_sae
+    together = Counter()
+    for z, toks in rows:
+        feats = (z > delta).nonzero().flatten().tolist()
+        for k in feats:
+            n_slot[k] += 1
+            for t in set(toks.tolist()):
+                together[(k, vocab.index(t))] += 1
+    return vocab, [n_token[t] for t in vocab], n_slot, together
+
+
+def test_readout_counter_merges_as_it_goes_with_the_exact_counts():
+    g = torch.Generator().manual_seed(4)
+    rows = [(torch.rand(50, generator=g) * 2, torch.randint(0, 3000, (int(torch.randint(1, 9, (1,), generator=g)),),
+                                                            generator=g)) for _ in range(80)]
+    counter = ReadoutCounter(50, delta=1.5, merge_every=13)
+    for z, toks in rows:
+        counter.observe(z, toks)
+    r = counter.result()
+    vocab, n_token, n_slot, together = _readout_brute(rows, 50, 1.5)
+    n_vocab = len(vocab)
+    assert r.vocab.tolist() == vocab and r.n_token.tolist() == n_token and r.n_slot.tolist() == n_slot
+    assert r.keys.tolist() == [k * n_vocab + v for k, v in sorted(together)]
+    assert r.counts.tolist() == [together[p] for p in sorted(together)]
+    assert r.n_rows == 80 and r.max_undercount == 0 and "max_undercount" not in r.summary()
