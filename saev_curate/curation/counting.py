@@ -1,7 +1,8 @@
 """Counting int64 keys over a stream in bounded memory: the tables behind the feature pairs and the read-outs.
 
-Keys wait in a buffer of at most ``merge_every`` entries, then join a sorted table of ``(distinct key, count)``,
-so memory is the distinct keys kept plus the buffer, never everything observed.  Without a ``capacity`` the
+Keys wait in a buffer of at most ``max(merge_every, half the table)`` entries (a merge re-sorts the table, so
+the buffer grows with it: each key is sorted O(1) times amortised), then join a sorted table of
+``(distinct key, count)``, so memory is the distinct keys kept plus the buffer, never everything observed.  Without a ``capacity`` the
 counts are exact.  With one, the table is a *lossy count* (Manku & Motwani's lossy counting, with the pruning
 floor raised on demand instead of per fixed bucket): when a merge leaves more than ``capacity`` distinct keys,
 the floor ``F`` rises until at most half of them stay, and every key whose count could not exceed ``F`` is
@@ -11,7 +12,8 @@ in exactness, for the final floor :attr:`KeyCounter.max_undercount` (0 while the
 * a kept key's count is low by at most ``F`` (``count <= true <= count + F``);
 * a dropped (absent) key occurred at most ``F`` times; every key that occurred more than ``F`` times is kept.
 
-Memory: ``capacity`` x 16 bytes for the table plus the merge's sort (about 3x the table plus buffer, briefly).
+Memory: ``capacity`` x 16 bytes for the table, a buffer of at most half that many keys (8 bytes each) and the
+merge's sort (about 3x table plus buffer, briefly): ~1.6 GB at the default capacity.
 """
 
 from __future__ import annotations
@@ -49,12 +51,18 @@ class KeyCounter:
         """Keys held in memory now: the distinct keys of the table plus the buffer."""
         return len(self.keys) + self._n_pending
 
+    @property
+    def buffer_size(self) -> int:
+        """Keys the buffer holds before the next merge: ``max(merge_every, half the table)``."""
+        return max(self.merge_every, len(self.keys) // 2)
+
     def add(self, keys: Tensor) -> None:
         """Count one occurrence of each entry of ``keys`` (int64, on any device; moved to the CPU)."""
         keys = keys.detach().to("cpu", torch.long).reshape(-1)
-        for s in range(0, len(keys), self.merge_every):
-            part = keys[s:s + self.merge_every]
-            if self._n_pending + len(part) > self.merge_every:
+        step = self.buffer_size
+        for s in range(0, len(keys), step):
+            part = keys[s:s + step]
+            if self._n_pending + len(part) > self.buffer_size:
                 self.merge()
             self._pending.append(part)
             self._n_pending += len(part)

@@ -78,7 +78,8 @@ class PairCounter:
     """Accumulates per-row feature sets over reference rows; :meth:`result` turns counts into npmi.
 
     Counts merge as they go (:class:`~saev_curate.curation.counting.KeyCounter`): a row's pairs wait in a buffer of
-    at most ``merge_every`` keys (a row with more is cut into slices of its text features), then join the running
+    at most ``max(merge_every, half the table)`` keys (a row with more is cut into slices of its text features), then
+    join the running
     ``(distinct pair, count)`` table, so memory is the distinct pairs kept plus the buffer, not rows x pairs per
     row.  ``capacity`` caps the distinct pairs kept (None: no cap, exact at any size; the default is exact for
     every SAE with d_sae^2 <= capacity, see the module doc for what a reached cap costs)."""
@@ -110,7 +111,7 @@ class PairCounter:
         self.n_text[a] += 1
         self.n_image[b] += 1
         if len(a) and len(b):
-            step = max(1, self.merge_every // len(b))  # never materialise more than one buffer of a row's pairs
+            step = max(1, self._table.buffer_size // len(b))  # never materialise more than one buffer of a row's pairs
             for s in range(0, len(a), step):
                 self._table.add((a[s:s + step, None] * self.d_sae + b[None, :]).reshape(-1))
 

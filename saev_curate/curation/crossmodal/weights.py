@@ -27,7 +27,7 @@ from saev_curate.curation.crossmodal.fitter import (
 from saev_curate.curation.pairs import FeaturePairs, PairCounter
 from saev_curate.curation.readout import AnswerReadout, ReadoutCounter
 from saev_curate.io.fingerprint import model_identity, sae_fingerprint
-from saev_curate.sae.chunks import encode_chunks, feature_max, segment_maxima
+from saev_curate.sae.chunks import encode_chunks, segment_maxima
 from saev_curate.vlm.layers import resolve_sae_layer
 
 __all__ = ["CrossModalWeights"]
@@ -429,17 +429,35 @@ def _count_answers(counter: PairCounter, readout: ReadoutCounter, per_token: Rea
     plen = torch.tensor([prompt_lens.get(int(r), 1 << 30) for r in b["row_ids"]])
     response = content_mask(b["input_ids"], b["image_mask"], b["text_mask"], template_ids, am, plen)
     slot = answer_slot(am, plen)
-    dev = module_device(sae)
-    for j in known:
-        txt = b["resid"][j][response[j]]
-        if txt.shape[0] and bool(b["image_mask"][j].any()):  # as the scorer: rows without image tokens have no score
-            slot_z = sae.encode(b["resid"][j, int(slot[j])][None].to(dev))[0]
-            counter.observe(feature_max(sae, txt), slot_z)
-            ids = b["input_ids"][j][response[j]]
-            readout.observe(slot_z, ids)
-            for s, before in encode_chunks(sae, b["resid"][j][response[j].nonzero().flatten() - 1]):
-                for z, t in zip(before, ids[s:s + before.shape[0]]):
-                    per_token.observe(z, t[None])
+    rows = [j for j in known if bool(response[j].any()) and bool(b["image_mask"][j].any())]  # as the scorer
+    if not rows:
+        return
+    # one encode of every needed token of the batch (slots, response tokens, the tokens before them): an encode
+    # reads all of W_enc, so per-row calls would cost a weight read each
+    positions = [response[j].nonzero().flatten().cpu() for j in rows]
+    counts = [len(p) for p in positions]
+    n_rows, n_resp = len(rows), sum(counts)
+    owner = torch.repeat_interleave(torch.tensor(rows), torch.tensor(counts))
+    where = torch.cat(positions)
+    resid = b["resid"]
+    x = torch.cat([resid[torch.tensor(rows), slot.cpu()[rows]], resid[owner, where], resid[owner, where - 1]])
+    segment = torch.cat([torch.full((n_rows,), n_rows), torch.repeat_interleave(torch.arange(n_rows), torch.tensor(counts)),
+                         torch.full((n_resp,), n_rows)])  # response tokens: their row's segment; the rest a spare one
+    ids = torch.cat([b["input_ids"][j][response[j]].cpu() for j in rows])
+    slot_z = torch.zeros(n_rows, int(sae.cfg.d_sae), device=module_device(sae))
+
+    def each(start: int, z: Tensor) -> None:
+        end = start + z.shape[0]
+        if start < n_rows:
+            slot_z[start:min(end, n_rows)] = z[:min(end, n_rows) - start]
+        for i in range(max(start, n_rows + n_resp), end):  # the feature before each response token, that token
+            per_token.observe(z[i - start], ids[i - n_rows - n_resp][None])
+
+    maxima, _, _ = segment_maxima(sae, x, segment, n_rows + 1, each=each)
+    offsets = [0, *torch.tensor(counts).cumsum(0).tolist()]
+    for r in range(n_rows):
+        counter.observe(maxima[r], slot_z[r])
+        readout.observe(slot_z[r], ids[offsets[r]:offsets[r + 1]])
 
 
 def _accumulate_batch(fitter: CrossModalFitter, b: dict[str, Any]) -> None:
