@@ -148,17 +148,36 @@ class ReadoutCounter:
         feats = (slot_z.cpu() > self.delta).nonzero().flatten()
         tokens = tokens.cpu().long().unique()
         if len(tokens):
-            if int(tokens.min()) < 0 or int(tokens.max()) >= 1 << _TOKEN_BITS:
-                raise ValueError(f"token ids must lie in [0, 2^{_TOKEN_BITS}), got {tokens.min()}..{tokens.max()}")
-            top = int(tokens.max()) + 1
-            if top > len(self._n_token):
-                grown = torch.zeros(max(top, 2 * len(self._n_token)), dtype=torch.float64)
-                grown[:len(self._n_token)] = self._n_token
-                self._n_token = grown
+            self._grow(tokens)
             self._n_token[tokens] += 1
         self._n_slot[feats] += 1
         if len(feats) and len(tokens):
             self._table.add(((feats[:, None] << _TOKEN_BITS) | tokens[None, :]).reshape(-1))
+
+    def observe_each(self, z: Tensor, tokens: Tensor) -> None:
+        """Many rows of one token each at once: ``observe(z[i], tokens[i:i+1])`` for every i, with one threshold
+        and one key build for all (the token read-out observes every response position)."""
+        tokens = tokens.cpu().long().reshape(-1)
+        if len(tokens) != z.shape[0]:
+            raise ValueError(f"observe_each: {z.shape[0]} codes but {len(tokens)} tokens")
+        if not len(tokens):
+            return
+        self._grow(tokens)
+        self.n_rows += len(tokens)
+        self._n_token.index_add_(0, tokens, torch.ones(len(tokens), dtype=torch.float64))
+        row, feats = (z.cpu() > self.delta).nonzero(as_tuple=True)
+        self._n_slot.index_add_(0, feats, torch.ones(len(feats), dtype=torch.float64))
+        if len(feats):
+            self._table.add((feats << _TOKEN_BITS) | tokens[row])
+
+    def _grow(self, tokens: Tensor) -> None:
+        if int(tokens.min()) < 0 or int(tokens.max()) >= 1 << _TOKEN_BITS:
+            raise ValueError(f"token ids must lie in [0, 2^{_TOKEN_BITS}), got {tokens.min()}..{tokens.max()}")
+        top = int(tokens.max()) + 1
+        if top > len(self._n_token):
+            grown = torch.zeros(max(top, 2 * len(self._n_token)), dtype=torch.float64)
+            grown[:len(self._n_token)] = self._n_token
+            self._n_token = grown
 
     def result(self) -> AnswerReadout:
         vocab = self._n_token.nonzero().flatten()  # sorted: the token ids of any reference response

@@ -70,9 +70,18 @@ def segment_maxima(sae, x: Tensor, segment: Tensor, n_segments: int, *, max_toke
     for s, z in encode_chunks(sae, x, max_tokens=max_tokens, budget=budget):
         z = z.float()
         sg = segment[s:s + z.shape[0]]
-        with warnings.catch_warnings():  # "index_reduce() is in beta"
+        # segment maxima with one segment_reduce over runs of equal segments (index_reduce_(amax) took ~0.6 s per
+        # 256 x 65,536 chunk on a CPU, a loop over runs more); a segment in several runs: sort the chunk first
+        seg_ids, lengths = torch.unique_consecutive(sg, return_counts=True)
+        zs = z
+        if len(seg_ids) != len(torch.unique(seg_ids)):
+            order = torch.argsort(sg, stable=True)
+            zs = z[order]
+            seg_ids, lengths = torch.unique_consecutive(sg[order], return_counts=True)
+        with warnings.catch_warnings():  # "segment_reduce is in beta"
             warnings.simplefilter("ignore", UserWarning)
-            maxima.index_reduce_(0, sg, z, "amax", include_self=True)
+            run_max = torch.segment_reduce(zs, "max", lengths=lengths, axis=0)
+        maxima[seg_ids] = torch.maximum(maxima[seg_ids], run_max)
         active.index_add_(0, sg, (z > 0).float().sum(-1).double())  # float sum: 4x faster than bool sum on CPU
         tokens.index_add_(0, sg, torch.ones_like(sg, dtype=torch.float64))
         if each is not None:

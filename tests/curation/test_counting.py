@@ -136,3 +136,17 @@ def test_readout_counter_merges_as_it_goes_with_the_exact_counts():
     assert r.keys.tolist() == [k * n_vocab + v for k, v in sorted(together)]
     assert r.counts.tolist() == [together[p] for p in sorted(together)]
     assert r.n_rows == 80 and r.max_undercount == 0 and "max_undercount" not in r.summary()
+
+
+def test_readout_observe_each_counts_one_row_per_token():
+    g = torch.Generator().manual_seed(5)
+    z = torch.rand(60, 40, generator=g) * 2
+    tokens = torch.randint(0, 500, (60,), generator=g)
+    counter = ReadoutCounter(40, delta=1.7, merge_every=9)
+    counter.observe_each(z[:25], tokens[:25])
+    counter.observe_each(z[25:], tokens[25:])
+    r = counter.result()
+    vocab, n_token, n_slot, together = _readout_brute([(z[i], tokens[i:i + 1]) for i in range(60)], 40, 1.7)
+    assert r.n_rows == 60 and r.vocab.tolist() == vocab and r.n_token.tolist() == n_token
+    assert r.n_slot.tolist() == n_slot and r.counts.tolist() == [together[p] for p in sorted(together)]
+    assert r.keys.tolist() == [k * len(vocab) + v for k, v in sorted(together)]

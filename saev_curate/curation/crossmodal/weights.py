@@ -450,8 +450,9 @@ def _count_answers(counter: PairCounter, readout: ReadoutCounter, per_token: Rea
         end = start + z.shape[0]
         if start < n_rows:
             slot_z[start:min(end, n_rows)] = z[:min(end, n_rows) - start]
-        for i in range(max(start, n_rows + n_resp), end):  # the feature before each response token, that token
-            per_token.observe(z[i - start], ids[i - n_rows - n_resp][None])
+        first = max(start, n_rows + n_resp)  # the features before each response token, that token
+        if first < end:
+            per_token.observe_each(z[first - start:], ids[first - n_rows - n_resp:end - n_rows - n_resp])
 
     maxima, _, _ = segment_maxima(sae, x, segment, n_rows + 1, each=each)
     offsets = [0, *torch.tensor(counts).cumsum(0).tolist()]
