@@ -116,7 +116,8 @@ def bench_scoring(args):
            "scorer_vs_floor": med["floor"] / med["scorer"],
            "scorer_bf16_sae_vs_floor": med["floor"] / med["scorer_bf16_sae"], "class_counts": w.class_counts()}
     if args.reference_rows:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        tests = Path(__file__).resolve().parents[1] / "tests"
+        sys.path[:0] = [str(tests), str(tests / "curation")]  # the brute-force reference and its shared rows
         from test_crossmodal_reference import reference_score
 
         omega = w.omega.tolist()
