@@ -194,6 +194,8 @@ def main():
     ap.add_argument("--real", action="store_true", help="the real-proportions run (benchmarks/scoring_real.py)")
     ap.add_argument("--real-quick", action="store_true", help="a smoke run of --real with a few rows per shape")
     ap.add_argument("--out", type=Path, default=None, help="--real: write OUT.json and OUT.md")
+    ap.add_argument("--parts", nargs="*", choices=("fit_rows", "ratio", "shape"), default=None,
+                    help="--real: re-measure only these parts, keeping the others of OUT.json")
     ap.add_argument("--real-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
@@ -207,7 +209,7 @@ def main():
         if args.real_child is not None:
             print(json.dumps(scoring_real.run_child(json.loads(args.real_child))))
         else:
-            doc = scoring_real.run_all(args.out, quick=args.real_quick)
+            doc = scoring_real.run_all(args.out, quick=args.real_quick, parts=args.parts)
             print(scoring_real.markdown(doc))
         return
     result = {"threads": torch.get_num_threads()}

@@ -13,11 +13,14 @@ Three parts, all with d_in = 4,096 (LLaVA-NeXT-7B's residual width), random weig
   pairs, answer pairs, both read-outs); score = ``ds.map(SaevScorer(..., responses=False))``; forward = the bare
   truncated forward (``prepare_batch`` + ``capture_activations``) on the same rows.
 * **fit_rows**: the fit-memory flatness target: 1,000 vs 4,000 reference rows at d_sae 65,536 (standard SAE:
-  the most pairs), rows of one image token and a few words, and d_in 256 (a one-layer LM of that width): at
+  the most pairs), rows of 4 image tokens and a few words, and d_in 256 (a one-layer LM of that width): at
   d_in 4,096 one fit row costs ~0.3 s on this shared 2-core CPU, too slow for 5,000 rows in a 20-minute run.
   What grows with rows - the pair and read-out tables, the fitter's records - does not depend on d_in; of what
   does, the SAE's weights are fixed, and the cross-modal sums (cross-modal features x d_in x 16 bytes) are
-  reported as they would be at d_in 4,096 (``cross_modal_sums_mib_at_4096``).
+  reported as they would be at d_in 4,096 (``cross_modal_sums_mib_at_4096``).  The rows are small, but dense
+  enough in pairs (~64 active features per token) that the pair table reaches its cap before 1,000 rows, as a
+  real row (576+ image tokens: millions of pairs per row) does after a few rows; with one image token and ~32
+  active features per token (an earlier run) the table was still exact at 4,000 rows and grew with them.
 * **ratio**: the scorer against the bare truncated forward at the model:SAE cost ratio of a real deployment.
   LLaVA-NeXT-7B (Vicuna-7B: width 4,096, MLP 11,008, 32 heads, no GQA) truncated at its middle layer runs 16
   decoder layers: 2 x 16 x (4 x 4096^2 + 3 x 4096 x 11008) = 6.48 GFLOP per token in matmuls (attention scores,
@@ -245,7 +248,7 @@ class _LazyRows(list):
         return self.n
 
     def __getitem__(self, i):
-        return make_rows(1, self.image_tokens, seed=10_000 + i, words=(1, 4))[0]
+        return make_rows(1, self.image_tokens, seed=10_000 + i, words=(3, 8))[0]
 
 
 def child_fit_rows(spec: dict) -> dict:
@@ -323,8 +326,8 @@ def run_child(spec: dict) -> dict:
 def plan(quick: bool = False) -> list[dict]:
     specs = []
     for n in (1000, 4000):  # d_in 256: 5,000 real rows through the fit in minutes (see the module doc)
-        specs.append({"kind": "fit_rows", "tokens": 1, "d_in": 256, "d_sae": 65536, "arch": "standard", "rows": n,
-                      "batch_size": 64, "active": 32})
+        specs.append({"kind": "fit_rows", "tokens": 4, "d_in": 256, "d_sae": 65536, "arch": "standard", "rows": n,
+                      "batch_size": 64, "active": 64})
     specs.append({"kind": "ratio", "tokens": 576, "layers": 2, "d_sae": 8192, "rows": 2, "batch_size": 2,
                   "repeats": 3})
     for tokens in TOKENS:
@@ -340,10 +343,17 @@ def plan(quick: bool = False) -> list[dict]:
     return specs
 
 
-def run_all(out: Path | None, quick: bool = False) -> dict:
-    results = []
+def run_all(out: Path | None, quick: bool = False, parts: list[str] | None = None) -> dict:
+    """Every configuration of :func:`plan`, or with ``parts`` only those kinds, replacing them in ``out``'s
+    existing results (the rest kept as they were measured)."""
+    kept: list[dict] = []
+    if parts and out is not None and out.with_suffix(".json").is_file():
+        kept = [r for r in json.loads(out.with_suffix(".json").read_text())["results"] if r["kind"] not in parts]
+    results = list(kept)
     t0 = time.perf_counter()
     for spec in plan(quick):
+        if parts and spec["kind"] not in parts:
+            continue
         t = time.perf_counter()
         res = subprocess.run([sys.executable, "-m", "benchmarks.scoring", "--real-child", json.dumps(spec)],
                              capture_output=True, text=True, env=dict(os.environ))
@@ -355,8 +365,8 @@ def run_all(out: Path | None, quick: bool = False) -> dict:
         r["wall_seconds"] = time.perf_counter() - t
         results.append(r)
         print(f"[{time.perf_counter() - t0:7.0f}s] {spec}: {r['wall_seconds']:.0f}s", file=sys.stderr, flush=True)
-        _write(out, _document(results, time.perf_counter() - t0))  # a partial result survives an interruption
-    doc = _document(results, time.perf_counter() - t0)
+        _write(out, _document(_in_plan_order(results, quick)))  # a partial result survives an interruption
+    doc = _document(_in_plan_order(results, quick))
     _write(out, doc)
     return doc
 
@@ -368,9 +378,22 @@ def _write(out: Path | None, doc: dict) -> None:
         out.with_suffix(".md").write_text(markdown(doc))
 
 
-def _document(results: list[dict], seconds: float) -> dict:
+def _in_plan_order(results: list[dict], quick: bool) -> list[dict]:
+    keys = [json.dumps(s, sort_keys=True) for s in plan(quick)]
+
+    def key(r: dict) -> int:
+        for i, k in enumerate(keys):
+            if all(r.get(a) == b for a, b in json.loads(k).items()):
+                return i
+        return len(keys)
+
+    return sorted(results, key=key)
+
+
+def _document(results: list[dict]) -> dict:
     doc = {"threads": torch.get_num_threads(), "torch": torch.__version__, "results": results,
-           "total_seconds": seconds, "largest_in_24gib": largest_fitting(results)}
+           "total_seconds": sum(r.get("wall_seconds", 0.0) for r in results),
+           "largest_in_24gib": largest_fitting(results)}
     fits = [r for r in results if r["kind"] == "fit_rows" and "failed" not in r]
     if len(fits) == 2:
         doc["fit_peak_growth_1k_to_4k"] = fits[1]["fit_peak_mib"] / fits[0]["fit_peak_mib"] - 1
@@ -403,7 +426,8 @@ def markdown(doc: dict) -> str:
     rs = [r for r in doc["results"] if "failed" not in r]
     lines = ["# Real proportions: fit and scoring memory and speed (d_in 4,096, random weights, this CPU)", "",
              "Written by `python -m benchmarks.scoring --real --out benchmarks/scoring/real_proportions` "
-             f"({doc['threads']} threads, torch {doc['torch']}, {doc['total_seconds'] / 60:.1f} min in all). "
+             f"({doc['threads']} threads, torch {doc['torch']}, {doc['total_seconds'] / 60:.1f} min of configurations "
+             "in all; `--parts fit_rows` re-measures one part in place). "
              "Peak memory is each phase's own peak RSS (VmHWM reset before it) in a fresh process per row of the "
              "table; the language model is a one-layer stand-in, so scoring vs forward here measures the SAE "
              "side against a cheap model (the deployment ratio is the last table).", "",
@@ -420,8 +444,8 @@ def markdown(doc: dict) -> str:
                      f"{r['pairs']['n_pairs']} ({r['pairs'].get('max_undercount', 0)}) |")
     fits = [r for r in rs if r["kind"] == "fit_rows"]
     if fits:
-        lines += ["", "## Fit memory from 1k to 4k reference rows (d_sae 65,536, d_in 256, standard SAE, rows of one "
-                  "image token)",
+        lines += ["", "## Fit memory from 1k to 4k reference rows (d_sae 65,536, d_in 256, standard SAE, rows of 4 "
+                  "image tokens)",
                   "", "| rows | fit peak (GiB) | process peak (GiB) | fit rows/s | pairs kept | undercount | "
                   "cross-modal features | their sums at d_in 4,096 (GiB) |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in fits:
