@@ -12,6 +12,11 @@ in exactness, for the final floor :attr:`KeyCounter.max_undercount` (0 while the
 * a kept key's count is low by at most ``F`` (``count <= true <= count + F``);
 * a dropped (absent) key occurred at most ``F`` times; every key that occurred more than ``F`` times is kept.
 
+A caller that knows an upper bound on any key's count (:attr:`KeyCounter.max_count`: the pair and read-out tables
+see a key at most once per row, so the rows so far) tightens both: a key's possible loss never exceeds that bound
+minus its count, and ``F`` never exceeds the bound (without it, ``F`` rises by one per prune, which at real shapes
+happens several times within one row).
+
 Memory: ``capacity`` x 16 bytes for the table, a buffer of at most half that many keys (8 bytes each) and the
 merge's sort (about 3x table plus buffer, briefly): ~1.6 GB at the default capacity.
 """
@@ -42,9 +47,16 @@ class KeyCounter:
         self.keys = torch.zeros(0, dtype=torch.long)  # distinct keys so far, sorted
         self.counts = torch.zeros(0, dtype=torch.int32)
         self.slack = torch.zeros(0, dtype=torch.int32)  # per key: how many occurrences it may have lost
-        self.max_undercount = 0  # the floor F
+        self.floor = 0  # F
+        #: an upper bound on any key's true count, when the caller knows one (None: unknown)
+        self.max_count: int | None = None
         self._pending: list[Tensor] = []
         self._n_pending = 0
+
+    @property
+    def max_undercount(self) -> int:
+        """The most a kept key's count may be low by, and the most times a missing key may have occurred."""
+        return self.floor if self.max_count is None else min(self.floor, self.max_count)
 
     @property
     def held(self) -> int:
@@ -77,7 +89,9 @@ class KeyCounter:
         keys, inverse = torch.unique(torch.cat([self.keys, pending]), return_inverse=True)
         counts = torch.zeros(len(keys), dtype=torch.int32).scatter_add_(
             0, inverse, torch.cat([self.counts, torch.ones(len(pending), dtype=torch.int32)]))
-        slack = torch.full((len(keys),), self.max_undercount, dtype=torch.int32)
+        slack = torch.full((len(keys),), self.floor, dtype=torch.int32)
+        if self.max_count is not None:  # a key's loss is at most the bound minus what it has
+            slack = torch.minimum(slack, (self.max_count - counts).clamp_min(0))
         slack.scatter_(0, inverse[:n_old], self.slack)
         del inverse, pending
         self.keys, self.counts, self.slack = keys, counts, slack
@@ -88,8 +102,10 @@ class KeyCounter:
         upper = self.counts.long() + self.slack
         target = self.capacity // 2
         floor = int(torch.kthvalue(upper, len(upper) - target).values)
-        self.max_undercount = max(self.max_undercount, floor)
-        keep = upper > self.max_undercount
+        self.floor = max(self.floor, floor)
+        if self.max_count is not None:
+            self.floor = min(self.floor, self.max_count)
+        keep = upper > self.floor
         self.keys, self.counts, self.slack = self.keys[keep], self.counts[keep], self.slack[keep]
 
     def result(self) -> tuple[Tensor, Tensor]:

@@ -108,6 +108,7 @@ class PairCounter:
         a = (text_max.cpu() > self.delta).nonzero().flatten()
         b = (image_max.cpu() > self.delta).nonzero().flatten()
         self.n_rows += 1
+        self._table.max_count = self.n_rows  # a pair occurs at most once per row
         self.n_text[a] += 1
         self.n_image[b] += 1
         if len(a) and len(b):

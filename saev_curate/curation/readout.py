@@ -145,6 +145,7 @@ class ReadoutCounter:
     def observe(self, slot_z: Tensor, tokens: Tensor) -> None:
         """One row: its answer slot's SAE code ``[d_sae]`` and its response's content-token ids."""
         self.n_rows += 1
+        self._table.max_count = self.n_rows  # a (feature, token) pair occurs at most once per row
         feats = (slot_z.cpu() > self.delta).nonzero().flatten()
         tokens = tokens.cpu().long().unique()
         if len(tokens):
@@ -164,6 +165,7 @@ class ReadoutCounter:
             return
         self._grow(tokens)
         self.n_rows += len(tokens)
+        self._table.max_count = self.n_rows
         self._n_token.index_add_(0, tokens, torch.ones(len(tokens), dtype=torch.float64))
         row, feats = (z.cpu() > self.delta).nonzero(as_tuple=True)
         self._n_slot.index_add_(0, feats, torch.ones(len(feats), dtype=torch.float64))

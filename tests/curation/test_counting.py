@@ -150,3 +150,19 @@ def test_readout_observe_each_counts_one_row_per_token():
     assert r.n_rows == 60 and r.vocab.tolist() == vocab and r.n_token.tolist() == n_token
     assert r.n_slot.tolist() == n_slot and r.counts.tolist() == [together[p] for p in sorted(together)]
     assert r.keys.tolist() == [k * len(vocab) + v for k, v in sorted(together)]
+
+
+def test_the_stated_undercount_never_exceeds_the_rows_seen_when_a_row_overflows_the_table():
+    """Real shapes: one row holds more pairs than the cap, so the table prunes several times within a row; the
+    floor would rise once per prune, but a pair occurs at most once per row, so the bound is the rows seen."""
+    rows = _pair_rows(3, 30, 6)
+    truth = Counter((x, y) for t, i in rows for x in (t > 0.2).nonzero().flatten().tolist()
+                    for y in (i > 0.2).nonzero().flatten().tolist())
+    capped = PairCounter(30, delta=0.2, min_count=1, capacity=40, merge_every=20)
+    for t, i in rows:
+        capped.observe(t, i)
+        assert capped.max_undercount <= capped.n_rows
+    p = capped.result()
+    assert 0 < p.max_undercount <= len(rows)
+    kept = {(k // 30, k % 30) for k in p.keys.tolist()}
+    assert all(n <= p.max_undercount for pair, n in truth.items() if pair not in kept)
