@@ -9,8 +9,11 @@ Three parts, all with d_in = 4,096 (LLaVA-NeXT-7B's residual width), random weig
 * **shapes**: 576 and 2,304 image tokens per row x d_sae 16,384 and 65,536 x a standard (ReLU, bias calibrated to
   ~64 active features per token) and a topk (k = 64) SAE.  The language model is a cheap stand-in (one LLaMA
   layer of width 4,096; a tiny CLIP whose patch grid gives the LM exactly that many image tokens): it measures the
-  SAE side's memory and speed, not the model's.  Fit = ``CrossModalWeights.fit`` on preference rows (ω, feature
-  pairs, answer pairs, both read-outs); score = ``ds.map(SaevScorer(..., responses=False))``; forward = the bare
+  SAE side's memory and speed, not the model's.  Its fit uses ``tokens_per_modality=1`` (ω from one text and one
+  image token: a one-row fit of 2,304 image tokens rarely gives a feature 5 text tokens among its top 30, and the
+  scorer refuses weights without ω) and ``pair_min_count=1`` (every pair known, so scoring pays its look-ups).
+  Fit = ``CrossModalWeights.fit`` on preference rows (ω, feature pairs, answer pairs, both read-outs); score =
+  ``ds.map(SaevScorer(..., responses=False))``; forward = the bare
   truncated forward (``prepare_batch`` + ``capture_activations``) on the same rows.
 * **fit_rows**: the fit-memory flatness target: 1,000 vs 4,000 reference rows at d_sae 65,536 (standard SAE:
   the most pairs), rows of 4 image tokens and a few words, and d_in 256 (a one-layer LM of that width): at
@@ -201,8 +204,11 @@ def child_shape(spec: dict) -> dict:
     rows = make_rows(n, tokens, seed=1)
     reset_peak()
     t = time.perf_counter()
+    # every feature known (pair_min_count=1): scoring pays for its pair look-ups; tokens_per_modality=1: a one-row
+    # fit of 2,304 image tokens has few features with 5 text tokens among their top 30, and the scorer refuses
+    # weights that define no omega
     w = CrossModalWeights.fit(model, processor, sae, rows, 0, n_reference=None, batch_size=bs,
-                              pair_min_count=1)  # every feature known: scoring pays for its pair look-ups
+                              pair_min_count=1, tokens_per_modality=1)
     fit_s = time.perf_counter() - t
     out.update(fit_peak_mib=peak_mib(), fit_rows_per_s=n / fit_s, fit_seconds=fit_s,
                classes=w.class_counts(), pairs=w.pairs.summary(), answer_pairs=w.answer_pairs.summary(),
@@ -227,7 +233,7 @@ def child_shape(spec: dict) -> dict:
         result = _score(scorer, ds, bs)
         times["score"].append(time.perf_counter() - t)
         peaks["score"] = max(peaks["score"], peak_mib())
-    l0 = [v for v in result["saev_l0"] if v is not None]
+    l0 = [v for v in result["saev_l0"] if v is not None]  # active features per token of the scored rows
     out.update(forward_peak_mib=peaks["forward"], score_peak_mib=peaks["score"],
                forward_rows_per_s=n / statistics.median(times["forward"]),
                score_rows_per_s=n / statistics.median(times["score"]),
