@@ -74,6 +74,12 @@ def _pair_rows(seed: int, d: int, n: int):
     return [(torch.rand(d, generator=g) * 2, torch.rand(d, generator=g) * 2) for _ in range(n)]
 
 
+def _pair_truth(rows, delta: float) -> Counter:
+    """Brute force: on how many rows each (text feature, image feature) pair fired together."""
+    return Counter((x, y) for t, i in rows for x in (t > delta).nonzero().flatten().tolist()
+                   for y in (i > delta).nonzero().flatten().tolist())
+
+
 def test_pair_counter_default_and_uncapped_equal_bit_for_bit_and_rows_wider_than_the_buffer_are_sliced():
     rows = _pair_rows(0, 40, 120)
     exact = PairCounter(40, delta=1.2, min_count=1, capacity=None)
@@ -86,16 +92,14 @@ def test_pair_counter_default_and_uncapped_equal_bit_for_bit_and_rows_wider_than
     a, b, c = exact.result(), default.result(), sliced.result()
     for other in (b, c):
         assert torch.equal(a.keys, other.keys) and torch.equal(a.npmi, other.npmi) and other.max_undercount == 0
-    truth = Counter((x, y) for t, i in rows for x in (t > 1.2).nonzero().flatten().tolist()
-                    for y in (i > 1.2).nonzero().flatten().tolist())
+    truth = _pair_truth(rows, 1.2)
     assert [(k // 40, k % 40) for k in a.keys.tolist()] == sorted(truth)
     assert "max_undercount" not in a.summary()
 
 
 def test_pair_counter_with_a_cap_states_its_undercount():
     rows = _pair_rows(1, 30, 150)
-    truth = Counter((x, y) for t, i in rows for x in (t > 1.0).nonzero().flatten().tolist()
-                    for y in (i > 1.0).nonzero().flatten().tolist())
+    truth = _pair_truth(rows, 1.0)
     capped = PairCounter(30, delta=1.0, min_count=1, capacity=200, merge_every=100)
     for t, i in rows:
         capped.observe(t, i)
@@ -156,8 +160,7 @@ def test_the_stated_undercount_never_exceeds_the_rows_seen_when_a_row_overflows_
     """Real shapes: one row holds more pairs than the cap, so the table prunes several times within a row; the
     floor would rise once per prune, but a pair occurs at most once per row, so the bound is the rows seen."""
     rows = _pair_rows(3, 30, 6)
-    truth = Counter((x, y) for t, i in rows for x in (t > 0.2).nonzero().flatten().tolist()
-                    for y in (i > 0.2).nonzero().flatten().tolist())
+    truth = _pair_truth(rows, 0.2)
     capped = PairCounter(30, delta=0.2, min_count=1, capacity=40, merge_every=20)
     for t, i in rows:
         capped.observe(t, i)
