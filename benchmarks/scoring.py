@@ -8,6 +8,11 @@ Fit memory: peak RSS of CrossModalWeights.fit, each size in a fresh subprocess (
 from the first to the last size).
 
     python benchmarks/scoring.py [--rows 256] [--fit-rows 1000 4000] [--reference-rows 8] [--threads N]
+
+Real proportions (d_in 4,096, 576 / 2,304 image tokens, d_sae 16k / 65k, standard and topk SAEs; see
+benchmarks/scoring_real.py):
+
+    python -m benchmarks.scoring --real [--out benchmarks/scoring/real_proportions]
 """
 
 from __future__ import annotations
@@ -90,14 +95,14 @@ def bench_scoring(args):
 
     def score():
         ds.map(scorer, batched=True, batch_size=bs, load_from_cache_file=False, keep_in_memory=True,
-               features=scorer.features(ds, responses=False))
+               features=scorer.features(ds))
 
     sae_bf16 = sae.copy().to(torch.bfloat16)
     scorer_bf16 = SaevScorer(model, processor, sae_bf16, w, LAYER, responses=False)
 
     def score_bf16():
         ds.map(scorer_bf16, batched=True, batch_size=bs, load_from_cache_file=False, keep_in_memory=True,
-               features=scorer_bf16.features(ds, responses=False))
+               features=scorer_bf16.features(ds))
 
     times = {"floor": [], "scorer": [], "scorer_bf16_sae": []}
     for _ in range(args.repeats):  # interleaved, medians: a slow moment hits both alike
@@ -111,7 +116,8 @@ def bench_scoring(args):
            "scorer_vs_floor": med["floor"] / med["scorer"],
            "scorer_bf16_sae_vs_floor": med["floor"] / med["scorer_bf16_sae"], "class_counts": w.class_counts()}
     if args.reference_rows:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        tests = Path(__file__).resolve().parents[1] / "tests"
+        sys.path[:0] = [str(tests), str(tests / "curation")]  # the brute-force reference and its shared rows
         from test_crossmodal_reference import reference_score
 
         omega = w.omega.tolist()
@@ -185,17 +191,34 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--skip-scoring", action="store_true")
     ap.add_argument("--fit-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--real", action="store_true", help="the real-proportions run (benchmarks/scoring_real.py)")
+    ap.add_argument("--real-quick", action="store_true", help="a smoke run of --real with a few rows per shape")
+    ap.add_argument("--out", type=Path, default=None, help="--real: write OUT.json and OUT.md")
+    ap.add_argument("--parts", nargs="*", choices=("fit_rows", "ratio", "shape"), default=None,
+                    help="--real: re-measure only these parts, keeping the others of OUT.json")
+    ap.add_argument("--real-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.fit_child is not None:
         fit_child(args.fit_child)
         return
+    if args.real_child is not None or args.real or args.real_quick:
+        from benchmarks import scoring_real  # run from the repository root (python -m benchmarks.scoring)
+
+        if args.real_child is not None:
+            print(json.dumps(scoring_real.run_child(json.loads(args.real_child))))
+        else:
+            doc = scoring_real.run_all(args.out, quick=args.real_quick, parts=args.parts)
+            print(scoring_real.markdown(doc))
+        return
     result = {"threads": torch.get_num_threads()}
     if not args.skip_scoring:
         result["scoring"] = bench_scoring(args)
     if args.fit_rows:
         result["fit_memory"] = bench_fit(args)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["children_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps(result, indent=2))
 
 

@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from saev_curate.core.devices import module_device
+from saev_curate.sae.chunks import encode_chunks, feature_max
 
 AGREEMENT_COLUMNS = ("score_content", "grounding", "pair_agreement", "answer_agreement", "answer_readout",
                      "token_readout_min", "answer_agreement_min")
@@ -114,10 +115,10 @@ def feature_thresholds(d_sae: int, delta: float, delta_rel: float | None, top_ac
 
 
 def batch_agreement(sae, weights, acts, template_ids: set[int], thresholds: Tensor, prompt_len: Tensor | None = None,
-                    resid: Tensor | None = None) -> dict[str, list]:
+                    resid: Tensor | None = None, image_max: Tensor | None = None) -> dict[str, list]:
     """:func:`agreement_scores` of a captured batch ``acts`` with ``weights`` (a ``CrossModalWeights``): its
     content tokens, or with ``prompt_len`` (rows shown with a response) the response's tokens and answer slot.
-    ``resid`` replaces ``acts.resid`` (e.g. cast to float)."""
+    ``resid`` replaces ``acts.resid`` (e.g. cast to float); ``image_max`` as in :func:`agreement_scores`."""
     content = content_mask(acts.input_ids, acts.image_mask, acts.text_mask, template_ids, acts.attention_mask,
                            prompt_len)
     slot = None if prompt_len is None else answer_slot(acts.attention_mask, prompt_len)
@@ -128,21 +129,24 @@ def batch_agreement(sae, weights, acts, template_ids: set[int], thresholds: Tens
     return agreement_scores(sae, weights.omega, acts.resid if resid is None else resid, acts.image_mask, content,
                             thresholds, weights.pairs, slot=slot, answer_pairs=weights.answer_pairs,
                             input_ids=acts.input_ids, answer_readout=weights.answer_readout,
-                            token_readout=weights.token_readout, token_index=token_index)
+                            token_readout=weights.token_readout, token_index=token_index, image_max=image_max)
 
 
 @torch.no_grad()
 def agreement_scores(sae, omega: Tensor, resid: Tensor, image_mask: Tensor, content: Tensor,
                      thresholds: Tensor, pairs=None, *, slot: Tensor | None = None, answer_pairs=None,
                      input_ids: Tensor | None = None, answer_readout=None, token_readout=None,
-                     token_index: Tensor | None = None) -> dict[str, list]:
+                     token_index: Tensor | None = None, image_max: Tensor | None = None) -> dict[str, list]:
     """The :data:`AGREEMENT_COLUMNS`, :data:`BLAME_COLUMNS` and ``error`` per row of a captured batch (see module
     doc).  ``token_index [B, T]`` numbers each position within its row's response (for the blame).
 
     Each npmi column needs its :class:`~saev_curate.curation.pairs.FeaturePairs` (``pairs``;
     ``answer_pairs`` also ``slot``, each row's answer-slot position) and is None without; ``answer_readout``
     (an :class:`~saev_curate.curation.readout.AnswerReadout`) needs ``slot`` and ``input_ids``, ``token_readout``
-    (the same class, fitted per response position) ``slot`` (response modes) and ``input_ids``."""
+    (the same class, fitted per response position) ``slot`` (response modes) and ``input_ids``.  ``image_max
+    [B, d_sae]``: each row's per-feature maximum over its image tokens when the caller has it already (the scorer
+    does), so the image tokens are not encoded twice.  Tokens are encoded in bounded chunks
+    (:mod:`saev_curate.sae.chunks`): memory does not grow with a row's token count x d_sae."""
     dev = module_device(sae)
     w = omega.to(dev, torch.float64)
     defined = ~torch.isnan(w)
@@ -157,35 +161,42 @@ def agreement_scores(sae, omega: Tensor, resid: Tensor, image_mask: Tensor, cont
             out["error"].append("no image tokens in the sequence" if img.shape[0] == 0 else
                                 "no content text tokens after the image (only template or special tokens)")
             continue
-        z_img = sae.encode(img.to(dev)).float()
-        z_txt = sae.encode(txt.to(dev)).float()
-        on_img = (z_img.amax(0) > thr) & defined
-        act_txt = (z_txt > thr) & defined
-        on_txt = act_txt.any(0)
-        out["score_content"].append(float(((on_txt & on_img).double() * w).sum()))
-        mass = (z_txt.double() * act_txt) @ w  # per content token: cross-modal mass
-        grounded = (z_txt.double() * (act_txt & on_img)) @ w
-        den = float(mass.sum())
-        out["grounding"].append(float(grounded.sum()) / den if den > 0 else 0.0)
-        out["pair_agreement"].append(None if pairs is None else pairs.agreement(z_txt.amax(0), z_img.amax(0)))
+        img_max = feature_max(sae, img) if image_max is None else image_max[b].to(dev, torch.float32)
+        on_img = (img_max > thr) & defined
+        txt_max, den, grounded, per_token = None, 0.0, 0.0, []
         z_slot = None if slot is None else sae.encode(resid[b, int(slot[b])][None].to(dev)).float()[0]
+        for _, z_txt in encode_chunks(sae, txt):  # content tokens in bounded chunks: per-token sums and maxima
+            z_txt = z_txt.float()
+            act_txt = (z_txt > thr) & defined
+            den += float(((z_txt.double() * act_txt) @ w).sum())  # per content token: cross-modal mass
+            grounded += float(((z_txt.double() * (act_txt & on_img)) @ w).sum())
+            m = z_txt.amax(0)
+            txt_max = m if txt_max is None else torch.maximum(txt_max, m)
+            if answer_pairs is not None and z_slot is not None:
+                per_token += [answer_pairs.agreement(z, z_slot) for z in z_txt]
+        on_txt = (txt_max > thr) & defined
+        out["score_content"].append(float(((on_txt & on_img).double() * w).sum()))
+        out["grounding"].append(grounded / den if den > 0 else 0.0)
+        out["pair_agreement"].append(None if pairs is None else pairs.agreement(txt_max, img_max))
         out["answer_agreement"].append(None if answer_pairs is None or z_slot is None
-                                       else answer_pairs.agreement(z_txt.amax(0), z_slot))
+                                       else answer_pairs.agreement(txt_max, z_slot))
         out["answer_readout"].append(None if answer_readout is None or z_slot is None or input_ids is None
                                      else answer_readout.readout(z_slot, input_ids[b][content[b]]))
-        per_token = [None if answer_pairs is None or z_slot is None else answer_pairs.agreement(z, z_slot)
-                     for z in z_txt]
         known = [v for v in per_token if v is not None]
         out["answer_agreement_min"].append(min(known) if known else None)
         blame = dict.fromkeys(("token_readout_min", *BLAME_COLUMNS))
         if token_readout is not None and z_slot is not None and input_ids is not None:
             ids = input_ids[b][content[b]]
-            z_before = sae.encode(resid[b][content[b].nonzero().flatten() - 1].to(dev)).float()
-            lift = torch.cat([token_readout.token_lift(z, t[None]) for z, t in zip(z_before, ids)])
-            j = int(lift.argmin())
-            against = [v["feature"] for v in sorted(token_readout.votes(z_before[j], int(ids[j])),
+            worst = None  # (lift, index, the code before that token): the first minimum
+            for s, z_before in encode_chunks(sae, resid[b][content[b].nonzero().flatten() - 1]):
+                for i, z in enumerate(z_before.float()):
+                    lift = float(token_readout.token_lift(z, ids[s + i][None])[0])
+                    if worst is None or lift < worst[0]:
+                        worst = (lift, s + i, z.clone())
+            _, j, z_j = worst
+            against = [v["feature"] for v in sorted(token_readout.votes(z_j, int(ids[j])),
                                                     key=lambda v: (v["log_ratio"], v["feature"])) if v["log_ratio"] < 0]
-            blame = {"token_readout_min": float(lift[j]), "blame_token_id": int(ids[j]),
+            blame = {"token_readout_min": worst[0], "blame_token_id": int(ids[j]),
                      "blame_token": None if token_index is None else int(token_index[b][content[b]][j]),
                      "blame_features": ",".join(map(str, against[:N_BLAME_FEATURES]))}
         for k, v in blame.items():

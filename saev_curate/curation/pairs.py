@@ -13,6 +13,11 @@ minority of the reference rows, so the pairs they form stay rare.
 A row's ``pair_agreement`` is the mean npmi over its (text feature, image feature) pairs, counting
 only features seen on at least ``min_count`` reference rows (an unseen pair of two known features
 counts as -1): "do the things this text says usually come with things like this image?".
+
+Counting is bounded (:class:`~saev_curate.curation.counting.KeyCounter`): exact while at most ``capacity``
+distinct pairs occur (always, for an SAE with d_sae^2 <= capacity); beyond, a lossy count whose worst
+undercount ``FeaturePairs.max_undercount`` says what it cost: a kept pair's count is low by at most that many
+rows, and a pair seen on at most that many rows may be missing (it then reads as never seen, -1).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from saev_curate.curation.counting import DEFAULT_CAPACITY, KeyCounter
 
 __all__ = ["FeaturePairs", "PairCounter"]
 
@@ -36,6 +43,7 @@ class FeaturePairs:
     n_rows: int
     delta: float  # "fires" = activation > delta
     min_count: int
+    max_undercount: int = 0  # 0: exact counts; else a lossy count's worst undercount (see the module doc)
 
     @property
     def d_sae(self) -> int:
@@ -58,60 +66,58 @@ class FeaturePairs:
         return float(self.matrix(a, b).double().mean())
 
     def summary(self) -> dict:
-        return {"n_rows": self.n_rows, "n_pairs": int(len(self.keys)), "delta": self.delta, "min_count": self.min_count,
-                "text_features": int((self.n_text >= self.min_count).sum()),
-                "image_features": int((self.n_image >= self.min_count).sum())}
+        out = {"n_rows": self.n_rows, "n_pairs": int(len(self.keys)), "delta": self.delta, "min_count": self.min_count,
+               "text_features": int((self.n_text >= self.min_count).sum()),
+               "image_features": int((self.n_image >= self.min_count).sum())}
+        if self.max_undercount:  # only when lossy: exact tables keep their old summaries (and fingerprints)
+            out["max_undercount"] = self.max_undercount
+        return out
 
 
 class PairCounter:
     """Accumulates per-row feature sets over reference rows; :meth:`result` turns counts into npmi.
 
-    Counts merge as they go: a row's pairs wait in a buffer of at most ``merge_every`` keys, then join the running
-    ``(distinct pair, count)`` table, so memory is the distinct pairs seen plus the buffer, not rows x pairs per row
-    (exact: the same counts as counting everything at the end)."""
+    Counts merge as they go (:class:`~saev_curate.curation.counting.KeyCounter`): a row's pairs wait in a buffer of
+    at most ``max(merge_every, half the table)`` keys (a row with more is cut into slices of its text features), then
+    join the running
+    ``(distinct pair, count)`` table, so memory is the distinct pairs kept plus the buffer, not rows x pairs per
+    row.  ``capacity`` caps the distinct pairs kept (None: no cap, exact at any size; the default is exact for
+    every SAE with d_sae^2 <= capacity, see the module doc for what a reached cap costs)."""
 
-    def __init__(self, d_sae: int, *, delta: float = 0.0, min_count: int = 5, merge_every: int = 1 << 22):
+    def __init__(self, d_sae: int, *, delta: float = 0.0, min_count: int = 5, merge_every: int = 1 << 22,
+                 capacity: int | None = DEFAULT_CAPACITY):
         self.d_sae, self.delta, self.min_count = d_sae, float(delta), int(min_count)
         self.merge_every = int(merge_every)
         self.n_text = torch.zeros(d_sae, dtype=torch.float64)
         self.n_image = torch.zeros(d_sae, dtype=torch.float64)
         self.n_rows = 0
-        self._keys = torch.zeros(0, dtype=torch.long)  # distinct pairs so far, sorted
-        self._counts = torch.zeros(0, dtype=torch.long)
-        self._pending: list[Tensor] = []
-        self._n_pending = 0
+        self._table = KeyCounter(capacity=capacity, merge_every=self.merge_every)
 
     @property
     def held_keys(self) -> int:
         """Pair keys held in memory now: the distinct pairs merged so far plus the buffer."""
-        return len(self._keys) + self._n_pending
+        return self._table.held
+
+    @property
+    def max_undercount(self) -> int:
+        """0 while the counts are exact; else the most any kept count may be low by (the lossy floor)."""
+        return self._table.max_undercount
 
     def observe(self, text_max: Tensor, image_max: Tensor) -> None:
         """One row: the maximum activation of every feature over its content tokens / image tokens."""
         a = (text_max.cpu() > self.delta).nonzero().flatten()
         b = (image_max.cpu() > self.delta).nonzero().flatten()
         self.n_rows += 1
+        self._table.max_count = self.n_rows  # a pair occurs at most once per row
         self.n_text[a] += 1
         self.n_image[b] += 1
         if len(a) and len(b):
-            keys = (a[:, None] * self.d_sae + b[None, :]).reshape(-1)
-            if self._n_pending + len(keys) > self.merge_every:
-                self._merge()
-            self._pending.append(keys)
-            self._n_pending += len(keys)
-
-    def _merge(self) -> None:
-        if not self._pending:
-            return
-        pending = torch.cat(self._pending)
-        keys, inverse = torch.unique(torch.cat([self._keys, pending]), return_inverse=True)
-        weights = torch.cat([self._counts, torch.ones(len(pending), dtype=torch.long)])
-        self._keys, self._counts = keys, torch.zeros(len(keys), dtype=torch.long).scatter_add_(0, inverse, weights)
-        self._pending, self._n_pending = [], 0
+            step = max(1, self._table.buffer_size // len(b))  # never materialise more than one buffer of a row's pairs
+            for s in range(0, len(a), step):
+                self._table.add((a[s:s + step, None] * self.d_sae + b[None, :]).reshape(-1))
 
     def result(self) -> FeaturePairs:
-        self._merge()
-        keys, counts = self._keys, self._counts
+        keys, counts = self._table.result()
         n = max(self.n_rows, 1)
         p_ab = counts.double() / n
         p_a = self.n_text[keys // self.d_sae] / n
@@ -120,4 +126,5 @@ class PairCounter:
         npmi = torch.where(p_ab >= 1.0, torch.ones_like(npmi), npmi)  # always together: log 1 / -log 1
         npmi = torch.nan_to_num(npmi, nan=1.0).clamp(-1.0, 1.0)
         return FeaturePairs(keys=keys, npmi=npmi.float(), n_text=self.n_text.float(), n_image=self.n_image.float(),
-                            n_rows=self.n_rows, delta=self.delta, min_count=self.min_count)
+                            n_rows=self.n_rows, delta=self.delta, min_count=self.min_count,
+                            max_undercount=self._table.max_undercount)

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from saev_curate.curation.counting import DEFAULT_CAPACITY, KeyCounter
+
 __all__ = ["AnswerReadout", "ReadoutCounter"]
 
 
@@ -48,6 +50,7 @@ class AnswerReadout:
     d_sae: int
     delta: float  # a slot feature "fires" above delta
     alpha: float  # add-alpha smoothing
+    max_undercount: int = 0  # 0: exact counts; else a lossy count's worst undercount (curation.counting)
 
     def log_posterior(self, slot_z: Tensor, tokens: Tensor) -> Tensor:
         """``log P(t | A)`` for each token id in ``tokens`` given the slot's SAE code ``slot_z`` ``[d_sae]``."""
@@ -114,37 +117,77 @@ class AnswerReadout:
         return sorted(out, key=lambda v: -abs(v["log_ratio"]))
 
     def summary(self) -> dict:
-        return {"n_rows": self.n_rows, "vocab": int(len(self.vocab)), "n_pairs": int(len(self.keys)),
-                "delta": self.delta, "alpha": self.alpha}
+        out = {"n_rows": self.n_rows, "vocab": int(len(self.vocab)), "n_pairs": int(len(self.keys)),
+               "delta": self.delta, "alpha": self.alpha}
+        if self.max_undercount:  # only when lossy: exact tables keep their old summaries (and fingerprints)
+            out["max_undercount"] = self.max_undercount
+        return out
+
+
+_TOKEN_BITS = 32  # running key = feature << 32 | token id (the vocabulary is known only at the end)
 
 
 class ReadoutCounter:
-    """Accumulates (slot features, response tokens) per reference row; :meth:`result` gives the read-out."""
+    """Accumulates (slot features, response tokens) per reference row; :meth:`result` gives the read-out.
 
-    def __init__(self, d_sae: int, *, delta: float = 1.0, alpha: float = 1.0):
+    Counts merge as they go (:class:`~saev_curate.curation.counting.KeyCounter`, keyed by (feature, token id)):
+    memory is the distinct (feature, token) pairs kept plus a buffer, not rows x pairs; exact unless more than
+    ``capacity`` distinct pairs occur (None: never capped)."""
+
+    def __init__(self, d_sae: int, *, delta: float = 1.0, alpha: float = 1.0, merge_every: int = 1 << 22,
+                 capacity: int | None = DEFAULT_CAPACITY):
         self.d_sae, self.delta, self.alpha = d_sae, float(delta), float(alpha)
         self.n_rows = 0
-        self._rows: list[tuple[Tensor, Tensor]] = []
+        self._n_slot = torch.zeros(d_sae, dtype=torch.float64)
+        self._n_token = torch.zeros(0, dtype=torch.float64)  # indexed by token id, grown on demand
+        self._table = KeyCounter(capacity=capacity, merge_every=merge_every)
 
     def observe(self, slot_z: Tensor, tokens: Tensor) -> None:
         """One row: its answer slot's SAE code ``[d_sae]`` and its response's content-token ids."""
         self.n_rows += 1
-        self._rows.append(((slot_z.cpu() > self.delta).nonzero().flatten(), tokens.cpu().long().unique()))
+        self._table.max_count = self.n_rows  # a (feature, token) pair occurs at most once per row
+        feats = (slot_z.cpu() > self.delta).nonzero().flatten()
+        tokens = tokens.cpu().long().unique()
+        if len(tokens):
+            self._grow(tokens)
+            self._n_token[tokens] += 1
+        self._n_slot[feats] += 1
+        if len(feats) and len(tokens):
+            self._table.add(((feats[:, None] << _TOKEN_BITS) | tokens[None, :]).reshape(-1))
+
+    def observe_each(self, z: Tensor, tokens: Tensor) -> None:
+        """Many rows of one token each at once: ``observe(z[i], tokens[i:i+1])`` for every i, with one threshold
+        and one key build for all (the token read-out observes every response position)."""
+        tokens = tokens.cpu().long().reshape(-1)
+        if len(tokens) != z.shape[0]:
+            raise ValueError(f"observe_each: {z.shape[0]} codes but {len(tokens)} tokens")
+        if not len(tokens):
+            return
+        self._grow(tokens)
+        self.n_rows += len(tokens)
+        self._table.max_count = self.n_rows
+        self._n_token.index_add_(0, tokens, torch.ones(len(tokens), dtype=torch.float64))
+        row, feats = (z.cpu() > self.delta).nonzero(as_tuple=True)
+        self._n_slot.index_add_(0, feats, torch.ones(len(feats), dtype=torch.float64))
+        if len(feats):
+            self._table.add((feats << _TOKEN_BITS) | tokens[row])
+
+    def _grow(self, tokens: Tensor) -> None:
+        if int(tokens.min()) < 0 or int(tokens.max()) >= 1 << _TOKEN_BITS:
+            raise ValueError(f"token ids must lie in [0, 2^{_TOKEN_BITS}), got {tokens.min()}..{tokens.max()}")
+        top = int(tokens.max()) + 1
+        if top > len(self._n_token):
+            grown = torch.zeros(max(top, 2 * len(self._n_token)), dtype=torch.float64)
+            grown[:len(self._n_token)] = self._n_token
+            self._n_token = grown
 
     def result(self) -> AnswerReadout:
-        toks = [t for _, t in self._rows]
-        vocab = torch.unique(torch.cat(toks)) if toks else torch.zeros(0, dtype=torch.long)
+        vocab = self._n_token.nonzero().flatten()  # sorted: the token ids of any reference response
         n_vocab = len(vocab)
-        n_token = torch.zeros(n_vocab, dtype=torch.float64)
-        n_slot = torch.zeros(self.d_sae, dtype=torch.float64)
-        keys: list[Tensor] = []
-        for feats, tokens in self._rows:
-            vi = torch.searchsorted(vocab, tokens)
-            n_token[vi] += 1
-            n_slot[feats] += 1
-            if len(feats) and len(vi):
-                keys.append((feats[:, None] * n_vocab + vi[None, :]).reshape(-1))
-        uk, counts = (torch.unique(torch.cat(keys), return_counts=True) if keys
-                      else (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)))
-        return AnswerReadout(vocab=vocab, n_token=n_token.float(), n_slot=n_slot.float(), keys=uk, counts=counts.float(),
-                             n_rows=self.n_rows, d_sae=self.d_sae, delta=self.delta, alpha=self.alpha)
+        keys, counts = self._table.result()
+        # (feature, token id) order = (feature, vocabulary index) order: the keys stay sorted
+        index = torch.searchsorted(vocab, keys & ((1 << _TOKEN_BITS) - 1))
+        keys = (keys >> _TOKEN_BITS) * n_vocab + index
+        return AnswerReadout(vocab=vocab, n_token=self._n_token[vocab].float(), n_slot=self._n_slot.float(),
+                             keys=keys, counts=counts.float(), n_rows=self.n_rows, d_sae=self.d_sae, delta=self.delta,
+                             alpha=self.alpha, max_undercount=self._table.max_undercount)

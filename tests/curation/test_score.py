@@ -134,13 +134,13 @@ def test_fingerprint_cache_hit_and_miss(saved, monkeypatch, tmp_path):
     import saev_curate.curation.scorers.saev as score_mod
 
     calls = {"n": 0}
-    real = score_mod.score_activations
+    real = score_mod.row_maxima
 
     def counting(*a, **k):
         calls["n"] += 1
         return real(*a, **k)
 
-    monkeypatch.setattr(score_mod, "score_activations", counting)
+    monkeypatch.setattr(score_mod, "row_maxima", counting)  # the encode of every scored batch
     assert Hasher.hash(_path_scorer(saved)) == Hasher.hash(_path_scorer(saved))  # deterministic
     ds = datasets.load_from_disk(str(saved["data"]))
     first = _path_scorer(saved).map(ds, batch_size=4)

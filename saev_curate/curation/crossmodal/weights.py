@@ -7,7 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor
@@ -16,6 +16,7 @@ from saev_curate.core.devices import module_device
 from saev_curate.core.errors import InputError
 from saev_curate.curation.agreement import answer_slot, content_mask, template_token_ids
 from saev_curate.curation.capture import CapturedBatches, reference_indices
+from saev_curate.curation.counting import DEFAULT_CAPACITY
 from saev_curate.curation.crossmodal.fitter import (
     CLASS_NAMES,
     CrossModalFitter,
@@ -26,6 +27,7 @@ from saev_curate.curation.crossmodal.fitter import (
 from saev_curate.curation.pairs import FeaturePairs, PairCounter
 from saev_curate.curation.readout import AnswerReadout, ReadoutCounter
 from saev_curate.io.fingerprint import model_identity, sae_fingerprint
+from saev_curate.sae.chunks import encode_chunks, segment_maxima
 from saev_curate.vlm.layers import resolve_sae_layer
 
 __all__ = ["CrossModalWeights"]
@@ -148,14 +150,16 @@ class CrossModalWeights:
                            "n_image": p.n_image.contiguous()}, str(path / file))
             elif (path / file).exists():
                 (path / file).unlink()
-            doc[name] = None if p is None else {"n_rows": p.n_rows, "delta": p.delta, "min_count": p.min_count}
+            doc[name] = None if p is None else {"n_rows": p.n_rows, "delta": p.delta, "min_count": p.min_count,
+                                                "max_undercount": p.max_undercount}
         for table, file in READOUT_TABLES.items():
             r = getattr(self, table)
             if r is not None:
                 save_file({name: getattr(r, name).contiguous() for name in READOUT_TENSORS}, str(path / file))
             elif (path / file).exists():
                 (path / file).unlink()
-            doc[table] = None if r is None else {"n_rows": r.n_rows, "delta": r.delta, "alpha": r.alpha}
+            doc[table] = None if r is None else {"n_rows": r.n_rows, "delta": r.delta, "alpha": r.alpha,
+                                                 "max_undercount": r.max_undercount}
         (path / "crossmodal_weights.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
         return path
 
@@ -200,7 +204,8 @@ class CrossModalWeights:
             pd = doc[name]
             tables[name] = FeaturePairs(keys=pt["keys"].long(), npmi=pt["npmi"].float(), n_text=pt["n_text"].float(),
                                         n_image=pt["n_image"].float(), n_rows=int(pd.get("n_rows", 0)),
-                                        delta=float(pd.get("delta", 0.0)), min_count=int(pd.get("min_count", 1)))
+                                        delta=float(pd.get("delta", 0.0)), min_count=int(pd.get("min_count", 1)),
+                                        max_undercount=int(pd.get("max_undercount", 0)))
         readouts: dict[str, AnswerReadout] = {}
         for table, file in READOUT_TABLES.items():
             if not isinstance(rd := doc.get(table), dict):
@@ -218,7 +223,8 @@ class CrossModalWeights:
             readouts[table] = AnswerReadout(vocab=rt["vocab"].long(), n_token=rt["n_token"].float(),
                                             n_slot=rt["n_slot"].float(), keys=rt["keys"].long(),
                                             counts=rt["counts"].float(), n_rows=int(rd.get("n_rows", 0)), d_sae=d,
-                                            delta=float(rd.get("delta", 1.0)), alpha=float(rd.get("alpha", 1.0)))
+                                            delta=float(rd.get("delta", 1.0)), alpha=float(rd.get("alpha", 1.0)),
+                                            max_undercount=int(rd.get("max_undercount", 0)))
         return cls(omega=t["omega"], classes=t["classes"], top_activation=t.get("top_activation"),
                    top_row=t.get("top_row"), top_position=t.get("top_position"),
                    top_is_image=None if top_img is None else top_img.bool(), meta=doc.get("meta", {}),
@@ -270,9 +276,7 @@ class CrossModalWeights:
                 raise InputError("fit_activations: row_ids must increase strictly across batches "
                                  "(they order tokens for the deterministic tie rule)")
             last_row = max(ids, default=last_row)
-            _observe_batch(fitter, sae, b)
-            if pairs is not None:
-                _count_pairs(pairs, sae, b, template_ids or set(), prompt_lens)
+            _observe_batch(fitter, sae, b, pairs, template_ids or set(), prompt_lens)
         needed = fitter.needed_rows
         second = batches.iter_rows_subset(needed) if hasattr(batches, "iter_rows_subset") else batches
         for b in second:
@@ -287,7 +291,8 @@ class CrossModalWeights:
             top_tokens_per_feature: int = 30, tokens_per_modality: int = 5, min_activation: float = 0.0,
             max_length: int | None = None, exclude_special_tokens: bool = False, progress: bool = False,
             min_usable_share: float | None = None, pairs: bool = True, pair_delta: float = 0.0,
-            pair_min_count: int = 5, readout_delta: float = 1.0, readout_alpha: float = 1.0) -> "CrossModalWeights":
+            pair_min_count: int = 5, readout_delta: float = 1.0, readout_alpha: float = 1.0,
+            pair_capacity: int | None = DEFAULT_CAPACITY) -> "CrossModalWeights":
         """Fit ω on ``n_reference`` rows of ``dataset`` sampled with ``seed`` (all rows if None or more).
 
         Rows are fed as image + prompt only (``prepare_batch(mode="prompt")``).  Rows the processor
@@ -302,6 +307,9 @@ class CrossModalWeights:
         read-out's (answer-slot feature > ``readout_delta``, response token) counts and the token read-out's
         (feature > ``readout_delta`` at a response position, the token said next) counts in a third pass over the
         rows shown with their chosen response (:mod:`saev_curate.curation.readout`; ``readout_alpha`` smooths).
+        ``pair_capacity`` caps the distinct pairs each of these tables keeps (:mod:`saev_curate.curation.counting`:
+        exact below it, a lossy count with a stated worst undercount beyond; None: never capped).  Every token
+        is encoded once per pass, in chunks of bounded size (:mod:`saev_curate.sae.chunks`).
         """
         from saev_curate.core.row_errors import check_usable
 
@@ -322,7 +330,8 @@ class CrossModalWeights:
         if not indices:
             raise InputError("the reference dataset has no rows; fit the weights on at least a few hundred rows "
                              "with images and text")
-        counter = (lambda: PairCounter(int(sae.cfg.d_sae), delta=pair_delta, min_count=pair_min_count)) if pairs else None
+        counter = ((lambda: PairCounter(int(sae.cfg.d_sae), delta=pair_delta, min_count=pair_min_count,
+                                        capacity=pair_capacity)) if pairs else None)
         template_ids = template_token_ids(processor) if pairs else None
         prompt_lens: dict[int, int] = {}
         try:
@@ -341,8 +350,8 @@ class CrossModalWeights:
         out.meta["skipped_examples"] = source.skipped_examples
         if counter is not None and _has_responses(dataset, indices):
             answers = counter()
-            readout, per_token = (ReadoutCounter(int(sae.cfg.d_sae), delta=readout_delta, alpha=readout_alpha)
-                                  for _ in range(2))
+            readout, per_token = (ReadoutCounter(int(sae.cfg.d_sae), delta=readout_delta, alpha=readout_alpha,
+                                                 capacity=pair_capacity) for _ in range(2))
             for b in CapturedBatches(model, processor, dataset, indices, layer_index, batch_size=batch_size,
                                      max_length=max_length, exclude_special_tokens=exclude_special_tokens,
                                      progress=progress, mode="chosen"):
@@ -355,12 +364,7 @@ class CrossModalWeights:
 # ---------------------------------------------------------------------------------------------
 # Feeding captured batches to the fitter
 
-
-def _encode_chunks(sae, resid: Tensor, chunk: int = 4096) -> Iterator[tuple[int, Tensor]]:
-    dev = module_device(sae)
-    for s in range(0, resid.shape[0], chunk):
-        with torch.no_grad():
-            yield s, sae.encode(resid[s:s + chunk].to(dev))
+FIT_CHUNK = 4096  # at most this many tokens per encoded chunk (fewer at a large d_sae: sae.chunks' budget)
 
 
 def _batch_tokens(b: dict[str, Any]) -> tuple[TokenBatch, Tensor, Tensor]:
@@ -370,11 +374,36 @@ def _batch_tokens(b: dict[str, Any]) -> tuple[TokenBatch, Tensor, Tensor]:
     return tb, keys, row_ids
 
 
-def _observe_batch(fitter: CrossModalFitter, sae, b: dict[str, Any]) -> None:
+def _observe_batch(fitter: CrossModalFitter, sae, b: dict[str, Any], pairs: PairCounter | None = None,
+                   template_ids: set[int] | None = None, prompt_lens: dict[int, int] | None = None) -> None:
+    """Pass 1 on one batch: every token encoded once (in bounded chunks) feeds the fitter and, with ``pairs``,
+    the per-row maxima over content tokens and over image tokens that the pair counter takes."""
     tb, keys, row_ids = _batch_tokens(b)
-    for s, z in _encode_chunks(sae, tb.resid):
+
+    def feed(s: int, z: Tensor) -> None:
         n = z.shape[0]
         fitter.observe(z, tb.is_image[s:s + n], keys[s:s + n], row_ids[s:s + n])
+
+    if pairs is None:
+        for s, z in encode_chunks(sae, tb.resid, max_tokens=FIT_CHUNK):
+            feed(s, z)
+        return
+    if "input_ids" not in b:
+        raise InputError("counting feature pairs needs input_ids in every captured batch")
+    am = b.get("attention_mask")
+    am = torch.ones_like(b["input_ids"]) if am is None else am
+    content = content_mask(b["input_ids"], b["image_mask"], b["text_mask"], template_ids or set(), am)
+    rows, cols = (b["image_mask"].bool() | b["text_mask"].bool()).nonzero(as_tuple=True)  # flatten_tokens' order
+    n_rows = int(b["resid"].shape[0])
+    # row j: content tokens -> segment 2j, image tokens -> 2j + 1, other text -> 2 n_rows (not used)
+    segment = torch.where(tb.is_image, 2 * tb.row + 1,
+                          torch.where(content[rows, cols].to(tb.row.device), 2 * tb.row, torch.full_like(tb.row, 2 * n_rows)))
+    maxima, _, tokens = segment_maxima(sae, tb.resid, segment, 2 * n_rows + 1, max_tokens=FIT_CHUNK, each=feed)
+    for j in range(n_rows):
+        if prompt_lens is not None:
+            prompt_lens[int(b["row_ids"][j])] = int(am[j].sum())
+        if tokens[2 * j] > 0 and tokens[2 * j + 1] > 0:
+            pairs.observe(maxima[2 * j], maxima[2 * j + 1])
 
 
 def _has_responses(dataset, indices: list[int]) -> bool:
@@ -384,23 +413,6 @@ def _has_responses(dataset, indices: list[int]) -> bool:
     for _, row in iter_rows(dataset, indices[:1]):
         return isinstance(row, dict) and row.get("chosen") is not None
     return False
-
-
-@torch.no_grad()
-def _count_pairs(counter: PairCounter, sae, b: dict[str, Any], template_ids: set[int],
-                 prompt_lens: dict[int, int] | None = None) -> None:
-    if "input_ids" not in b:
-        raise InputError("counting feature pairs needs input_ids in every captured batch")
-    am = b.get("attention_mask")
-    am = torch.ones_like(b["input_ids"]) if am is None else am
-    content = content_mask(b["input_ids"], b["image_mask"], b["text_mask"], template_ids, am)
-    dev = module_device(sae)
-    for j in range(b["resid"].shape[0]):
-        if prompt_lens is not None:
-            prompt_lens[int(b["row_ids"][j])] = int(am[j].sum())
-        img, txt = b["resid"][j][b["image_mask"][j]], b["resid"][j][content[j]]
-        if img.shape[0] and txt.shape[0]:
-            counter.observe(sae.encode(txt.to(dev)).amax(0), sae.encode(img.to(dev)).amax(0))
 
 
 @torch.no_grad()
@@ -417,17 +429,36 @@ def _count_answers(counter: PairCounter, readout: ReadoutCounter, per_token: Rea
     plen = torch.tensor([prompt_lens.get(int(r), 1 << 30) for r in b["row_ids"]])
     response = content_mask(b["input_ids"], b["image_mask"], b["text_mask"], template_ids, am, plen)
     slot = answer_slot(am, plen)
-    dev = module_device(sae)
-    for j in known:
-        txt = b["resid"][j][response[j]]
-        if txt.shape[0] and bool(b["image_mask"][j].any()):  # as the scorer: rows without image tokens have no score
-            slot_z = sae.encode(b["resid"][j, int(slot[j])][None].to(dev))[0]
-            counter.observe(sae.encode(txt.to(dev)).amax(0), slot_z)
-            ids = b["input_ids"][j][response[j]]
-            readout.observe(slot_z, ids)
-            before = sae.encode(b["resid"][j][response[j].nonzero().flatten() - 1].to(dev))
-            for z, t in zip(before, ids):
-                per_token.observe(z, t[None])
+    rows = [j for j in known if bool(response[j].any()) and bool(b["image_mask"][j].any())]  # as the scorer
+    if not rows:
+        return
+    # one encode of every needed token of the batch (slots, response tokens, the tokens before them): an encode
+    # reads all of W_enc, so per-row calls would cost a weight read each
+    positions = [response[j].nonzero().flatten().cpu() for j in rows]
+    counts = [len(p) for p in positions]
+    n_rows, n_resp = len(rows), sum(counts)
+    owner = torch.repeat_interleave(torch.tensor(rows), torch.tensor(counts))
+    where = torch.cat(positions)
+    resid = b["resid"]
+    x = torch.cat([resid[torch.tensor(rows), slot.cpu()[rows]], resid[owner, where], resid[owner, where - 1]])
+    segment = torch.cat([torch.full((n_rows,), n_rows), torch.repeat_interleave(torch.arange(n_rows), torch.tensor(counts)),
+                         torch.full((n_resp,), n_rows)])  # response tokens: their row's segment; the rest a spare one
+    ids = torch.cat([b["input_ids"][j][response[j]].cpu() for j in rows])
+    slot_z = torch.zeros(n_rows, int(sae.cfg.d_sae), device=module_device(sae))
+
+    def each(start: int, z: Tensor) -> None:
+        end = start + z.shape[0]
+        if start < n_rows:
+            slot_z[start:min(end, n_rows)] = z[:min(end, n_rows) - start]
+        first = max(start, n_rows + n_resp)  # the features before each response token, that token
+        if first < end:
+            per_token.observe_each(z[first - start:], ids[first - n_rows - n_resp:end - n_rows - n_resp])
+
+    maxima, _, _ = segment_maxima(sae, x, segment, n_rows + 1, each=each)
+    offsets = [0, *torch.tensor(counts).cumsum(0).tolist()]
+    for r in range(n_rows):
+        counter.observe(maxima[r], slot_z[r])
+        readout.observe(slot_z[r], ids[offsets[r]:offsets[r + 1]])
 
 
 def _accumulate_batch(fitter: CrossModalFitter, b: dict[str, Any]) -> None:

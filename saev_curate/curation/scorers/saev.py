@@ -54,7 +54,7 @@ The core, :func:`score_activations`, is a pure function of captured tensors and 
 from __future__ import annotations
 
 import math
-import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -75,9 +75,11 @@ from saev_curate.curation.crossmodal import CLASS_NAMES, CrossModalWeights, flat
 from saev_curate.curation.methods import data_shape
 from saev_curate.curation.scorers.base import Scorer
 from saev_curate.io.fingerprint import module_fingerprint, processor_fingerprint, sae_fingerprint
+from saev_curate.sae.chunks import chunk_tokens, segment_maxima
 from saev_curate.vlm.layers import resolve_sae_layer
 
-__all__ = ["Reconstruction", "SaevScorer", "saev_columns", "score_activations", "shows_responses"]
+__all__ = ["Reconstruction", "RowMaxima", "SaevScorer", "row_maxima", "saev_columns", "score_activations",
+           "score_maxima", "shows_responses"]
 
 BASE_COLUMNS = ("score", "score_mean", "cooccur_l0", "l0", "l0_image", "l0_text", "score_content", "grounding",
                 "pair_agreement")
@@ -92,36 +94,56 @@ CONTROL_COLUMNS = ("score_control", "grounding_control", "grounding_vs_control")
 # The pure core
 
 
+@dataclass
+class RowMaxima:
+    """Per row of a captured batch: each feature's maximum activation over its text / image tokens (``[B, d_sae]``,
+    -inf where the row has no such token), its text / image token counts and their summed active-feature counts."""
+
+    text_max: Tensor
+    image_max: Tensor
+    n_text: Tensor  # [B] float64
+    n_image: Tensor
+    active_text: Tensor  # [B] float64: sum over the row's text tokens of their number of active (> 0) features
+    active_image: Tensor
+
+
+@torch.no_grad()
+def row_maxima(sae, resid: Tensor, image_mask: Tensor, text_mask: Tensor, attention_mask: Tensor | None = None, *,
+               chunk_tokens: int | None = 8192) -> RowMaxima:
+    """Encode every image and text token of ``resid [B, T, d_in]`` once, in chunks of at most ``chunk_tokens``
+    tokens and :data:`~saev_curate.sae.chunks.ENCODE_BUDGET` code entries, reducing to :class:`RowMaxima` as it
+    goes: memory is one chunk's code plus ``[2B, d_sae]``, whatever the rows' token counts."""
+    B = int(resid.shape[0])
+    tb = flatten_tokens(resid, image_mask, text_mask, attention_mask)
+    seg = tb.row * 2 + tb.is_image.long()  # row b: text segment 2b, image segment 2b+1
+    maxes, n_act, n_tok = segment_maxima(sae, tb.resid, seg, 2 * B, max_tokens=chunk_tokens)
+    return RowMaxima(text_max=maxes[0::2], image_max=maxes[1::2], n_text=n_tok[0::2], n_image=n_tok[1::2],
+                     active_text=n_act[0::2], active_image=n_act[1::2])
+
+
 @torch.no_grad()
 def score_activations(sae, omega: Tensor, resid: Tensor, image_mask: Tensor, text_mask: Tensor,
                       attention_mask: Tensor | None = None, *, delta: float = 1.0,
-                      feature_set: str = "cooccur", chunk_tokens: int = 8192) -> dict[str, Any]:
+                      feature_set: str = "cooccur", chunk_tokens: int | None = 8192) -> dict[str, Any]:
     """Stage-3 scores of every row of a captured batch ``resid [B, T, d_in]``.
 
     Returns a dict of python lists (one value per row): ``score``, ``score_mean``, ``cooccur_l0``,
     ``l0``, ``l0_image``, ``l0_text`` and ``error`` (None, or why the row has no score: then its
-    other values are None).
+    other values are None).  Tokens are encoded in bounded chunks (:func:`row_maxima`).
     """
     if feature_set not in FEATURE_SETS:
         raise InputError(f"feature_set={feature_set!r}; use one of {', '.join(FEATURE_SETS)}")
-    B = int(resid.shape[0])
-    dev = module_device(sae)
-    d_sae = int(omega.shape[0])
-    tb = flatten_tokens(resid, image_mask, text_mask, attention_mask)
-    seg = (tb.row * 2 + tb.is_image.long()).to(dev)  # row b: text segment 2b, image segment 2b+1
-    maxes = torch.full((2 * B, d_sae), -math.inf, dtype=torch.float32, device=dev)
-    n_tok = torch.zeros(2 * B, dtype=torch.float64, device=dev)
-    n_act = torch.zeros(2 * B, dtype=torch.float64, device=dev)
-    for s in range(0, tb.resid.shape[0], chunk_tokens):
-        z = sae.encode(tb.resid[s:s + chunk_tokens].to(dev)).float()
-        sg = seg[s:s + chunk_tokens]
-        with warnings.catch_warnings():  # "index_reduce() is in beta"
-            warnings.simplefilter("ignore", UserWarning)
-            maxes.index_reduce_(0, sg, z, "amax", include_self=True)
-        n_act.index_add_(0, sg, (z > 0).float().sum(-1).double())  # float sum: 4x faster than bool sum on CPU
-        n_tok.index_add_(0, sg, torch.ones_like(sg, dtype=torch.float64))
-    text_max, image_max = maxes[0::2], maxes[1::2]
-    n_text, n_image = n_tok[0::2], n_tok[1::2]
+    return score_maxima(row_maxima(sae, resid, image_mask, text_mask, attention_mask, chunk_tokens=chunk_tokens),
+                        omega, delta=delta, feature_set=feature_set)
+
+
+def score_maxima(m: RowMaxima, omega: Tensor, *, delta: float = 1.0, feature_set: str = "cooccur") -> dict[str, Any]:
+    """:func:`score_activations`' columns from rows' :class:`RowMaxima` (the part after the encode)."""
+    if feature_set not in FEATURE_SETS:
+        raise InputError(f"feature_set={feature_set!r}; use one of {', '.join(FEATURE_SETS)}")
+    B = int(m.text_max.shape[0])
+    dev = m.text_max.device
+    text_max, image_max, n_text, n_image = m.text_max, m.image_max, m.n_text, m.n_image
     cooccur = (text_max > delta) & (image_max > delta)
     x = torch.maximum(text_max, image_max)
     chosen = cooccur if feature_set == "cooccur" else x > delta
@@ -133,9 +155,9 @@ def score_activations(sae, omega: Tensor, resid: Tensor, image_mask: Tensor, tex
     xw = use * x.double().clamp_min(0)
     denom = xw.sum(-1)
     score_mean = torch.where(denom > 0, (xw @ w) / denom.clamp_min(1e-300), torch.zeros_like(denom))
-    l0_text = n_act[0::2] / n_text.clamp_min(1)
-    l0_image = n_act[1::2] / n_image.clamp_min(1)
-    l0 = (n_act[0::2] + n_act[1::2]) / (n_text + n_image).clamp_min(1)
+    l0_text = m.active_text / n_text.clamp_min(1)
+    l0_image = m.active_image / n_image.clamp_min(1)
+    l0 = (m.active_text + m.active_image) / (n_text + n_image).clamp_min(1)
     cols = {"score": score.tolist(), "score_mean": score_mean.tolist(), "cooccur_l0": cooccur.sum(-1).tolist(),
             "l0": l0.tolist(), "l0_image": l0_image.tolist(), "l0_text": l0_text.tolist()}
     errors: list[str | None] = [None] * B
@@ -297,16 +319,15 @@ class SaevScorer(Scorer):
         out["error"] = list(errors)
         if acts is None:
             return out
-        cols = score_activations(sae, weights.omega, acts.resid, acts.image_mask, acts.text_mask,
-                                 acts.attention_mask, delta=self.settings["delta"],
-                                 feature_set=self.settings["feature_set"])
+        maxima = row_maxima(sae, acts.resid, acts.image_mask, acts.text_mask, acts.attention_mask)
+        cols = score_maxima(maxima, weights.omega, delta=self.settings["delta"], feature_set=self.settings["feature_set"])
         if mode == "prompt" and self.reconstruction is not None:
             self.reconstruction.add(sae, acts.resid[acts.image_mask | acts.text_mask])
         template_ids, thresholds = self._agreement_setup()
         skip = None
         if prompt_lens is not None:
             skip = torch.tensor([prompt_lens[i] if prompt_lens[i] is not None else 1 << 30 for i in kept])
-        agree = batch_agreement(sae, weights, acts, template_ids, thresholds, skip)
+        agree = batch_agreement(sae, weights, acts, template_ids, thresholds, skip, image_max=maxima.image_max)
         cols.update({k: agree[k] for k in (*AGREEMENT_COLUMNS, *BLAME_COLUMNS)})
         cols["n_tokens"] = acts.attention_mask.sum(1).tolist()
         for j, i in enumerate(kept):
@@ -363,12 +384,10 @@ class SaevScorer(Scorer):
                                           exclude_special_tokens=self.settings["exclude_special_tokens"])
         if acts is None:
             raise InputError(f"this row cannot be scored: {errors[0]}")
-        valid = acts.image_mask[0] | acts.text_mask[0]
-        z = sae.encode(acts.resid[0][valid].to(module_device(sae))).float().cpu()
-        is_img = acts.image_mask[0][valid].cpu()
-        if not bool(is_img.any()) or bool(is_img.all()):
+        m = row_maxima(sae, acts.resid, acts.image_mask, acts.text_mask, acts.attention_mask)
+        if not (m.n_image[0] > 0 and m.n_text[0] > 0):
             raise InputError("this row has no image tokens or no text tokens")
-        tmax, imax = z[~is_img].max(0).values, z[is_img].max(0).values
+        tmax, imax = m.text_max[0].cpu(), m.image_max[0].cpu()
         delta = self.settings["delta"]
         feats = ((tmax > delta) & (imax > delta)).nonzero(as_tuple=True)[0].tolist()
         out = []
@@ -387,6 +406,7 @@ class Reconstruction:
     """Running explained variance of an SAE on the tokens it is shown (``1 - SSE / SST`` over all of them)."""
 
     def __init__(self, chunk: int = 4096):
+        """``chunk``: at most this many tokens per encode (fewer at a large d_sae: :mod:`saev_curate.sae.chunks`)."""
         self.sse, self.n, self.chunk = 0.0, 0, chunk
         self.x_sum: Tensor | None = None
         self.x_sq: Tensor | None = None
@@ -394,8 +414,9 @@ class Reconstruction:
     @torch.no_grad()
     def add(self, sae, x: Tensor) -> None:
         x = x.float().to(module_device(sae))
-        for c in range(0, x.shape[0], self.chunk):
-            xc = x[c:c + self.chunk]
+        step = chunk_tokens(int(sae.cfg.d_sae), self.chunk)
+        for c in range(0, x.shape[0], step):
+            xc = x[c:c + step]
             self.sse += float(((sae.decode(sae.encode(xc)).float() - xc) ** 2).sum())
             xs, xq = xc.double().sum(0), (xc.double() ** 2).sum(0)
             self.x_sum = xs if self.x_sum is None else self.x_sum + xs
