@@ -75,13 +75,13 @@ def test_shuffle_buffer_is_a_bounded_permutation_that_mixes():
 def test_cache_round_trip_and_exact_resume(setup, tmp_path):
     model, processor, rows = setup
     stream = ActivationStream(model, processor, rows, StreamConfig(layer=2, model_batch_size=3))
-    cache = ActivationCache.write(stream, tmp_path / "cache", shard_tokens=100, progress=False,
+    cache = ActivationCache.write(stream, tmp_path / "cache", shard_rows=3, progress=False,
                                   metadata={"model": "tiny"})
     direct = torch.cat([v for v, _ in stream.chunks(0)])
     stored, tags = cache.all()
     assert torch.equal(stored, direct) and cache.n_tokens == len(direct) and len(cache.shards) > 3
     assert cache.meta["model"] == "tiny" and cache.meta["layer"] == 2
-    cache = ActivationCache(tmp_path / "cache", shards_in_memory=2)
+    cache = ActivationCache(tmp_path / "cache", pool_tokens=150)
     full = list(itertools.islice(cache.iter_batches(32, seed=1), 40))  # > 1 epoch
     resumed = list(itertools.islice(cache.iter_batches(32, seed=1, start_step=17), 23))
     for a, b in zip(full[17:], resumed):
