@@ -87,10 +87,12 @@ def _train(args: argparse.Namespace) -> int:
         from saev_curate.core.errors import InputError
 
         raise InputError(f"train-sae: {exc}; `saev-curate train-sae --help` lists every option") from None
+    from saev_curate.core.processes import process_rank
     from saev_curate.sae.training.pipeline import train_sae
 
     sae = train_sae(config)
-    print(f"saved {sae} to {config.output_dir}")
+    if process_rank()[0] == 0:  # process 0 reports for all
+        print(f"saved {sae} to {config.output_dir}")
     return 0
 
 

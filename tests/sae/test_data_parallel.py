@@ -54,31 +54,40 @@ def test_two_processes_write_the_one_process_cache_shard_for_shard_and_a_rerun_s
     root, model, data = local_files
     single, multi = root / "cache-1", root / "cache-2"
     assert main(cache_args(model, data, str(single))) == 0
-    torchrun(*cache_args(model, data, str(multi)))
+    one = json.loads((single / "cache.json").read_text())
+    assert one["world_size"] == 1 and len(one["shards"]) == 5  # 18 rows in shards of 4
+    assert list(one["row_errors"]) == ["7"]
+    sizes = [s["n"] for s in one["shards"]]
+    # two processes, stopped by --max-tokens half-way through shard 3: shards 0-3 (two rounds of two), the last cut
+    limit = sum(sizes[:3]) + sizes[3] // 2
+    multi_args = [*cache_args(model, data, str(multi)), "--max-tokens", str(limit)]
+    torchrun(*multi_args)
 
-    one, two = (json.loads((p / "cache.json").read_text()) for p in (single, multi))
-    assert one["world_size"] == 1 and two["world_size"] == 2
-    assert len(one["shards"]) == 5  # 18 rows in shards of 4
-    assert [s["n"] for s in two["shards"]] == [s["n"] for s in one["shards"]]
-    assert two["row_errors"] == one["row_errors"] and list(one["row_errors"]) == ["7"]
-    for s in one["shards"]:
+    two = json.loads((multi / "cache.json").read_text())
+    assert two["world_size"] == 2 and two["n_tokens"] == limit
+    assert [s["n"] for s in two["shards"]] == [*sizes[:3], sizes[3] // 2]
+    assert set(two["row_errors"]) <= {"7"}
+    for s in two["shards"]:
         a, b = load_file(str(single / s["file"])), load_file(str(multi / s["file"]))
-        assert torch.equal(a["is_image"], b["is_image"]), s["file"]
+        n = s["n"]
+        assert torch.equal(a["is_image"][:n], b["is_image"]), s["file"]
         # the same rows in the same model batches on the same CPU kernels: the same floats
-        assert torch.equal(a["activations"], b["activations"]), s["file"]
+        assert torch.equal(a["activations"][:n], b["activations"]), s["file"]
+    assert not (multi / "shard_00004.safetensors").exists()
 
     # a run killed before its index was written, one shard lost: the rerun (here in one process) writes that
     # shard only and ends with the same cache
-    kept = {s["file"]: (multi / s["file"]).stat().st_mtime_ns for s in one["shards"] if s["file"] != "shard_00002.safetensors"}
+    kept = {s["file"]: (multi / s["file"]).stat().st_mtime_ns for s in two["shards"] if s["file"] != "shard_00002.safetensors"}
     (multi / "cache.json").unlink()
     (multi / "shard_00002.safetensors").unlink()
-    assert main(cache_args(model, data, str(multi))) == 0
+    assert main(multi_args) == 0
     assert {f: (multi / f).stat().st_mtime_ns for f in kept} == kept
     assert torch.equal(load_file(str(multi / "shard_00002.safetensors"))["activations"],
                        load_file(str(single / "shard_00002.safetensors"))["activations"])
-    assert main(cache_args(model, data, str(multi))) == 0  # finished: nothing to do
+    assert json.loads((multi / "cache.json").read_text())["shards"] == two["shards"]
+    assert main(multi_args) == 0  # finished: nothing to do
     with pytest.raises(InputError, match="other settings"):
-        main([*cache_args(model, data, str(multi)), "--layer", "1", "--traceback"])
+        main([*multi_args, "--layer", "1", "--traceback"])
 
 
 def train_args(model, data, cache, out, batch_size=48):

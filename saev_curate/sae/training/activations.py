@@ -376,7 +376,8 @@ def _write_shards(stream: ActivationStream, path: Path, procs, *, shard_rows: in
         stream.check_rows()
     if not n_tokens:
         raise InputError("no activations were produced: the rows hold no image or text tokens")
-    stream._warn_errors()
+    if procs.main:
+        stream._warn_errors()
     from saev_curate.core.row_errors import summary
 
     if procs.main:
