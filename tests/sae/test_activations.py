@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+from saev_curate.core.errors import InputError
 from saev_curate.sae.training.activations import ActivationCache, ActivationStream, StreamConfig, shuffle_buffer
 from saev_curate.vlm.capture import capture_activations
 from saev_curate.vlm.rows import prepare_batch
@@ -114,3 +115,12 @@ def test_bad_rows_are_listed_and_the_rest_used(setup, images):
         chunks = list(stream.chunks(0))
     assert list(stream.row_errors) == [4]
     assert sum(len(v) for v, _ in chunks) > 0
+
+
+def test_cache_refuses_shards_it_has_no_record_of(setup, tmp_path):
+    model, processor, rows = setup
+    stream = ActivationStream(model, processor, rows, StreamConfig(layer=2, model_batch_size=3))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "shard_00000.safetensors").write_bytes(b"from an earlier version")
+    with pytest.raises(InputError, match="no record of their settings"):
+        ActivationCache.write(stream, tmp_path / "cache", shard_rows=3, progress=False)

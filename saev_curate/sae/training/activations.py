@@ -319,19 +319,21 @@ def _write_shards(stream: ActivationStream, path: Path, procs, *, shard_rows: in
     fix = f"delete {path} to write it again, or write this cache to another folder"
 
     def changed(old: dict) -> str:
-        return ", ".join(k for k in plan if old.get(k) != plan[k]) or "written by an earlier version"
+        if not old:
+            return "no record of their settings: written by an earlier version"
+        return ", ".join(k for k in plan if old.get(k) != plan[k]) + " changed"
 
     # every process decides from the same files before any of them writes, so all go on or all stop
     if (path / _META).is_file():
         old = read_json_object(path / _META, fix=fix).get("plan", {})
         if old == plan:
             return ActivationCache(path)
-        raise InputError(f"{path} holds a finished activation cache of other settings ({changed(old)} changed); {fix}")
-    if (path / _PLAN).is_file() and any(path.glob("shard_*.safetensors")):
-        old = read_json_object(path / _PLAN, fix=fix)
+        raise InputError(f"{path} holds a finished activation cache of other settings ({changed(old)}); {fix}")
+    if any(path.glob("shard_*.safetensors")):
+        old = read_json_object(path / _PLAN, fix=fix) if (path / _PLAN).is_file() else {}
         if old != plan:
-            raise InputError(f"{path} holds unfinished activation shards of other settings ({changed(old)} "
-                             f"changed); {fix}")
+            raise InputError(f"{path} holds unfinished activation shards of other settings ({changed(old)}); "
+                             f"{fix}")
     procs.barrier()
     if procs.main:
         path.mkdir(parents=True, exist_ok=True)
