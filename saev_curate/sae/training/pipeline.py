@@ -70,9 +70,10 @@ def _train_sae(config: SaevTrainConfig, procs: Processes, model, processor, data
     if state == "done":
         from saev_curate.sae.io import load_sae
 
-        print(f"saev-curate: {config.output_dir} already holds the finished SAE of this run (same model, layer, "
-              f"dataset and SAE settings, {config.total_steps} steps): nothing to do. To train it again, delete "
-              f"{config.output_dir} or pass another --output_dir", file=sys.stderr)
+        if procs.main:
+            print(f"saev-curate: {config.output_dir} already holds the finished SAE of this run (same model, layer, "
+                  f"dataset and SAE settings, {config.total_steps} steps): nothing to do. To train it again, delete "
+                  f"{config.output_dir} or pass another --output_dir", file=sys.stderr)
         return load_sae(config.output_dir, device=config.device)
     procs.barrier()  # every process has read the output folder before process 0 writes to it
     if procs.main:
