@@ -389,8 +389,7 @@ def _write_shards(stream: ActivationStream, path: Path, procs, *, shard_rows: in
             "n_tokens": n_tokens, "n_image": sum(x["n_image"] for x in shards), "shards": shards,
             "rows": n_rows, "row_errors": {str(k): v for k, v in sorted(errors.items())}, "world_size": procs.world,
             "plan": plan, **metadata,
-        })  # the cache counts as written only once this file exists
-        (path / _PLAN).unlink(missing_ok=True)
+        })  # the cache counts as written only once this file exists; plan.json stays: the shards' settings
     procs.barrier()
     return ActivationCache(path)
 
