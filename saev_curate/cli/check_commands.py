@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _check(args) -> int:
     from saev_curate.cli.common import load_rows
-    from saev_curate.curation.sharded import process_rank
+    from saev_curate.core.processes import process_device, process_rank
     from saev_curate.io.datasets import check_distinct_output, check_output_path
     from saev_curate.jobs.check import check
 
@@ -64,12 +64,8 @@ def _check(args) -> int:
         raise InputError("--data: give your dataset (or leave --model out to check the embedded testbed)")
     if args.data is not None:
         ds = load_rows(args.data)
-    rank, world, local = process_rank()
-    device = args.device
-    if device is None:
-        import torch
-
-        device = f"cuda:{local % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+    rank, world, _ = process_rank()
+    device = process_device(args.device)
     result = check(args.model, args.sae, args.weights, ds, args.out, n=args.rows, seed=args.seed, methods=args.methods,
                    config=config, n_boot=args.bootstrap, n_reference=args.n_reference,
                    batch_size=config.score_batch_size, device=device, dtype=args.dtype, rank=rank, world=world)

@@ -105,6 +105,7 @@ def _model_args(p: argparse.ArgumentParser, *, sae_required: bool = True) -> Non
 
 
 def _fit(args) -> int:
+    from saev_curate.core.processes import process_device, process_rank
     from saev_curate.curation.crossmodal import CrossModalWeights
     from saev_curate.io.datasets import check_distinct_output, check_output_path
     from saev_curate.sae.io import load_sae
@@ -116,8 +117,8 @@ def _fit(args) -> int:
                  "--tokens-per-modality", "--max-length"):
         positive(name, getattr(args, name[2:].replace("-", "_")))
     ds = load_rows(args.data)
-    model, processor = load_vlm(args.model, dtype=args.dtype, device=args.device)
-    sae = load_sae(args.sae, device=args.device or model.device)
+    model, processor = load_vlm(args.model, dtype=args.dtype, device=process_device(args.device))
+    sae = load_sae(args.sae, device=model.device)
     w = CrossModalWeights.fit(model, processor, sae, ds, parse_layer(args.layer), n_reference=args.n_reference,
                               seed=args.seed, batch_size=args.batch_size,
                               top_features_per_token=args.top_features_per_token,
@@ -126,14 +127,16 @@ def _fit(args) -> int:
                               progress=True, min_usable_share=args.min_usable_share)
     w.meta["model"]["path"] = str(args.model)
     w.meta["sae"]["path"] = str(args.sae)
-    w.save(args.out)
-    print(json.dumps(w.summary(), indent=2))
+    if process_rank()[0] == 0:  # under a launcher every process fits the same seeded rows: one writes
+        w.save(args.out)
+        print(json.dumps(w.summary(), indent=2))
     return 0
 
 
 def _score(args) -> int:
+    from saev_curate.core.processes import process_device, process_rank
     from saev_curate.curation.scorers import MethodScorer
-    from saev_curate.curation.sharded import process_rank, score_to_disk
+    from saev_curate.curation.sharded import score_to_disk
     from saev_curate.io.datasets import check_distinct_output, check_output_holds, check_output_path
 
     check_output_path(args.out)
@@ -145,12 +148,8 @@ def _score(args) -> int:
                          "both, or neither to compute methods that need no SAE (--methods response_perplexity)")
     ds = load_rows(args.data)
     check_output_holds(ds, args.out)
-    rank, world, local = process_rank()
-    device = args.device
-    if device is None:
-        import torch
-
-        device = f"cuda:{local % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+    rank, world, _ = process_rank()
+    device = process_device(args.device)
     scorer = MethodScorer(args.model, None, args.sae, args.weights, methods=args.methods, config=config,
                           device=device, dtype=args.dtype)
     scorer.methods_for(list(ds.column_names))  # a method the data's shape cannot give fails before any forward

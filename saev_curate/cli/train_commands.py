@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "(flags or --config cfg.yaml; --help lists them)")
     train.set_defaults(func=_train, passthrough=True)
 
-    cache = sub.add_parser("cache-activations", help="write one pass of layer-L activations to disk")
+    cache = sub.add_parser("cache-activations", help="write one pass of layer-L activations to disk (resumable; "
+                           "under torchrun each process writes its own shards)")
     model_arg(cache)
     data_arg(cache, help="dataset: " + DATA_FORMATS)
     out_arg(cache, help="cache folder to write")
@@ -42,6 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="subsample image tokens to at most this many per text token")
     batch_size_arg(cache)
     cache.add_argument("--dtype", default="float32", help="storage dtype of the cached activations (default float32)")
+    cache.add_argument("--shard-rows", type=int, default=64,
+                       help="rows per shard: the unit the processes share and a rerun skips (default 64)")
+    cache.add_argument("--device", default=None,
+                       help="cpu, cuda, cuda:1 (default: a GPU when there is one; under torchrun each its own)")
+    cache.add_argument("--model-dtype", default=None,
+                       help="VLM dtype: float32, bfloat16, float16 (default: float32 on CPU)")
     min_usable_share_arg(cache)
     max_image_pixels_arg(cache)
     traceback_arg(cache)
@@ -80,30 +87,35 @@ def _train(args: argparse.Namespace) -> int:
         from saev_curate.core.errors import InputError
 
         raise InputError(f"train-sae: {exc}; `saev-curate train-sae --help` lists every option") from None
+    from saev_curate.core.processes import process_rank
     from saev_curate.sae.training.pipeline import train_sae
 
     sae = train_sae(config)
-    print(f"saved {sae} to {config.output_dir}")
+    if process_rank()[0] == 0:  # process 0 reports for all
+        print(f"saved {sae} to {config.output_dir}")
     return 0
 
 
 def _cache(args: argparse.Namespace) -> int:
+    from saev_curate.core.processes import process_device, process_rank
     from saev_curate.sae.training import ActivationCache, ActivationStream, StreamConfig
     from saev_curate.vlm.layers import resolve_layer
     from saev_curate.vlm.load import load_vlm
 
-    for name in ("--max-rows", "--max-tokens", "--max-length", "--batch-size"):
+    for name in ("--max-rows", "--max-tokens", "--max-length", "--batch-size", "--shard-rows"):
         positive(name, getattr(args, name[2:].replace("-", "_")))
     dataset = load_rows(args.data)
-    model, processor = load_vlm(args.model)
+    model, processor = load_vlm(args.model, dtype=args.model_dtype, device=process_device(args.device))
     if args.max_rows:
         dataset = dataset.select(range(min(args.max_rows, len(dataset))))
     layer = resolve_layer(model, args.layer)
     stream = ActivationStream(model, processor, dataset, StreamConfig(
         layer=layer, mode=args.mode, max_length=args.max_length, model_batch_size=args.batch_size,
         max_image_text_ratio=args.max_image_text_ratio, min_usable_share=args.min_usable_share))
-    cache = ActivationCache.write(stream, args.out, max_tokens=args.max_tokens, dtype=args.dtype,
-                                  metadata={"model": args.model, "dataset": args.data})
+    cache = ActivationCache.write(stream, args.out, shard_rows=args.shard_rows, max_tokens=args.max_tokens,
+                                  dtype=args.dtype, metadata={"model": args.model, "dataset": args.data})
+    if process_rank()[0] != 0:
+        return 0  # process 0 reports for all
     meta = cache.meta
     print(f"wrote {meta['n_tokens']} tokens ({meta['n_image']} image) of layer {layer} in {len(cache.shards)} "
           f"shards to {args.out}; {len(meta['row_errors'])} rows skipped")

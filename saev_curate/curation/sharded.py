@@ -16,18 +16,11 @@ import time
 from pathlib import Path
 
 from saev_curate.core.errors import InputError
+from saev_curate.core.processes import process_rank
 from saev_curate.io.datasets import save_dataset
 from saev_curate.io.fingerprint import data_fingerprint
 
 __all__ = ["data_fingerprint", "process_rank", "score_to_disk", "summary_path"]
-
-
-def process_rank() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from the launcher's environment (torchrun / accelerate); (0, 1, 0) alone."""
-    rank = int(os.environ.get("RANK", os.environ.get("PROCESS_INDEX", 0)) or 0)
-    world = int(os.environ.get("WORLD_SIZE", os.environ.get("NUM_PROCESSES", 1)) or 1)
-    local = int(os.environ.get("LOCAL_RANK", rank) or 0)
-    return rank, world, local
 
 
 def summary_path(out: str | Path) -> Path:

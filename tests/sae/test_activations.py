@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+from saev_curate.core.errors import InputError
 from saev_curate.sae.training.activations import ActivationCache, ActivationStream, StreamConfig, shuffle_buffer
 from saev_curate.vlm.capture import capture_activations
 from saev_curate.vlm.rows import prepare_batch
@@ -75,13 +76,13 @@ def test_shuffle_buffer_is_a_bounded_permutation_that_mixes():
 def test_cache_round_trip_and_exact_resume(setup, tmp_path):
     model, processor, rows = setup
     stream = ActivationStream(model, processor, rows, StreamConfig(layer=2, model_batch_size=3))
-    cache = ActivationCache.write(stream, tmp_path / "cache", shard_tokens=100, progress=False,
+    cache = ActivationCache.write(stream, tmp_path / "cache", shard_rows=3, progress=False,
                                   metadata={"model": "tiny"})
     direct = torch.cat([v for v, _ in stream.chunks(0)])
     stored, tags = cache.all()
     assert torch.equal(stored, direct) and cache.n_tokens == len(direct) and len(cache.shards) > 3
     assert cache.meta["model"] == "tiny" and cache.meta["layer"] == 2
-    cache = ActivationCache(tmp_path / "cache", shards_in_memory=2)
+    cache = ActivationCache(tmp_path / "cache", pool_tokens=150)
     full = list(itertools.islice(cache.iter_batches(32, seed=1), 40))  # > 1 epoch
     resumed = list(itertools.islice(cache.iter_batches(32, seed=1, start_step=17), 23))
     for a, b in zip(full[17:], resumed):
@@ -114,3 +115,12 @@ def test_bad_rows_are_listed_and_the_rest_used(setup, images):
         chunks = list(stream.chunks(0))
     assert list(stream.row_errors) == [4]
     assert sum(len(v) for v, _ in chunks) > 0
+
+
+def test_cache_refuses_shards_it_has_no_record_of(setup, tmp_path):
+    model, processor, rows = setup
+    stream = ActivationStream(model, processor, rows, StreamConfig(layer=2, model_batch_size=3))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "shard_00000.safetensors").write_bytes(b"from an earlier version")
+    with pytest.raises(InputError, match="no record of their settings"):
+        ActivationCache.write(stream, tmp_path / "cache", shard_rows=3, progress=False)

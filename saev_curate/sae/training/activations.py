@@ -42,8 +42,11 @@ class StreamConfig:
     max_image_pixels: int | None = None  # larger images are row errors; None: images.max_image_pixels()
 
 
-def _token_chunks(model, processor, dataset, cfg: StreamConfig, epoch: int, errors: dict[int, str]):
-    """One epoch of `(activations [n, d], is_image [n])`, one chunk per model batch, rows in a seeded order."""
+def _token_chunks(model, processor, dataset, cfg: StreamConfig, epoch: int, errors: dict[int, str],
+                  first: int = 0, stop: int | None = None):
+    """One epoch of `(activations [n, d], is_image [n])`, one chunk per model batch, rows in a seeded order;
+    `first`/`stop`: only positions `[first, stop)` of that order (a multiple of `model_batch_size` apart from the
+    epoch's start, so the batches, and every chunk, are those of the whole epoch)."""
     from saev_curate.io.datasets import raw_rows
     from saev_curate.vlm.capture import capture_activations
     from saev_curate.vlm.layers import context_length
@@ -51,9 +54,10 @@ def _token_chunks(model, processor, dataset, cfg: StreamConfig, epoch: int, erro
 
     n = len(dataset)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)).tolist()
-    gen = torch.Generator().manual_seed(cfg.seed * 104_729 + epoch)
-    for start in range(0, n, cfg.model_batch_size):
+    for start in range(first, n if stop is None else min(stop, n), cfg.model_batch_size):
         idx = order[start : start + cfg.model_batch_size]
+        # the ratio cap's draw depends on this batch alone, so a shard of the epoch is cut as in the whole epoch
+        gen = torch.Generator().manual_seed(cfg.seed * 104_729 + epoch * 1_000_003 + start)
         rows = raw_rows(dataset, idx)  # images undecoded: decoded per row, a bad one is that row's error
         prepared = prepare_batch(processor, rows, mode=cfg.mode, max_length=cfg.max_length, on_error="record",
                                  require_images=False, max_context=context_length(model),
@@ -176,16 +180,24 @@ class ActivationStream:
 
 # ------------------------------------------------------------------------------------------ disk cache
 _META = "cache.json"
+_PLAN = "plan.json"  # the settings of a cache being written (resumed only with the same ones)
+_FORMAT = "saev-curate/activation-cache"
+
+
+def _shard_name(i: int) -> str:
+    return f"shard_{i:05d}.safetensors"
 
 
 class ActivationCache:
     """Activations on disk in safetensors shards (`activations [n, d]`, `is_image [n]`) + `cache.json`.
 
-    As an `ActivationSource` it shuffles shard order per epoch and mixes `shards_in_memory` shards
-    at a time, so memory stays at that many shards and resuming skips whole shards without reading them.
+    A shard holds the tokens of a fixed run of rows (`shard_rows`, whole model batches) of the stream's seeded
+    row order, so shards can be written by several processes, in any order, and a rerun skips finished ones.
+    As an `ActivationSource` it shuffles shard order per epoch and mixes shards in pools of about
+    `pool_tokens` tokens, so memory stays at one pool and resuming skips whole pools without reading them.
     """
 
-    def __init__(self, path: str | Path, *, shards_in_memory: int = 4) -> None:
+    def __init__(self, path: str | Path, *, pool_tokens: int = 262_144) -> None:
         self.path = Path(path)
         meta_file = self.path / _META
         if not meta_file.is_file():
@@ -209,72 +221,33 @@ class ActivationCache:
         if missing:
             raise InputError(f"{self.path}: shard files {missing[:3]} listed in {_META} are missing; {fix}")
         self.shards: list[dict[str, Any]] = shards
-        self.shards_in_memory = max(1, shards_in_memory)
+        self.pool_tokens = max(1, pool_tokens)
 
     @property
     def n_tokens(self) -> int:
         return sum(s["n"] for s in self.shards)
 
     @classmethod
-    def write(cls, stream: ActivationStream, path: str | Path, *, shard_tokens: int = 65_536, epochs: int = 1,
+    def write(cls, stream: ActivationStream, path: str | Path, *, shard_rows: int = 64, epochs: int = 1,
               max_tokens: int | None = None, dtype: str = "float32", metadata: dict[str, Any] | None = None,
               progress: bool = True) -> "ActivationCache":
-        """Run `stream` for `epochs` (or until `max_tokens`) and write its tokens, unmixed, in shards."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        for old in path.glob("shard_*.safetensors"):
-            old.unlink()
-        (path / _META).unlink(missing_ok=True)
-        store = str_to_dtype(dtype)
-        shards: list[dict[str, Any]] = []
-        pending_v: list[torch.Tensor] = []
-        pending_t: list[torch.Tensor] = []
-        held = total = 0
+        """Run `stream` for `epochs` (or until `max_tokens`) and write its tokens, unmixed, in shards of
+        `shard_rows` rows (rounded up to whole model batches); the tokens in order are those of `stream.chunks`.
 
-        def flush(final: bool) -> None:
-            nonlocal pending_v, pending_t, held
-            while held >= shard_tokens or (final and held):
-                v, t = torch.cat(pending_v), torch.cat(pending_t)
-                name = f"shard_{len(shards):05d}.safetensors"
-                take = min(shard_tokens, len(v))
-                save_file({"activations": v[:take].to(store).contiguous(), "is_image": t[:take].contiguous()},
-                          str(path / name))
-                shards.append({"file": name, "n": take, "n_image": int(t[:take].sum())})
-                pending_v, pending_t, held = [v[take:]], [t[take:]], len(v) - take
+        Resumable: a shard file appears (atomically) only when complete, and the same call again skips the
+        finished shards; a finished cache of the same settings is returned as it is, one of other settings
+        is an error. Under ``torchrun`` / ``accelerate launch`` process p of n writes shards p, p+n, ... into
+        the same folder (a filesystem every node sees), and the cache equals a one-process run's shard for
+        shard. With `max_tokens`, shards count in order until the total reaches it; the last one is cut to fit.
+        """
+        from saev_curate.sae.training.distributed import process_group
 
-        bar = tqdm(desc="caching activations", unit="tok", disable=not progress, total=max_tokens)
-        for epoch in range(epochs):
-            for vectors, is_image in stream.chunks(epoch):
-                if max_tokens is not None:
-                    vectors, is_image = vectors[: max_tokens - total], is_image[: max_tokens - total]
-                pending_v.append(vectors)
-                pending_t.append(is_image)
-                held += len(vectors)
-                total += len(vectors)
-                bar.update(len(vectors))
-                flush(final=False)
-                if max_tokens is not None and total >= max_tokens:
-                    break
-            if max_tokens is not None and total >= max_tokens:
-                break
-        flush(final=True)
-        bar.close()
-        if not shards:
-            stream.check_rows()
-            raise InputError("no activations were produced: the rows hold no image or text tokens")
-        from saev_curate.core.row_errors import summary
-
-        meta = {
-            "row_error_summary": summary(len(stream.dataset), stream.row_errors.values()),
-            "d_in": stream.d_in, "layer": stream.layer, "dtype": dtype_to_str(store), "stream": asdict(stream.cfg),
-            "n_tokens": total, "n_image": sum(s["n_image"] for s in shards), "shards": shards,
-            "rows": len(stream.dataset), "row_errors": {str(k): v for k, v in stream.row_errors.items()},
-            **(metadata or {}),
-        }
-        tmp = path / (_META + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=1, default=str))
-        os.replace(tmp, path / _META)  # the cache counts as written only once this file exists
-        return cls(path)
+        if shard_rows <= 0 or epochs <= 0 or (max_tokens is not None and max_tokens <= 0):
+            raise InputError(f"ActivationCache.write: shard_rows={shard_rows}, epochs={epochs} and max_tokens="
+                             f"{max_tokens} must be positive")
+        with process_group(next(stream.model.parameters()).device) as procs:
+            return _write_shards(stream, Path(path), procs, shard_rows=shard_rows, epochs=epochs,
+                                 max_tokens=max_tokens, dtype=dtype, metadata=metadata or {}, progress=progress)
 
     def read_shard(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         file = self.path / self.shards[i]["file"]
@@ -289,17 +262,29 @@ class ActivationCache:
         parts = [self.read_shard(i) for i in range(len(self.shards))]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
+    def _pools(self, order: list[int]) -> Iterator[list[int]]:
+        """Consecutive shards of `order`, grouped until a group holds `pool_tokens` tokens."""
+        group: list[int] = []
+        held = 0
+        for i in order:
+            group.append(i)
+            held += self.shards[i]["n"]
+            if held >= self.pool_tokens:
+                yield group
+                group, held = [], 0
+        if group:
+            yield group
+
     def iter_batches(self, batch_size: int, seed: int, start_step: int = 0) -> Iterator[torch.Tensor]:
-        """Mixed batches forever. Each group of shards is shuffled on its own and its last partial
+        """Mixed batches forever. Each pool of shards is shuffled on its own and its last partial
         batch (< batch_size tokens, a different one each epoch) is left out, so resuming skips whole
-        groups without reading them."""
+        pools without reading them."""
         step = 0
         for epoch in range(1_000_000):
             gen = torch.Generator().manual_seed(seed * 15_485_863 + epoch)
             order = torch.randperm(len(self.shards), generator=gen).tolist()
             produced = False
-            for g in range(0, len(order), self.shards_in_memory):
-                group = order[g : g + self.shards_in_memory]
+            for group in self._pools(order):
                 n_batches = sum(self.shards[i]["n"] for i in group) // batch_size
                 perm_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
                 produced |= n_batches > 0
@@ -313,5 +298,131 @@ class ActivationCache:
                         yield pool[b * batch_size : (b + 1) * batch_size]
                     step += 1
             if not produced:
-                raise InputError(f"{self.path}: no group of {self.shards_in_memory} shards holds batch_size="
-                                 f"{batch_size} tokens; lower batch_size or raise shards_in_memory")
+                raise InputError(f"{self.path}: no pool of {self.pool_tokens} tokens holds batch_size={batch_size} "
+                                 "tokens; lower batch_size or raise pool_tokens")
+
+
+def _write_shards(stream: ActivationStream, path: Path, procs, *, shard_rows: int, epochs: int,
+                  max_tokens: int | None, dtype: str, metadata: dict[str, Any], progress: bool) -> ActivationCache:
+    """`ActivationCache.write` in process `procs.rank` of `procs.world` (see there)."""
+    from saev_curate.io.checked import read_json_object
+
+    mb = stream.cfg.model_batch_size
+    per_shard = -(-shard_rows // mb) * mb
+    n_rows = len(stream.dataset)
+    starts = [(epoch, a) for epoch in range(epochs) for a in range(0, n_rows, per_shard)]
+    store = str_to_dtype(dtype)
+    plan = json.loads(json.dumps({
+        "format": _FORMAT, "d_in": stream.d_in, "layer": stream.layer, "dtype": dtype_to_str(store),
+        "stream": asdict(stream.cfg), "rows": n_rows, "shard_rows": per_shard, "epochs": epochs,
+        "max_tokens": max_tokens, "metadata": metadata}, default=str))
+    fix = f"delete {path} to write it again, or write this cache to another folder"
+
+    def changed(old: dict) -> str:
+        if not old:
+            return "no record of their settings: written by an earlier version"
+        return ", ".join(k for k in plan if old.get(k) != plan[k]) + " changed"
+
+    # every process decides from the same files before any of them writes, so all go on or all stop
+    if (path / _META).is_file():
+        old = read_json_object(path / _META, fix=fix).get("plan", {})
+        if old == plan:
+            return ActivationCache(path)
+        raise InputError(f"{path} holds a finished activation cache of other settings ({changed(old)}); {fix}")
+    if any(path.glob("shard_*.safetensors")):
+        old = read_json_object(path / _PLAN, fix=fix) if (path / _PLAN).is_file() else {}
+        if old != plan:
+            raise InputError(f"{path} holds unfinished activation shards of other settings ({changed(old)}); "
+                             f"{fix}")
+    procs.barrier()
+    if procs.main:
+        path.mkdir(parents=True, exist_ok=True)
+        _write_json(path / _PLAN, plan)
+    procs.barrier()
+
+    mine = range(procs.rank, len(starts), procs.world)
+    bar = tqdm(total=len(mine), desc=f"caching activations (process {procs.rank + 1} of {procs.world})"
+               if procs.world > 1 else "caching activations", unit="shard", disable=not (progress and procs.main))
+    kept, total = len(starts), 0
+    for first in range(0, len(starts), procs.world):
+        s = first + procs.rank
+        n = _shard(stream, path, s, starts[s], per_shard, store) if s < len(starts) else 0
+        bar.update(s < len(starts))
+        if max_tokens is None:
+            continue
+        for j, count in enumerate(procs.all_gather(n)[: len(starts) - first]):  # shards first, first+1, ... in order
+            total += count
+            if total >= max_tokens:
+                kept = first + j + 1
+                break
+        if total >= max_tokens:
+            break
+    bar.close()
+    procs.barrier()
+    if procs.main and max_tokens is not None:
+        for i in range(kept, len(starts)):
+            (path / _shard_name(i)).unlink(missing_ok=True)
+        if total > max_tokens:
+            _cut_shard(path / _shard_name(kept - 1), total - max_tokens)
+    procs.barrier()
+
+    shards, errors = [], {}
+    for i in range(kept):
+        with safe_open(str(path / _shard_name(i)), framework="pt") as f:
+            tags = f.get_tensor("is_image")
+            errors.update({int(k): v for k, v in json.loads(f.metadata()["row_errors"]).items()})
+        shards.append({"file": _shard_name(i), "n": len(tags), "n_image": int(tags.sum())})
+    stream.row_errors.update(errors)
+    n_tokens = sum(x["n"] for x in shards)
+    if kept * per_shard >= n_rows or not n_tokens:  # every row seen (or nothing usable): the row rule
+        stream.check_rows()
+    if not n_tokens:
+        raise InputError("no activations were produced: the rows hold no image or text tokens")
+    if procs.main:
+        stream._warn_errors()
+    from saev_curate.core.row_errors import summary
+
+    if procs.main:
+        _write_json(path / _META, {
+            "row_error_summary": summary(n_rows, errors.values()),
+            "d_in": stream.d_in, "layer": stream.layer, "dtype": dtype_to_str(store), "stream": asdict(stream.cfg),
+            "n_tokens": n_tokens, "n_image": sum(x["n_image"] for x in shards), "shards": shards,
+            "rows": n_rows, "row_errors": {str(k): v for k, v in sorted(errors.items())}, "world_size": procs.world,
+            "plan": plan, **metadata,
+        })  # the cache counts as written only once this file exists; plan.json stays: the shards' settings
+    procs.barrier()
+    return ActivationCache(path)
+
+
+def _shard(stream: ActivationStream, path: Path, i: int, start: tuple[int, int], rows: int, store) -> int:
+    """Write shard `i` (rows `[a, a + rows)` of epoch `e`'s order, `start = (e, a)`) unless it exists; its tokens."""
+    file = path / _shard_name(i)
+    if file.is_file():
+        with safe_open(str(file), framework="pt") as f:
+            return f.get_slice("is_image").get_shape()[0]
+    epoch, a = start
+    errors: dict[int, str] = {}
+    chunks = list(_token_chunks(stream.model, stream.processor, stream.dataset, stream.cfg, epoch, errors, a, a + rows))
+    vectors = torch.cat([v for v, _ in chunks]) if chunks else torch.zeros(0, stream.d_in)
+    tags = torch.cat([t for _, t in chunks]) if chunks else torch.zeros(0, dtype=torch.bool)
+    _save_shard(file, vectors.to(store), tags, {"row_errors": json.dumps({str(k): v for k, v in errors.items()})})
+    return len(tags)
+
+
+def _cut_shard(file: Path, drop: int) -> None:
+    """Drop the last `drop` tokens of a shard (the one where `max_tokens` is reached)."""
+    with safe_open(str(file), framework="pt") as f:
+        vectors, tags, meta = f.get_tensor("activations"), f.get_tensor("is_image"), f.metadata()
+    _save_shard(file, vectors[: len(tags) - drop], tags[: len(tags) - drop], meta)
+
+
+def _save_shard(file: Path, vectors: torch.Tensor, tags: torch.Tensor, meta: dict[str, str]) -> None:
+    tmp = file.with_name(f".{file.name}.tmp{os.getpid()}")
+    save_file({"activations": vectors.contiguous(), "is_image": tags.contiguous()}, str(tmp), metadata=meta)
+    os.replace(tmp, file)  # atomic: a shard file exists only when complete
+
+
+def _write_json(file: Path, obj: dict[str, Any]) -> None:
+    tmp = file.with_name(f".{file.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, file)

@@ -26,7 +26,8 @@ class TrainConfig:
     d_sae: int | None = field(default=None, metadata={'help': 'number of SAE features; overrides expansion_factor'})
     k: int = field(default=32, metadata={'help': 'active features per token (topk only)'})
     total_steps: int = field(default=30_000, metadata={'help': 'training steps'})
-    batch_size: int = field(default=4096, metadata={'help': 'tokens per step'})
+    batch_size: int = field(default=4096,
+        metadata={'help': 'tokens per step, over all processes (torchrun: each process trains on batch_size / N)'})
     lr: float = field(default=5e-5, metadata={'help': 'Adam learning rate'})
     adam_beta1: float = field(default=0.9, metadata={'help': 'Adam beta1'})
     adam_beta2: float = field(default=0.999, metadata={'help': 'Adam beta2'})
@@ -101,7 +102,8 @@ class SaevTrainConfig(TrainConfig):
         metadata={'help': 'shuffle-buffer size: tokens from many rows mix before a batch is cut'})
     activation_cache: str | None = field(default=None,
         metadata={'help': 'folder for one pass of activations: written on first use, reused (and resumed from) after'})
-    cache_shard_tokens: int = field(default=65_536, metadata={'help': 'tokens per activation-cache shard'})
+    cache_shard_rows: int = field(default=64,
+        metadata={'help': 'rows per activation-cache shard (the unit the processes share and a rerun skips)'})
     max_image_pixels: int | None = field(default=None,
         metadata={'help': 'images with more pixels are that row\'s error (decompression bombs; default 89,478,485)'})
     min_usable_share: float | None = field(default=None,

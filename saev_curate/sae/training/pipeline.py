@@ -11,6 +11,7 @@ from saev_curate.core.errors import InputError
 from saev_curate.sae.model import SAE
 from saev_curate.sae.training.activations import ActivationCache, ActivationStream
 from saev_curate.sae.training.config import SaevTrainConfig, TrainConfig
+from saev_curate.sae.training.distributed import Processes
 from saev_curate.sae.training.trainer import train_on_activations
 
 
@@ -19,12 +20,30 @@ def train_sae(config: SaevTrainConfig, *, model=None, processor=None, dataset=No
 
     Pass `model`/`processor`/`dataset` objects to skip loading. With `activation_cache`, one pass
     of activations goes to disk first; later runs (other widths, a resume) read it instead.
+
+    Under ``torchrun`` / ``accelerate launch`` (N processes) each process caches its own shards of the rows and
+    training is data-parallel (see `ActivationCache.write`, `train_on_activations`); that needs
+    `activation_cache`, so that the processes capture the activations once between them, not N times.
     """
+    from saev_curate.core.processes import process_device, process_rank
+    from saev_curate.sae.training.distributed import process_group
+
+    config = replace(config)  # the run's own copy: provenance fields are filled in below, never in the caller's
+    world = process_rank()[1]
+    if world > 1 and not config.activation_cache:
+        raise InputError(f"train-sae across {world} processes reads its activations from a cache: add "
+                         "--activation_cache DIR (written by the processes together on first use, on a filesystem "
+                         "every node sees), or run in one process")
+    config.device = process_device(config.device)
+    with process_group(config.device) as procs:
+        return _train_sae(config, procs, model, processor, dataset, progress=progress)
+
+
+def _train_sae(config: SaevTrainConfig, procs: Processes, model, processor, dataset, *, progress: bool) -> SAE:
+    """`train_sae` in process `procs.rank` of `procs.world` (see there)."""
     from saev_curate.io.datasets import load_local_dataset
     from saev_curate.vlm.layers import resolve_layer
     from saev_curate.vlm.load import load_vlm
-
-    config = replace(config)  # the run's own copy: provenance fields are filled in below, never in the caller's
 
     if model is None or processor is None:
         if not config.model:
@@ -51,11 +70,14 @@ def train_sae(config: SaevTrainConfig, *, model=None, processor=None, dataset=No
     if state == "done":
         from saev_curate.sae.io import load_sae
 
-        print(f"saev-curate: {config.output_dir} already holds the finished SAE of this run (same model, layer, "
-              f"dataset and SAE settings, {config.total_steps} steps): nothing to do. To train it again, delete "
-              f"{config.output_dir} or pass another --output_dir", file=sys.stderr)
+        if procs.main:
+            print(f"saev-curate: {config.output_dir} already holds the finished SAE of this run (same model, layer, "
+                  f"dataset and SAE settings, {config.total_steps} steps): nothing to do. To train it again, delete "
+                  f"{config.output_dir} or pass another --output_dir", file=sys.stderr)
         return load_sae(config.output_dir, device=config.device)
-    _write_run(Path(config.output_dir), identity, finished=False)
+    procs.barrier()  # every process has read the output folder before process 0 writes to it
+    if procs.main:
+        _write_run(Path(config.output_dir), identity, finished=False)
     stream = ActivationStream(model, processor, dataset, config.stream_config(layer))
     source = stream
     if config.activation_cache:
@@ -65,7 +87,7 @@ def train_sae(config: SaevTrainConfig, *, model=None, processor=None, dataset=No
         except InputError as exc:
             if "not a finished activation cache" not in str(exc):
                 raise
-            source = ActivationCache.write(stream, config.activation_cache, shard_tokens=config.cache_shard_tokens,
+            source = ActivationCache.write(stream, config.activation_cache, shard_rows=config.cache_shard_rows,
                                            metadata={"model": config.model_name, "dataset": config.dataset_path},
                                            progress=progress)
     sae = train_on_activations(config.trainer_config(), source, progress=progress)
@@ -74,9 +96,12 @@ def train_sae(config: SaevTrainConfig, *, model=None, processor=None, dataset=No
 
         sae.cfg.extra["rows_skipped"] = len(stream.row_errors)
         sae.cfg.extra["row_errors"] = summary(len(dataset), stream.row_errors.values())
-        sae.save(config.output_dir, sparsity=sae.sparsity)
-        print(f"saev-curate: {summary_line(len(dataset), stream.row_errors.values())}", file=sys.stderr)
-    _write_run(Path(config.output_dir), identity, finished=True)
+        if procs.main:
+            sae.save(config.output_dir, sparsity=sae.sparsity)
+            print(f"saev-curate: {summary_line(len(dataset), stream.row_errors.values())}", file=sys.stderr)
+    if procs.main:
+        _write_run(Path(config.output_dir), identity, finished=True)
+    procs.barrier()
     return sae
 
 
@@ -89,7 +114,7 @@ _FLAGS = {"model": "--model", "model_class": "--model", "layer": "--layer", "dat
           "exclude_special_tokens": "--exclude_special_tokens", "max_image_text_ratio": "--max_image_text_ratio",
           "buffer_tokens": "--buffer_tokens"}
 _NOT_IDENTITY = {"output_dir", "device", "checkpoint_every", "keep_checkpoints", "model_name", "hook_name",
-                 "hook_layer", "dataset_path", "context_size", "activation_cache", "cache_shard_tokens", "model",
+                 "hook_layer", "dataset_path", "context_size", "activation_cache", "cache_shard_rows", "model",
                  "dataset", "dataset_split", "max_rows", "layer", "mode", "max_length", "exclude_special_tokens",
                  "max_image_text_ratio", "buffer_tokens", "model_dtype", "model_batch_size", "min_usable_share",
                  "max_image_pixels"}

@@ -21,6 +21,7 @@ from saev_curate.core.errors import InputError
 from saev_curate.sae.model import SAE, SAEConfig
 from saev_curate.sae.sparse import sparse_decode, topk_encode
 from saev_curate.sae.training.config import TrainConfig
+from saev_curate.sae.training.distributed import Processes, data_parallel_loss, process_group, rank_slices
 
 
 class ActivationSource(Protocol):
@@ -138,16 +139,31 @@ def train_on_activations(
     """Train an SAE on `source`, checkpointing to `cfg.output_dir/checkpoints`; save it in SAELens layout.
 
     With `resume`, the newest checkpoint in `output_dir` is picked up and training continues from it.
+    Under ``torchrun`` / ``accelerate launch`` training is data-parallel: `cfg.batch_size` is the global
+    batch, each process trains on its own slice of it and the gradients are averaged (torch DDP), so the
+    result matches a one-process run up to float rounding; process 0 writes the checkpoints (which resume on
+    any number of processes) and the SAE. `cfg.device` ``cuda`` means each process's own GPU; `on_step`
+    sees each process's own share.
     """
+    from saev_curate.core.processes import process_device
+
+    device = torch.device(process_device(cfg.device))
+    with process_group(device) as procs:
+        return _train(cfg, source, procs, device, resume=resume, on_step=on_step, progress=progress)
+
+
+def _train(cfg: TrainConfig, source: ActivationSource | torch.Tensor, procs: Processes, device: torch.device, *,
+           resume: bool, on_step: Callable[[int, StepStats], None] | None, progress: bool) -> SAE:
+    """`train_on_activations` in process `procs.rank` of `procs.world` (see there)."""
     if isinstance(source, torch.Tensor):
         source = InMemoryActivations(source)
     out = Path(cfg.output_dir)
-    device = torch.device(cfg.device)
     d_sae = cfg.d_sae or source.d_in * cfg.expansion_factor
     normalize_decoder = cfg.normalize_decoder if cfg.normalize_decoder is not None else cfg.architecture == "topk"
     dead_steps = max(1, cfg.dead_after_tokens // cfg.batch_size)
 
     state = _latest_checkpoint(out) if resume else None
+    procs.agree(state and state["step"], "the checkpoint to resume from (its step)")
     if state is not None:
         _check_same_run(state["config"], cfg)
         sae = SAE(SAEConfig(**state["sae_config"]), device=device)
@@ -175,14 +191,16 @@ def train_on_activations(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
 
-    batches = source.iter_batches(cfg.batch_size, cfg.seed, start)
-    bar = tqdm(total=cfg.total_steps, initial=start, desc=f"train {cfg.architecture} SAE", disable=not progress,
-               unit="step", dynamic_ncols=True)
+    batches = rank_slices(source.iter_batches(cfg.batch_size, cfg.seed, start), procs)
+    step_loss = data_parallel_loss(sae, lambda m, x, step, dead: training_loss(m, x, cfg, step, dead), procs)
+    bar = tqdm(total=cfg.total_steps, initial=start, desc=f"train {cfg.architecture} SAE",
+               disable=not (progress and procs.main), unit="step", dynamic_ncols=True)
     sae.train()
     for step in range(start, cfg.total_steps):
         x = next(batches).to(device=device, dtype=sae.dtype, non_blocking=True) * scale
         dead = since_fired > dead_steps if cfg.architecture == "topk" else None
-        loss, mse, aux, l0, fvu, counts = training_loss(sae, x, cfg, step, dead)
+        loss, mse, aux, l0, fvu, counts = step_loss(x, step, dead)
+        procs.sum_(counts)  # firing counts of the whole global batch: the same dead latents everywhere
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if normalize_decoder:
@@ -203,11 +221,12 @@ def train_on_activations(
             bar.set_postfix(loss=f"{stats.loss:.4g}", L0=f"{stats.l0:.1f}", FVU=f"{stats.fvu:.3f}", refresh=False)
         bar.update(1)
         done = step + 1
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.total_steps:
-            _save_checkpoint(out, done, cfg, sae, optimizer, scheduler, scale, since_fired, fire_counts)
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.total_steps and procs.main:
+            _save_checkpoint(out, done, cfg, sae, optimizer, scheduler, scale, since_fired, fire_counts,
+                             world_size=procs.world)
     bar.close()
     sae.eval()
-    return _finish(sae, cfg, scale, fire_counts, out)
+    return _finish(sae, cfg, scale, fire_counts, out, procs)
 
 
 def _remove_parallel_grad(sae: SAE) -> None:
@@ -231,16 +250,21 @@ def _estimate_scale(source: ActivationSource, cfg: TrainConfig) -> float:
     return source.d_in ** 0.5 / mean
 
 
-def _finish(sae: SAE, cfg: TrainConfig, scale: float, fire_counts: torch.Tensor, out: Path) -> SAE:
-    """Fold the input scale, attach provenance and feature density, save in SAELens layout."""
+def _finish(sae: SAE, cfg: TrainConfig, scale: float, fire_counts: torch.Tensor, out: Path,
+            procs: Processes = Processes()) -> SAE:
+    """Fold the input scale, attach provenance (with the number of processes) and feature density, save in
+    SAELens layout (process 0; the others wait for it)."""
     sae.cfg.input_scale = scale
     sae.fold_input_scale()
     sae.cfg.extra.update(tokens_seen=cfg.total_steps * cfg.batch_size, training_steps=cfg.total_steps,
-                         trained_with="saev-curate", training_config=_jsonable(asdict(cfg)))
+                         trained_with="saev-curate",
+                         training_config=_jsonable({**asdict(cfg), "world_size": procs.world}))
     density = (fire_counts / (cfg.total_steps * cfg.batch_size)).float()
     sparsity = torch.log10(density.clamp_min(1e-10)).cpu()  # SAELens convention: log10 firing rate per token
     sae.sparsity = sparsity
-    sae.save(out, sparsity=sparsity)
+    if procs.main:
+        sae.save(out, sparsity=sparsity)
+    procs.barrier()
     return sae
 
 
@@ -248,14 +272,18 @@ def _finish(sae: SAE, cfg: TrainConfig, scale: float, fire_counts: torch.Tensor,
 _CKPT_PREFIX = "step_"
 
 
-def _save_checkpoint(out: Path, step, cfg, sae, optimizer, scheduler, scale, since_fired, fire_counts) -> None:
+def _save_checkpoint(out: Path, step, cfg, sae, optimizer, scheduler, scale, since_fired, fire_counts, *,
+                     world_size: int = 1) -> None:
+    """The whole training state at `step` (SAE, Adam, schedule, input scale, dead-latent counters; the data
+    position is `step` itself, batches being a function of seed and step), written atomically. Everything in
+    it is global, the same in every process, so it resumes on any number of processes."""
     root = out / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp_{_CKPT_PREFIX}{step:09d}.pt"
     state = {
         "step": step, "config": _jsonable(asdict(cfg)), "sae_config": asdict(sae.cfg), "sae": sae.state_dict(),
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "input_scale": scale,
-        "since_fired": since_fired.cpu(), "fire_counts": fire_counts.cpu(),
+        "since_fired": since_fired.cpu(), "fire_counts": fire_counts.cpu(), "world_size": world_size,
     }
     torch.save(state, tmp)
     os.replace(tmp, root / f"{_CKPT_PREFIX}{step:09d}.pt")  # atomic: a kill never leaves half a checkpoint
