@@ -7,6 +7,8 @@ O(N d_sae d_in) that autograd would spend. Work is chunked over the k slots to b
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -20,8 +22,24 @@ def _slot_chunks(n: int, k: int, d: int):
 
 
 def _scatter_rows(target: Tensor, indices: Tensor, weights: Tensor, rows: Tensor) -> None:
-    """target[indices[n, s]] += weights[n, s] * rows[n]  for all n, s (chunked over s)."""
+    """target[indices[n, s]] += weights[n, s] * rows[n]  for all n, s.
+
+    In fp32/fp64 this is one sparse x dense product, (latents x vectors, N k non-zeros) @ rows, which
+    neither materialises the N k weighted rows nor serialises on repeated latents as `index_add_` does;
+    other dtypes take the `index_add_` path, chunked over the k slots.
+    """
     n, k = indices.shape
+    if rows.dtype in (torch.float32, torch.float64) and target.dtype == rows.dtype:
+        flat = indices.reshape(-1)
+        order = flat.argsort(stable=True)  # by latent, vectors ascending within one: a canonical CSR layout
+        crow = torch.zeros(target.shape[0] + 1, dtype=torch.long, device=flat.device)
+        torch.cumsum(torch.bincount(flat, minlength=target.shape[0]), 0, out=crow[1:])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+            latents_by_vectors = torch.sparse_csr_tensor(crow, order // k, weights.reshape(-1)[order].to(rows.dtype),
+                                                         size=(target.shape[0], n), check_invariants=False)
+            target.add_(latents_by_vectors @ rows)
+        return
     for lo, hi in _slot_chunks(n, k, rows.shape[1]):
         contrib = weights[:, lo:hi, None] * rows[:, None, :]
         target.index_add_(0, indices[:, lo:hi].reshape(-1), contrib.reshape(-1, rows.shape[1]))

@@ -80,3 +80,21 @@ def test_bf16_autocast_matches_dense_autograd_and_keeps_fp32_gradients(with_aux)
         assert o.dtype == torch.float32, name
         # the dense reference rounds its products to bf16, ours accumulates in fp32: agree to bf16 precision
         assert float((o - e).norm() / e.norm()) < 1e-2, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_scatter_rows_equals_a_loop(dtype):
+    """Both paths (the sparse product for fp32/fp64, chunked index_add_ otherwise) against a plain loop,
+    with repeated latents within and across vectors."""
+    g = torch.Generator().manual_seed(2)
+    indices = torch.randint(0, 6, (5, 4), generator=g)
+    weights = torch.randn(5, 4, generator=g).to(dtype)
+    rows = torch.randn(5, 3, generator=g).to(dtype)
+    expected = torch.zeros(6, 3, dtype=torch.float64)
+    for n in range(5):
+        for s in range(4):
+            expected[indices[n, s]] += weights[n, s].double() * rows[n].double()
+    target = torch.zeros(6, 3, dtype=dtype)
+    sparse._scatter_rows(target, indices, weights, rows)
+    tol = 5e-2 if dtype == torch.bfloat16 else 1e-6
+    torch.testing.assert_close(target.double(), expected, atol=tol, rtol=tol)
