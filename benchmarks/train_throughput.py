@@ -32,7 +32,7 @@ import io
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -48,7 +48,6 @@ class Setting:
     warmup: int = 3
     device: str = "cpu"
     autocast_bf16: bool = False
-    extra: dict = field(default_factory=dict)
 
     def autocast(self):
         """bf16 autocast on the setting's device, or nothing."""
