@@ -7,6 +7,8 @@ O(N d_sae d_in) that autograd would spend. Work is chunked over the k slots to b
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -20,8 +22,24 @@ def _slot_chunks(n: int, k: int, d: int):
 
 
 def _scatter_rows(target: Tensor, indices: Tensor, weights: Tensor, rows: Tensor) -> None:
-    """target[indices[n, s]] += weights[n, s] * rows[n]  for all n, s (chunked over s)."""
+    """target[indices[n, s]] += weights[n, s] * rows[n]  for all n, s.
+
+    In fp32/fp64 this is one sparse x dense product, (latents x vectors, N k non-zeros) @ rows, which
+    neither materialises the N k weighted rows nor serialises on repeated latents as `index_add_` does;
+    other dtypes take the `index_add_` path, chunked over the k slots.
+    """
     n, k = indices.shape
+    if rows.dtype in (torch.float32, torch.float64) and target.dtype == rows.dtype:
+        flat = indices.reshape(-1)
+        order = flat.argsort(stable=True)  # by latent, vectors ascending within one: a canonical CSR layout
+        crow = torch.zeros(target.shape[0] + 1, dtype=torch.long, device=flat.device)
+        torch.cumsum(torch.bincount(flat, minlength=target.shape[0]), 0, out=crow[1:])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+            latents_by_vectors = torch.sparse_csr_tensor(crow, order // k, weights.reshape(-1)[order].to(rows.dtype),
+                                                         size=(target.shape[0], n), check_invariants=False)
+            target.add_(latents_by_vectors @ rows)
+        return
     for lo, hi in _slot_chunks(n, k, rows.shape[1]):
         contrib = weights[:, lo:hi, None] * rows[:, None, :]
         target.index_add_(0, indices[:, lo:hi].reshape(-1), contrib.reshape(-1, rows.shape[1]))
@@ -31,7 +49,8 @@ class TopKEncode(torch.autograd.Function):
     """(x [N, d_in], W_enc [d_in, d_sae], b_enc) -> ReLU'd top-k values, their indices, and pre-activations.
 
     The pre-activations are returned for the AuxK loss; a gradient flowing into them (only when
-    dead latents exist) takes the dense path, everything else stays sparse.
+    dead latents exist) takes the dense path, everything else stays sparse. Under autocast the forward
+    product runs in the autocast dtype and the gradients are accumulated in the weights' dtype.
     """
 
     @staticmethod
@@ -49,16 +68,17 @@ class TopKEncode(torch.autograd.Function):
         x, W_enc, indices, active = ctx.saved_tensors
         d_in, d_sae = W_enc.shape
         grad_x = grad_W = grad_b = None
-        grad_W_t = x.new_zeros(d_sae, d_in) if ctx.needs_input_grad[1] else None
+        grad_W_t = W_enc.new_zeros(d_sae, d_in) if ctx.needs_input_grad[1] else None
         if grad_values is not None:
-            g = grad_values * active
+            g = (grad_values * active).to(W_enc.dtype)
             if ctx.needs_input_grad[0]:
                 grad_x = F.embedding_bag(indices, W_enc.T, per_sample_weights=g, mode="sum")
             if grad_W_t is not None:
                 _scatter_rows(grad_W_t, indices, g, x)
             if ctx.needs_input_grad[2]:
-                grad_b = x.new_zeros(d_sae).index_add_(0, indices.reshape(-1), g.reshape(-1))
+                grad_b = W_enc.new_zeros(d_sae).index_add_(0, indices.reshape(-1), g.reshape(-1))
         if grad_pre is not None:  # AuxK: a dense gradient, only on steps with dead latents
+            grad_pre = grad_pre.to(W_enc.dtype)
             if ctx.needs_input_grad[0]:
                 dense_x = grad_pre @ W_enc.T
                 grad_x = dense_x if grad_x is None else grad_x + dense_x
@@ -72,10 +92,14 @@ class TopKEncode(torch.autograd.Function):
 
 
 class SparseDecode(torch.autograd.Function):
-    """(indices [N, k], values [N, k], W_dec [d_sae, d_in]) -> sum_s values[n, s] * W_dec[indices[n, s]]."""
+    """(indices [N, k], values [N, k], W_dec [d_sae, d_in]) -> sum_s values[n, s] * W_dec[indices[n, s]].
+
+    Computed in W_dec's dtype (values from an autocast encoder are cast to it, as sparsify's decoder does).
+    """
 
     @staticmethod
     def forward(ctx, indices: Tensor, values: Tensor, W_dec: Tensor):
+        values = values.to(W_dec.dtype)
         ctx.save_for_backward(indices, values, W_dec)
         return F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
 
