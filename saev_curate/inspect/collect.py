@@ -76,7 +76,7 @@ def collect(model, processor, sae, weights, data, *, by: str | None = None, top_
             batch_size: int = 32, config=None, progress: bool = True, seed: int = 0) -> Collected:
     """Run every row of ``data`` (a ``datasets.Dataset`` or a list of rows) through ``model`` up to the SAE's layer
     and ``sae``, accumulating :class:`FeatureStats` (``top_k`` examples and a ``sample`` per feature) and the
-    ranking column ``by`` (default :func:`default_rank_by`)."""
+    ranking column ``by`` (default :func:`default_rank_by`; ``weights=None``: statistics only, no ranking)."""
     from saev_curate.curation.agreement import batch_agreement, feature_thresholds, template_token_ids
     from saev_curate.curation.capture import capture_rows
     from saev_curate.curation.config import ScoreConfig
@@ -92,15 +92,16 @@ def collect(model, processor, sae, weights, data, *, by: str | None = None, top_
     by = get_method(by).name if by is not None else default_rank_by(columns)
     method = get_method(by)
     from_data = method.column in columns
-    in_pass = PASS_COLUMNS[mode].get(by)
+    in_pass = PASS_COLUMNS[mode].get(by) if weights is not None else None
     scorer = None
-    if not from_data and in_pass is None:
+    if not from_data and in_pass is None and weights is not None:
         from saev_curate.curation.scorers import MethodScorer
 
         scorer = MethodScorer(model, processor, sae, weights, methods=[by], config=config)
     layer = resolve_sae_layer(model, sae, config.layer_value)
     template_ids = template_token_ids(processor)
-    thresholds = feature_thresholds(int(sae.cfg.d_sae), config.delta, config.delta_rel, weights.top_activation)
+    thresholds = feature_thresholds(int(sae.cfg.d_sae), config.delta, config.delta_rel,
+                                    None if weights is None else weights.top_activation)
     stats = FeatureStats(int(sae.cfg.d_sae), top_k=top_k, sample=sample, seed=seed)
     n_total = len(data)
     scores: list[float | None] = [None] * n_total

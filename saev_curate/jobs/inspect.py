@@ -27,6 +27,10 @@ def run_inspect(out: str | Path = "site", *, model=None, processor=None, sae=Non
     from saev_curate.vlm.load import load_vlm
 
     out = Path(out)
+    if model is not None and sae is None:
+        raise InputError("--sae: give the SAE folder for this model (or leave --model out for the testbed)")
+    if model is not None and data is None:
+        raise InputError("--data: give the rows to inspect (or leave --model out for the testbed)")
     if model is None:
         import datasets
 
@@ -46,10 +50,6 @@ def run_inspect(out: str | Path = "site", *, model=None, processor=None, sae=Non
         processor = processor or loaded
     if processor is None:
         raise InputError("run_inspect(model=<an object>) needs processor=")
-    if sae is None:
-        raise InputError("--sae: give the SAE folder for this model (or leave --model out for the testbed)")
-    if data is None:
-        raise InputError("--data: give the rows to inspect (or leave --model out for the testbed)")
     if isinstance(sae, (str, Path)):
         sae = load_sae(str(sae))
     if isinstance(data, (str, Path)):
