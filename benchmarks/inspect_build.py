@@ -1,7 +1,7 @@
 """How long the feature site takes over testbed rows, and whether its memory stays flat in the number of rows.
 
-Builds the site (:func:`saev_curate.inspect.site.build_site`) for every live feature with 20 top rows (and a 20-row
-sample for the quantile bands) over 500 and over 2,000 test-split rows of the testbed, each in its own process
+Builds the site (:func:`saev_curate.inspect.site.build_site`) for every live feature with its 20 top rows (and an
+8-row sample for the quantile bands) over 500 and over 2,000 test-split rows of the testbed, each in its own process
 (so each peak RSS is its own), side by side in one run, with the same model, topk SAE and weights (fitted once on
 500 rows, outside the timing).  Prints and writes ``benchmarks/inspect_build/results.json``.
 
@@ -45,7 +45,7 @@ def child(rows: int, weights: str, out: str) -> None:
     data = datasets.Dataset.from_list(defect_rows(rows, split="test", seed=0))
     w = CrossModalWeights.load(weights)
     t0 = time.perf_counter()
-    r = build_site(model, processor, sae, w, data, out, top_k=20, sample=20, n_rows=8, progress=False)
+    r = build_site(model, processor, sae, w, data, out, top_k=20, sample=8, n_rows=8, progress=False)
     seconds = time.perf_counter() - t0
     files = sum(1 for p in Path(out).rglob("*") if p.is_file())
     size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())

@@ -131,7 +131,7 @@ def collect(model, processor, sae, weights, data, *, by: str | None = None, top_
                     prep = prepare_batch(processor, [rows[k] for k in kept], mode="prompt", on_error="raise",
                                          max_length=config.score_max_length)
                     prompt_len = prep.inputs["attention_mask"].sum(1)
-                agree = batch_agreement(sae, weights, acts, template_ids, thresholds, prompt_len)
+                agree = batch_agreement(sae, weights, acts, template_ids, thresholds, prompt_len, columns=(in_pass,))
                 for j, i in enumerate(kept_ids):
                     scores[i] = agree[in_pass][j]
                     errors[i] = errors[i] or agree["error"][j]

@@ -25,7 +25,7 @@ import numpy as np
 from saev_curate.core.errors import InputError
 from saev_curate.inspect.text import token_strings, token_text
 
-__all__ = ["SiteResult", "build_site", "cross_modal_pairs"]
+__all__ = ["PairIndex", "SiteResult", "build_site"]
 
 CSS = ("body{font-family:sans-serif;max-width:1200px;margin:1.5em auto;color:#222}"
        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 7px;vertical-align:top;font-size:13px}"
@@ -109,24 +109,43 @@ def _svg_bars(heights: list[float], centers: list[float], *, width: int = 420, h
     return f"<svg width='{width}' height='{height}' role='img'>{bars}{axis}</svg>"
 
 
-def cross_modal_pairs(pairs, feature: int, *, top: int = 6) -> dict[str, list[dict]]:
-    """``feature``'s strongest cross-modal pairs in a :class:`~saev_curate.curation.pairs.FeaturePairs`: the image
-    features it pairs with as a text feature, and the text features as an image feature, by npmi (only partners
-    seen on at least ``min_count`` reference rows)."""
-    import torch
+class PairIndex:
+    """A :class:`~saev_curate.curation.pairs.FeaturePairs` indexed both ways (by text feature and by image feature),
+    so each feature's strongest cross-modal partners are a slice, not a scan of every pair."""
 
-    if pairs is None or not len(pairs.keys):
-        return {"as_text": [], "as_image": []}
-    d = pairs.d_sae
-    lo, hi = torch.searchsorted(pairs.keys, torch.tensor([feature * d, (feature + 1) * d])).tolist()
-    as_text = [(int(k % d), float(v)) for k, v in zip(pairs.keys[lo:hi], pairs.npmi[lo:hi])
-               if pairs.n_image[int(k % d)] >= pairs.min_count]
-    sel = (pairs.keys % d) == feature
-    as_image = [(int(k // d), float(v)) for k, v in zip(pairs.keys[sel], pairs.npmi[sel])
-                if pairs.n_text[int(k // d)] >= pairs.min_count]
-    best = lambda xs: [{"feature": f, "npmi": v} for f, v in sorted(xs, key=lambda x: -x[1])[:top]]  # noqa: E731
-    ok = pairs.n_text[feature] >= pairs.min_count, pairs.n_image[feature] >= pairs.min_count
-    return {"as_text": best(as_text) if ok[0] else [], "as_image": best(as_image) if ok[1] else []}
+    def __init__(self, pairs):
+        import torch
+
+        self.pairs = pairs
+        if pairs is None or not len(pairs.keys):
+            return
+        d = pairs.d_sae
+        self.text_of, self.image_of = pairs.keys // d, pairs.keys % d
+        self.by_image = torch.argsort(self.image_of, stable=True)
+        self.image_sorted = self.image_of[self.by_image]
+
+    def partners(self, feature: int, *, top: int = 6) -> dict[str, list[dict]]:
+        """``feature``'s strongest pairs by npmi: the image features it pairs with as a text feature, and the text
+        features as an image feature (only partners seen on at least ``min_count`` reference rows)."""
+        import torch
+
+        p = self.pairs
+        if p is None or not len(p.keys):
+            return {"as_text": [], "as_image": []}
+
+        def best(idx, partner, counts) -> list[dict]:
+            idx = idx[counts[partner[idx]] >= p.min_count]
+            if not len(idx):
+                return []
+            vals, order = p.npmi[idx].topk(min(top, len(idx)))
+            return [{"feature": int(partner[idx[o]]), "npmi": float(v)} for v, o in zip(vals, order)]
+
+        t = torch.tensor([feature])
+        lo, hi = int(torch.searchsorted(self.text_of, t)), int(torch.searchsorted(self.text_of, t, right=True))
+        a, b = int(torch.searchsorted(self.image_sorted, t)), int(torch.searchsorted(self.image_sorted, t, right=True))
+        as_text = best(torch.arange(lo, hi), self.image_of, p.n_image) if p.n_text[feature] >= p.min_count else []
+        as_image = best(self.by_image[a:b], self.text_of, p.n_text) if p.n_image[feature] >= p.min_count else []
+        return {"as_text": as_text, "as_image": as_image}
 
 
 class _RowImages:
@@ -142,12 +161,11 @@ class _RowImages:
         if i in self.cache:
             self.cache.move_to_end(i)
             return self.cache[i]
-        from saev_curate.curation.capture import iter_rows
         from saev_curate.inspect.explain import row_images
         from saev_curate.vlm.geometry import PatchBox, image_token_boxes
         from saev_curate.vlm.rows import prepare_batch
 
-        row = next(iter(iter_rows(self.data, [i])))[1]
+        row = self.data[i]  # a Dataset or a list: one row, images decoded
         images = row_images(row)
         prep = prepare_batch(self.processor, [row], mode=self.mode, on_error="record")
         boxes = image_token_boxes(self.model, self.processor, prep.inputs, 0, [im.size for im in images]) \
@@ -476,13 +494,14 @@ def build_site(model, processor, sae, weights, data, out: str | Path = "site", *
     concepts = concept_precision(stats)
     interp = interpretable_share(stats) if stats.concepts else {}
     infos: dict[int, dict] = {}
+    pair_index = PairIndex(weights.pairs)
     for k in feats:
         w = float(weights.omega[k])
         infos[k] = {"class": CLASS_NAMES[int(weights.classes[k])], "omega": None if math.isnan(w) else w,
                     "frequency": float(freq[k]), "mean_activation": float(mean[k]),
                     "max_activation": float(stats.act_max[k]), "rows_firing": int(stats.rows_firing[k]),
                     "image_share": float(share[k]), "concept": concepts.get(k), "logits": logits.get(k),
-                    "pairs": cross_modal_pairs(weights.pairs, k)}
+                    "pairs": pair_index.partners(k)}
         infos[k]["label"] = _feature_label(k, concepts.get(k), logits.get(k))
     ranked = sorted((i for i, s in enumerate(col.scores) if s is not None), key=lambda i: col.scores[i])
     worst, best = (ranked[:n_rows], ranked[::-1][:n_rows]) if col.higher_is_cleaner else \

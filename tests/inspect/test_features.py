@@ -163,3 +163,27 @@ def test_row_concepts_reads_the_testbed_record():
                        "size": "big", "position": ["top"], "brightness": None, "source": "drawn"}}
     assert row_concepts(row) == ["kind=scene", "shape=circle", "colour=red", "count=3", "size=big", "position=top"]
     assert row_concepts({"prompt": "x"}) == []
+
+
+def test_pair_index_finds_each_features_strongest_partners_as_a_scan_does():
+    from saev_curate.curation.pairs import PairCounter
+    from saev_curate.inspect.site import PairIndex
+
+    g = torch.Generator().manual_seed(5)
+    counter = PairCounter(10, delta=0.5, min_count=3)
+    for _ in range(60):
+        counter.observe(torch.rand(10, generator=g) * (torch.arange(10) % 3 + 1) / 2, torch.rand(10, generator=g))
+    pairs = counter.result()
+    index = PairIndex(pairs)
+    d = pairs.d_sae
+    for f in range(d):
+        scan_text = sorted(((int(k % d), float(v)) for k, v in zip(pairs.keys, pairs.npmi)
+                            if int(k // d) == f and pairs.n_image[int(k % d)] >= 3), key=lambda x: -x[1])[:6]
+        scan_image = sorted(((int(k // d), float(v)) for k, v in zip(pairs.keys, pairs.npmi)
+                             if int(k % d) == f and pairs.n_text[int(k // d)] >= 3), key=lambda x: -x[1])[:6]
+        got = index.partners(f)
+        want_text = scan_text if pairs.n_text[f] >= 3 else []
+        want_image = scan_image if pairs.n_image[f] >= 3 else []
+        assert [p["npmi"] for p in got["as_text"]] == pytest.approx([v for _, v in want_text])
+        assert [p["npmi"] for p in got["as_image"]] == pytest.approx([v for _, v in want_image])
+        assert {p["feature"] for p in got["as_text"]} <= {k for k, _ in scan_text} | set(range(d))
