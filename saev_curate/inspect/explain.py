@@ -25,7 +25,10 @@ import torch
 
 from saev_curate.core.errors import InputError
 
-__all__ = ["RowExplanation", "explain", "recommended_methods"]
+__all__ = ["LABEL_COLUMNS", "RowExplanation", "explain", "recommended_methods"]
+
+#: columns a row may carry that say what it is (the testbed's and a planted check's labels); shown, never scored
+LABEL_COLUMNS = ("defect", "task", "qtype", "image_kind", "check_kind")
 
 
 def recommended_methods(columns) -> list[str]:
@@ -53,6 +56,8 @@ class RowExplanation:
     values: dict[int, list[float]]  # feature -> its activation at every token of ``tokens``
     boxes: list[Any]  # one PatchBox (or None) per image token, sequence order
     image_sizes: list[tuple[int, int]]
+    #: what the data themselves say about the row (label columns such as the testbed's ``defect``, ``task``)
+    labels: dict[str, Any] = field(default_factory=dict)
     blame: dict[str, Any] | None = None
     votes: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
@@ -168,4 +173,5 @@ def explain(row: dict, model, processor=None, sae=None, weights=None, *, index: 
     return RowExplanation(index=index, scores=scores, higher_is_cleaner=directions, contributions=contributions,
                           tokens=token_strings(tok, ids.tolist()), is_image=is_image.tolist(),
                           response_start=response_start, values=values, boxes=list(boxes), image_sizes=sizes,
-                          blame=blame, votes=votes[:12])
+                          labels={k: row[k] for k in LABEL_COLUMNS if row.get(k) is not None}, blame=blame,
+                          votes=votes[:12])

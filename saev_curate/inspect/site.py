@@ -190,7 +190,7 @@ def _heat_png(thumbs: list, boxes: list, image_values: list[float], vmax: float,
     names = []
     for j, thumb in enumerate(thumbs):
         heat = heatmap(image_values, boxes, thumb.size, image=j)
-        img = overlay(thumb, heat, vmin=0.0, vmax=max(vmax, 1e-6)) if np.isfinite(heat).any() else thumb
+        img = overlay(thumb, heat, vmin=0.0, vmax=max(vmax, 1e-6), alpha=0.4) if np.isfinite(heat).any() else thumb
         name = f"{path.name}-{j}.png"
         img.save(path.parent / name, compress_level=1)
         names.append(name)
@@ -341,12 +341,18 @@ def row_page_html(exp, row_index: int, *, feature_pages: set[int], images: list,
                       + ("" if known is None else f" — {'one of' if known else 'not one of'} the words the data know "
                          "to be false") + f"; features voting against it: {_esc(exp.blame['features'] or '–')}</p>")
     zero = [0.0] * len(exp.tokens)
+    plain = []
+    for j, im in enumerate(images):
+        plain.append(f"{row_index}-image{j}.png")
+        im.save(img_dir / plain[-1])
     body = [
         "<nav><a href='../index.html'>← all features</a></nav>", f"<h1>Row {row_index}</h1>",
         f"<p>{_esc(rank_note)}</p>" if rank_note else "",
         "<h2>Scores in the recommended columns</h2><table><tr><th>method</th><th>score</th><th>cleaner is</th></tr>"
         + score_rows + "</table>",
-        "<h2>The row</h2>" + tokens_html(exp.tokens, zero, exp.is_image, 1.0, marks=marks)
+        "<h2>The row</h2>" + "".join(f"<img src='img/{n}' width=128 alt='image {j}'>" for j, n in enumerate(plain))
+        + "<p>" + " · ".join(f"{_esc(k)}: <b>{_esc(v)}</b>" for k, v in exp.labels.items()) + "</p>"
+        + tokens_html(exp.tokens, zero, exp.is_image, 1.0, marks=marks)
         + "<p><small><span class=blame>boxed</span>: the blamed token; <span class=defect>wavy</span>: words the "
         "data know to be false</small></p>", "<h2>The token the score blames</h2>" + blame_html,
         f"<h2>Features that drove it</h2><p><small>Contributions to the paper's score (ω of each feature firing on both "
@@ -420,6 +426,7 @@ def _scatter(infos: dict[int, dict], width: int = 560, height: int = 300) -> str
 
 def _index_page(infos: dict[int, dict], stats, collected, row_links: dict[str, list[int]], scores,
                 interp: dict, title: str) -> str:
+    n_live = int(len(stats.live))
     counts: dict[str, int] = {}
     for i in infos.values():
         counts[i["class"]] = counts.get(i["class"], 0) + 1
@@ -442,7 +449,8 @@ def _index_page(infos: dict[int, dict], stats, collected, row_links: dict[str, l
                  f"{interp['live']} ({interp['share']:.0%})</li>")
     body = [f"<h1>{_esc(title)}</h1>",
             f"<ul><li>{stats.n_rows} rows, {stats.n_tokens} tokens ({stats.n_image_tokens} image tokens), shown as "
-            f"{_esc(collected.mode)}</li><li>{len(infos)} live features of {stats.d_sae}; classes: "
+            f"{_esc(collected.mode)}</li><li>{n_live} live features of {stats.d_sae}, {len(infos)} with a page; their "
+            "classes: "
             + ", ".join(f"<span style='color:{CLASS_COLOURS.get(c, '#555')}'>{_esc(c)}</span> {n}"
                         for c, n in sorted(counts.items())) + f"</li>{share}</ul>",
             "<h2>Frequency vs mean activation</h2>", _scatter(infos),

@@ -102,6 +102,9 @@ def test_explain_returns_what_the_row_page_shows(small_site):
     assert all(f"feature {f}" in page or f">{f}</a></b>" in page for f in exp.values)
     assert exp.blame["text"] in page and "response_perplexity" in page
     assert json.loads(json.dumps(exp.to_dict()))["blame"]["token"] == exp.blame["token"]
+    labelled = dict(s["rows"][i], defect="hallucinated_detail")
+    assert explain(labelled, s["model"], s["processor"], s["sae"], s["weights"]).labels == {
+        "defect": "hallucinated_detail"}
 
 
 @pytest.fixture(scope="module")
