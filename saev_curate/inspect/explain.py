@@ -25,7 +25,7 @@ import torch
 
 from saev_curate.core.errors import InputError
 
-__all__ = ["LABEL_COLUMNS", "RowExplanation", "explain", "recommended_methods"]
+__all__ = ["LABEL_COLUMNS", "RowExplanation", "explain", "load_parts", "recommended_methods"]
 
 #: columns a row may carry that say what it is (the testbed's and a planted check's labels); shown, never scored
 LABEL_COLUMNS = ("defect", "task", "qtype", "image_kind", "check_kind")
@@ -79,7 +79,9 @@ class RowExplanation:
         return d
 
 
-def _load(model, processor, sae, weights):
+def load_parts(model, processor, sae, weights, *, need_weights: bool = True):
+    """``(model, processor, sae, weights)`` with each given as an object or a folder loaded (a model folder brings
+    its processor); an SAE, and weights when ``need_weights``, must be given."""
     from saev_curate.curation.crossmodal import CrossModalWeights
     from saev_curate.sae.io import load_sae
     from saev_curate.vlm.load import load_vlm
@@ -88,13 +90,13 @@ def _load(model, processor, sae, weights):
         model, loaded = load_vlm(str(model))
         processor = processor or loaded
     if processor is None:
-        raise InputError("explain(model=<an object>) needs processor=")
+        raise InputError("model=<an object> needs processor= (or give the model's folder)")
     if isinstance(sae, (str, Path)):
         sae = load_sae(str(sae))
     if isinstance(weights, (str, Path)):
         weights = CrossModalWeights.load(str(weights))
-    if sae is None or weights is None:
-        raise InputError("explain needs an SAE and its cross-modal weights (sae=, weights=: objects or folders)")
+    if sae is None or (need_weights and weights is None):
+        raise InputError("give an SAE and its cross-modal weights (sae=, weights=: objects or folders)")
     return model, processor, sae, weights
 
 
@@ -124,7 +126,7 @@ def explain(row: dict, model, processor=None, sae=None, weights=None, *, index: 
     from saev_curate.vlm.layers import context_length, resolve_sae_layer
     from saev_curate.vlm.rows import prepare_batch
 
-    model, processor, sae, weights = _load(model, processor, sae, weights)
+    model, processor, sae, weights = load_parts(model, processor, sae, weights)
     config = config if config is not None else ScoreConfig()
     methods = recommended_methods(list(row))
     scored = MethodScorer(model, processor, sae, weights, methods=methods, config=config)([row])

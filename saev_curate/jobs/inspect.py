@@ -21,10 +21,9 @@ def run_inspect(out: str | Path = "site", *, model=None, processor=None, sae=Non
     ``weights``: ω fitted on ``n_reference`` rows of the data and saved to ``out/weights``.  Returns the
     :class:`~saev_curate.inspect.site.SiteResult`."""
     from saev_curate.curation.crossmodal import CrossModalWeights
+    from saev_curate.inspect.explain import load_parts
     from saev_curate.inspect.site import build_site
     from saev_curate.io.datasets import load_local_dataset
-    from saev_curate.sae.io import load_sae
-    from saev_curate.vlm.load import load_vlm
 
     out = Path(out)
     if model is not None and sae is None:
@@ -37,6 +36,7 @@ def run_inspect(out: str | Path = "site", *, model=None, processor=None, sae=Non
         from saev_curate.jobs.detection import testbed_sae
         from saev_curate.testbed import build_testbed
         from saev_curate.testbed.data import defect_rows
+        from saev_curate.vlm.load import load_vlm
 
         model = build_testbed()
         vlm, processor = load_vlm(str(model))
@@ -45,20 +45,12 @@ def run_inspect(out: str | Path = "site", *, model=None, processor=None, sae=Non
         if data is None:
             data = datasets.Dataset.from_list(defect_rows(rows, split="test", seed=seed))
         model = vlm
-    elif isinstance(model, (str, Path)):
-        model, loaded = load_vlm(str(model))
-        processor = processor or loaded
-    if processor is None:
-        raise InputError("run_inspect(model=<an object>) needs processor=")
-    if isinstance(sae, (str, Path)):
-        sae = load_sae(str(sae))
+    model, processor, sae, weights = load_parts(model, processor, sae, weights, need_weights=False)
     if isinstance(data, (str, Path)):
         data = load_local_dataset(data)
     if weights is None:
         weights = CrossModalWeights.fit(model, processor, sae, data, None, n_reference=min(n_reference, len(data)),
                                         progress=progress)
         weights.save(out / "weights")
-    elif isinstance(weights, (str, Path)):
-        weights = CrossModalWeights.load(str(weights))
     return build_site(model, processor, sae, weights, data, out, top_k=top_k, sample=sample, n_rows=n_rows, by=by,
                       max_features=max_features, batch_size=batch_size, config=config, progress=progress)

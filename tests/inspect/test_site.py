@@ -109,20 +109,11 @@ def test_explain_returns_what_the_row_page_shows(small_site):
 
 @pytest.fixture(scope="module")
 def qwen_site(tmp_path_factory):
-    import datasets
-    from scoring_rows import make_rows, make_sae
+    from scoring_rows import save_qwen_parts
 
     from saev_curate.cli import main
-    from saev_curate.testing import save_tiny_vlm
-    from saev_curate.vlm.load import load_vlm
 
-    root = tmp_path_factory.mktemp("qwen_inspect")
-    save_tiny_vlm("qwen2_vl", root / "model", seed=0)
-    model, _ = load_vlm(str(root / "model"))
-    sae = make_sae(model.config.get_text_config().hidden_size)
-    sae.cfg.hook_layer = 1
-    sae.save(root / "sae")
-    datasets.Dataset.from_list(make_rows(10, seed=4)).save_to_disk(str(root / "data"))
+    root = save_qwen_parts(tmp_path_factory.mktemp("qwen_inspect"), 10)
     rc = main(["inspect", "--model", str(root / "model"), "--sae", str(root / "sae"), "--data", str(root / "data"),
                "--out", str(root / "site"), "--max-features", "4", "--top-k", "3", "--sample", "3",
                "--row-pages", "1", "--batch-size", "4"])
