@@ -207,7 +207,7 @@ def _feature_label(k: int, concept: dict | None, logits: dict | None) -> str:
 
 
 def _example_html(stats, ex, slot: int, k: int, tok, images: _RowImages, img_dir: Path, vmax: float,
-                  prefix: str) -> tuple[str, dict]:
+                  prefix: str, row_pages: set[int]) -> tuple[str, dict]:
     """One kept row of feature ``k`` (slot ``slot`` of ``ex``): heat maps + shaded text, and its Neuronpedia
     activation record."""
     row = int(ex.row[k, slot])
@@ -224,14 +224,15 @@ def _example_html(stats, ex, slot: int, k: int, tok, images: _RowImages, img_dir
     record = {"tokens": toks, "values": vals, "maxValue": float(max(vals, default=0.0)),
               "maxValueTokenIndex": top_at, "row": row, "images": [f"img/{n}" for n in names],
               "is_image": is_img}
-    body = (f"<div class=ex>{pics}<div><small>row <a href='../rows/{row}.html'>{row}</a> · max "
+    link = f"<a href='../rows/{row}.html'>{row}</a>" if row in row_pages else str(row)
+    body = (f"<div class=ex>{pics}<div><small>row {link} · max "
             f"{record['maxValue']:.3g} ({'image' if is_img and is_img[top_at] else 'text'})</small>"
             f"{tokens_html(toks, vals, is_img, vmax)}</div></div>")
     return body, record
 
 
 def _feature_page(k: int, stats, info: dict, tok, images: _RowImages, out: Path, row_pages: set[int],
-                  dataset_name: str) -> None:
+                  dataset_name: str, feature_pages: set[int]) -> None:
     img_dir = out / "features" / "img"
     top_slots = [s for s in range(stats.top_k) if int(stats.top.row[k, s]) >= 0]
     vmax = float(stats.top.value[k, 0]) if top_slots else 0.0
@@ -241,7 +242,7 @@ def _feature_page(k: int, stats, info: dict, tok, images: _RowImages, out: Path,
     heights = hist.counts[k].tolist()
     top_html, activations = [], []
     for s in top_slots:
-        h, rec = _example_html(stats, stats.top, s, k, tok, images, img_dir, vmax, "t")
+        h, rec = _example_html(stats, stats.top, s, k, tok, images, img_dir, vmax, "t", row_pages)
         top_html.append(h)
         activations.append({"bin_min": -1, "bin_max": -1, "bin_contains": -1, **rec})
     band_html = []
@@ -249,7 +250,7 @@ def _feature_page(k: int, stats, info: dict, tok, images: _RowImages, out: Path,
         band_html.append(f"<h3>Band {b + 1}: activation {band['bin_min']:.3g} – {band['bin_max']:.3g} "
                          f"({band['bin_contains']:.0%} of a uniform sample of firing rows)</h3>")
         for s in band["slots"]:
-            h, rec = _example_html(stats, stats.sample, s, k, tok, images, img_dir, vmax, "q")
+            h, rec = _example_html(stats, stats.sample, s, k, tok, images, img_dir, vmax, "q", row_pages)
             band_html.append(h)
             activations.append({"bin_min": band["bin_min"], "bin_max": band["bin_max"],
                                 "bin_contains": band["bin_contains"], **rec})
@@ -273,7 +274,7 @@ def _feature_page(k: int, stats, info: dict, tok, images: _RowImages, out: Path,
     (out / "features" / f"{k}.json").write_text(json.dumps(np_json, allow_nan=False, default=_json_default))
 
     def flink(f: int) -> str:
-        return f"<a href='{f}.html'>{f}</a>"
+        return f"<a href='{f}.html'>{f}</a>" if f in feature_pages else str(f)
 
     logit_rows = "".join(f"<tr><td>{_esc(token_text(a))}</td><td>{b:+.3g}</td><td>{_esc(token_text(c))}</td>"
                          f"<td>{d:+.3g}</td></tr>" for a, b, c, d in zip(logits.get("pos_str", []),
@@ -523,7 +524,7 @@ def build_site(model, processor, sae, weights, data, out: str | Path = "site", *
 
         it = tqdm(feats, desc="inspect: feature pages", unit="page")
     for k in it:
-        _feature_page(k, stats, infos[k], tok, images, out, set(chosen_rows), dataset_name)
+        _feature_page(k, stats, infos[k], tok, images, out, set(chosen_rows), dataset_name, set(feats))
     from saev_curate.curation.capture import iter_rows
 
     pages = set(feats)
