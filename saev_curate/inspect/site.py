@@ -530,13 +530,13 @@ def build_site(model, processor, sae, weights, data, out: str | Path = "site", *
     pages = set(feats)
     for i, row in iter_rows(data, sorted(chosen_rows)):
         exp = explain(row, model, processor, sae, weights, index=i, config=config)
-        note = (f"{'lowest' if i in worst else 'highest'}-{'scoring' if col.higher_is_cleaner else 'ranked'} by "
-                f"{col.by}: {_fmt(col.scores[i])}")
+        note = (f"{'among the least clean' if i in worst else 'among the cleanest'} rows by {col.by} "
+                f"({'higher' if col.higher_is_cleaner else 'lower'} = cleaner): {_fmt(col.scores[i])}")
         thumbs, boxes = images.get(i)
         (out / "rows" / f"{i}.html").write_text(row_page_html(exp, i, feature_pages=pages, images=thumbs, boxes=boxes,
                                                               img_dir=out / "rows" / "img", rank_note=note))
         (out / "rows" / f"{i}.json").write_text(json.dumps(exp.to_dict(), default=_json_default))
-    links = {f"lowest by {col.by} (least clean first)": worst, f"highest by {col.by}": best}
+    links = {f"least clean by {col.by} (worst first)": worst, f"cleanest by {col.by}": best}
     index = out / "index.html"
     index.write_text(_index_page(infos, stats, col, links, col.scores, interp, title))
     (out / "summary.json").write_text(json.dumps({"rows": stats.n_rows, "live_features": len(feats),
