@@ -161,7 +161,7 @@ def test_llava_hand_computed_boxes(tiny_vlm):
     x in [16c, 16c+16), y in [16 + 16r, 32 + 16r)."""
     model, processor = tiny_vlm("llava")
     pb = _batch(processor, [[((64, 96), (0, 0, 1, 1))]])
-    boxes = image_token_boxes(model, processor, pb.inputs, 0, [(64, 96)])
+    boxes = image_token_boxes(model, processor, pb, 0, [(64, 96)])  # a PreparedBatch works as its inputs
     expected = [(16.0 * c, 16.0 + 16 * r, 16.0 * c + 16, 32.0 + 16 * r) for r in range(4) for c in range(4)]
     _close([b.box for b in boxes], expected)
 
