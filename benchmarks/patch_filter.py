@@ -86,6 +86,9 @@ def main(argv=None) -> dict:
                                         seed=42 + seed, progress=True)
         n_cross.append(weights.class_counts()["cross_modal"])
         for method in METHODS:
+            if method == "cross_modal" and not n_cross[-1]:
+                raise SystemExit(f"seed {seed}: the weights fitted on {len(reference)} rows classify no feature as "
+                                 "cross-modal; pass more --reference-rows")
             for p in args.keep:
                 res = filter_rows(model, processor, sae, prompts, keep_percent=p, by=method, weights=weights,
                                   seed=seed, batch_size=64, progress=True)
