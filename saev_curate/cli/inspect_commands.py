@@ -25,6 +25,7 @@ from saev_curate.cli.common import (
     positive_int,
     traceback_arg,
 )
+from saev_curate.vlm.rows.conversations import MODES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +49,7 @@ def _register_patch_filter(sub: argparse._SubParsersAction) -> None:
     pf.add_argument("--fill", choices=("mean", "processor"), default="mean",
                     help="colour of blanked pixels: the image's mean colour (default) or the processor's image_mean")
     pf.add_argument("--seed", type=int, default=0, help="seed of the random order (--by random, and ties)")
-    pf.add_argument("--mode", choices=("prompt", "chosen", "rejected"), default="prompt",
+    pf.add_argument("--mode", choices=MODES, default="prompt",
                     help="which text the activations are read with (default: the prompt)")
     layer_arg(pf, default=None, help="decoder layer or hook name (default: the SAE's own)")
     batch_size_arg(pf)

@@ -353,7 +353,8 @@ def _qwen_row_grids(model, inputs, row: int, n_images: int) -> list:
 
 def image_token_boxes(model, processor, inputs, row: int, image_sizes: Sequence[tuple[int, int]]
                       ) -> list[PatchBox | None]:
-    """One entry per image-placeholder token of batch row ``row`` of ``inputs`` (the processor's output), in
+    """One entry per image-placeholder token of batch row ``row`` of ``inputs`` (the processor's output or a
+    :class:`~saev_curate.vlm.rows.batch.PreparedBatch`), in
     sequence order (the same order as ``Activations.image_tokens(row)``); ``image_sizes`` are the row's original
     images' ``(width, height)``; ``None`` for a token that encodes no region (LLaVA-NeXT's row newlines, a
     CLS token, a patch wholly in padding).
@@ -361,6 +362,10 @@ def image_token_boxes(model, processor, inputs, row: int, image_sizes: Sequence[
     Raises :class:`InputError` for an unsupported family, or when the layout's token count differs from the
     row's image tokens (the processor ran with other settings than it now has, or ``image_sizes`` are wrong).
     """
+    from saev_curate.vlm.rows.batch import PreparedBatch
+
+    if isinstance(inputs, PreparedBatch):  # its kept rows, as capture_activations reads them
+        inputs = inputs.inputs
     fam = _family(model)
     sizes = [(int(w), int(h)) for w, h in image_sizes]
     if any(w <= 0 or h <= 0 for w, h in sizes):

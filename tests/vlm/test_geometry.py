@@ -161,7 +161,7 @@ def test_llava_hand_computed_boxes(tiny_vlm):
     x in [16c, 16c+16), y in [16 + 16r, 32 + 16r)."""
     model, processor = tiny_vlm("llava")
     pb = _batch(processor, [[((64, 96), (0, 0, 1, 1))]])
-    boxes = image_token_boxes(model, processor, pb.inputs, 0, [(64, 96)])
+    boxes = image_token_boxes(model, processor, pb, 0, [(64, 96)])  # a PreparedBatch works as its inputs
     expected = [(16.0 * c, 16.0 + 16 * r, 16.0 * c + 16, 32.0 + 16 * r) for r in range(4) for c in range(4)]
     _close([b.box for b in boxes], expected)
 
@@ -317,3 +317,19 @@ def test_llava_pad_to_square_and_full_strategy():
     pb = _batch(processor, [[((64, 32), (0, 0, 1, 1))]])
     full = image_token_boxes(model, processor, pb.inputs, 0, [(64, 32)])
     assert full[0] is None and full[1:] == boxes
+
+
+def test_testbed_model():
+    """The testbed (a LLaVA over 32x32 images, patch 8): 16 tokens, each an 8x8 square of a 32x32 image, in
+    row-major order, matching the image tokens the processor wrote."""
+    from saev_curate.testbed import language as lang
+    from saev_curate.testbed.build import TestbedConfig, build_untrained
+
+    model, processor = build_untrained(TestbedConfig())
+    img = _white_square((32, 32), (8, 0, 16, 8))
+    pb = prepare_batch(processor, [{"messages": lang.chat_prompt("what digit is this ?"), "images": [img]}],
+                       mode="prompt")
+    boxes = image_token_boxes(model, processor, pb.inputs, 0, [(32, 32)])
+    _close([b.box for b in boxes], [(8.0 * c, 8.0 * r, 8.0 * c + 8, 8.0 * r + 8) for r in range(4) for c in range(4)])
+    white = _token_whiteness("llava", model, processor, pb.inputs, [1])[0]
+    assert [round(w, 1) for w in white] == [0.0, 1.0] + [0.0] * 14
