@@ -38,6 +38,8 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "saev_curate.curation.sharded": ("score_to_disk",),
     # which method works on the user's own model: planted defects, AUROC per method x kind, a page
     "saev_curate.jobs.check": ("check",),
+    # look inside: one row's explanation as data (what the site's row page shows)
+    "saev_curate.inspect.explain": ("RowExplanation", "explain"),
     # training integration: re-score with the policy during TRL training, a sampler the trainer obeys
     "saev_curate.integrations.trl": ("SaevRescoreCallback",),
     # data in and out

@@ -72,3 +72,20 @@ def save_launch_inputs(root, rows: list[dict]) -> list[str]:
         sae.W_enc.mul_(40)
     sae.save(root / "sae")
     return ["--model", str(root / "model"), "--sae", str(root / "sae")]
+
+
+def save_qwen_parts(root, n_rows: int, seed: int = 4):
+    """A tiny Qwen2-VL, a random SAE for its layer 1 and ``make_rows(n_rows, seed)`` saved under ``root`` (``model``,
+    ``sae``, ``data``): what a CLI test runs a command on."""
+    import datasets
+
+    from saev_curate.testing import save_tiny_vlm
+    from saev_curate.vlm.load import load_vlm
+
+    save_tiny_vlm("qwen2_vl", root / "model", seed=0)
+    model, _ = load_vlm(str(root / "model"))
+    sae = make_sae(model.config.get_text_config().hidden_size)
+    sae.cfg.hook_layer = 1
+    sae.save(root / "sae")
+    datasets.Dataset.from_list(make_rows(n_rows, seed=seed)).save_to_disk(str(root / "data"))
+    return root

@@ -47,6 +47,7 @@ def test_demo_cli_runs_end_to_end(tmp_path, monkeypatch, capsys):
             "response_perplexity", "random", "cooccur_l0", "l0"} <= set(summary["auroc"])
     page = (out / "report.html").read_text()
     assert "<svg" in page and "AUROC" in page and "image prompt mismatch" in page
+    assert "href='site/index.html'" in page and (out / "site" / "index.html").is_file()  # the report links the site
     assert (out / "weights").is_dir() and any((tmp_path / "models").glob("tiny-sae-topk-*/cfg.json"))
 
     # every AUROC against scikit-learn's over the stored columns: clean rows of the kind's own tasks (label 1) against

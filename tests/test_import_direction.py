@@ -8,7 +8,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "saev_curate"
 #: package layer -> the layers above it, which it must never import
-TOP = ("integrations", "cli", "recipes", "jobs")
+TOP = ("integrations", "inspect", "cli", "recipes", "jobs")
 ABOVE = {
     "core": ("io", "sae", "vlm", "curation", "testbed", "testing", *TOP),
     "io": ("sae", "vlm", "curation", "testbed", *TOP),
@@ -16,6 +16,7 @@ ABOVE = {
     "vlm": ("curation", "testbed", *TOP),
     "curation": ("testbed", *TOP),
     "testbed": ("integrations", "cli", "jobs"),
+    "inspect": ("integrations", "cli", "recipes", "jobs"),
 }
 
 

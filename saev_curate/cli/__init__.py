@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "saev_curate.cli.pipeline_commands",
     "saev_curate.cli.score_commands",
     "saev_curate.cli.check_commands",
+    "saev_curate.cli.inspect_commands",
 ]
 
 

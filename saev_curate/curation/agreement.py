@@ -114,11 +114,19 @@ def feature_thresholds(d_sae: int, delta: float, delta_rel: float | None, top_ac
     return torch.where(torch.isfinite(top) & (top > 0), delta_rel * top, torch.full_like(top, float("inf")))
 
 
+#: agreement column -> the table of the weights it reads
+COLUMN_TABLES = {"pair_agreement": "pairs", "answer_agreement": "answer_pairs", "answer_agreement_min": "answer_pairs",
+                 "answer_readout": "answer_readout", "token_readout_min": "token_readout"}
+
+
 def batch_agreement(sae, weights, acts, template_ids: set[int], thresholds: Tensor, prompt_len: Tensor | None = None,
-                    resid: Tensor | None = None, image_max: Tensor | None = None) -> dict[str, list]:
+                    resid: Tensor | None = None, columns: tuple[str, ...] | None = None,
+                    image_max: Tensor | None = None) -> dict[str, list]:
     """:func:`agreement_scores` of a captured batch ``acts`` with ``weights`` (a ``CrossModalWeights``): its
     content tokens, or with ``prompt_len`` (rows shown with a response) the response's tokens and answer slot.
-    ``resid`` replaces ``acts.resid`` (e.g. cast to float); ``image_max`` as in :func:`agreement_scores`."""
+    ``resid`` replaces ``acts.resid`` (e.g. cast to float); ``image_max`` as in :func:`agreement_scores`.
+    ``columns``: only these table-reading columns are computed (the others of :data:`COLUMN_TABLES` come back
+    None), when a caller needs one and not the cost of all."""
     content = content_mask(acts.input_ids, acts.image_mask, acts.text_mask, template_ids, acts.attention_mask,
                            prompt_len)
     slot = None if prompt_len is None else answer_slot(acts.attention_mask, prompt_len)
@@ -126,10 +134,12 @@ def batch_agreement(sae, weights, acts, template_ids: set[int], thresholds: Tens
     if prompt_len is not None:
         am = torch.ones_like(acts.input_ids) if acts.attention_mask is None else acts.attention_mask
         token_index = torch.cumsum(am.long(), dim=1) - 1 - prompt_len.to(am.device).long()[:, None]
+    used = set(COLUMN_TABLES.values()) if columns is None else {COLUMN_TABLES[c] for c in columns if c in COLUMN_TABLES}
+    table = {name: getattr(weights, name) if name in used else None for name in set(COLUMN_TABLES.values())}
     return agreement_scores(sae, weights.omega, acts.resid if resid is None else resid, acts.image_mask, content,
-                            thresholds, weights.pairs, slot=slot, answer_pairs=weights.answer_pairs,
-                            input_ids=acts.input_ids, answer_readout=weights.answer_readout,
-                            token_readout=weights.token_readout, token_index=token_index, image_max=image_max)
+                            thresholds, table["pairs"], slot=slot, answer_pairs=table["answer_pairs"],
+                            input_ids=acts.input_ids, answer_readout=table["answer_readout"],
+                            token_readout=table["token_readout"], token_index=token_index, image_max=image_max)
 
 
 @torch.no_grad()

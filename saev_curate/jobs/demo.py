@@ -35,6 +35,8 @@ class DemoResult:
     seconds: float
     #: the SAE folder the scores came from
     sae: str = ""
+    #: the feature browser (``saev-curate inspect``) of the SAE over the rows, when built
+    site: Path | None = None
 
 
 def default_demo_by() -> str:
@@ -63,12 +65,14 @@ def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae
              rows: int = 600, defect_rate: float = 0.3, sae_steps: int = 1000, architecture: str = "topk",
              n_reference: int = 1000, fraction: float = 0.5, by: str | None = None, seed: int = 0,
              progress: bool = True, split: str = "test", report: bool = True, mix: dict[str, float] | None = None,
-             describe_share: float = 0.5) -> DemoResult:
+             describe_share: float = 0.5, site_features: int = 200) -> DemoResult:
     """Build/take the model and an SAE, fit ω, score every row with every method, select, report.
 
     ``split``: the testbed images the rows are drawn from (``saev-curate pipeline`` trains on ``"dev"`` rows and
     evaluates on ``"test"`` items); ``report=False`` skips the HTML page (the pipeline writes its own); ``mix`` and
-    ``describe_share``: the defect kinds and the share of description rows (:func:`~saev_curate.testbed.data.defect_rows`).
+    ``describe_share``: the defect kinds and the share of description rows (:func:`~saev_curate.testbed.data.defect_rows`);
+    ``site_features``: the feature browser (``out/site``, linked from the report) shows the most frequent this many live
+    features (0: no site).
     """
     import datasets
 
@@ -117,13 +121,21 @@ def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae
     seconds = time.perf_counter() - start
     result = DemoResult(out, out / "report.html", table, by, len(scored), n_scored, len(kept), kept_bad, all_bad, seconds,
                         str(sae_dir))
+    if report and site_features:
+        from saev_curate.inspect.site import build_site
+
+        result.site = build_site(vlm, processor, sae_model, weights, ds, out / "site", top_k=10, sample=10,
+                                 max_features=site_features, progress=progress,
+                                 title="SAE-V on the testbed: the feature browser").index
     if report:
+        link = ([f"<p><a href='{result.site.relative_to(out)}'>Look inside: the SAE's features and why the lowest- and "
+                 "highest-scoring rows score what they score</a></p>"] if result.site else [])
         write_score_report(
             scored, result.report, by=col, label="defect", auroc=table, highlight=by,
             title="SAE-V on the testbed: which rows are defective?",
             extra={"model": str(model_path), "SAE": str(sae_dir), "weights": weights.summary(),
                    f"kept (top {fraction:.0%} by {by})": f"{len(kept)} rows, {kept_bad:.0%} defective "
-                   f"(all rows: {all_bad:.0%})", "seconds": round(seconds)})
+                   f"(all rows: {all_bad:.0%})", "seconds": round(seconds)}, sections=link)
     (out / "summary.json").write_text(json.dumps(
         {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()}, indent=2, default=str))
     return result

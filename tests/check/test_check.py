@@ -81,21 +81,11 @@ def test_auroc_and_interval_against_scikit_learn():
 
 @pytest.fixture(scope="module")
 def qwen_check(tmp_path_factory):
-    import datasets
-    from scoring_rows import make_rows, make_sae
+    from scoring_rows import save_qwen_parts
 
     from saev_curate.cli import main
-    from saev_curate.testing import save_tiny_vlm
 
-    root = tmp_path_factory.mktemp("check")
-    save_tiny_vlm("qwen2_vl", root / "model", seed=0)
-    from saev_curate.vlm.load import load_vlm
-
-    model, _ = load_vlm(str(root / "model"))
-    sae = make_sae(model.config.get_text_config().hidden_size)
-    sae.cfg.hook_layer = 1
-    sae.save(root / "sae")
-    datasets.Dataset.from_list(make_rows(20, seed=4)).save_to_disk(str(root / "data"))
+    root = save_qwen_parts(tmp_path_factory.mktemp("check"), 20)
     rc = main(["check", "--model", str(root / "model"), "--sae", str(root / "sae"), "--data", str(root / "data"),
                "--out", str(root / "out"), "--rows", "16", "--bootstrap", "200", "--layer", "1", "--device", "cpu"])
     assert rc == 0

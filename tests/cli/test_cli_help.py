@@ -15,6 +15,7 @@ COMMANDS = {
     "sae": (False, False), "sae info": (False, False),  # a group, and one SAE folder in, a table out
     "methods": (False, False),  # prints the methods table
     "check": (True, True),
+    "patch-filter": (True, True), "inspect": (True, True),
 }
 
 
