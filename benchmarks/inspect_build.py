@@ -5,7 +5,7 @@ Builds the site (:func:`saev_curate.inspect.site.build_site`) for every live fea
 (so each peak RSS is its own), side by side in one run, with the same model, topk SAE and weights (fitted once on
 500 rows, outside the timing).  Prints and writes ``benchmarks/inspect_build/results.json``.
 
-    flock /tmp/saev-heavy.lock nice -n 5 python benchmarks/inspect_build.py
+    python benchmarks/inspect_build.py
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ best concept is the label of the row's image (``digit=7``, ``colour=red``, ``kin
 largest share of its firing rows; that share is its precision.  Features firing on fewer than 5 rows count as not
 meeting the bar.  Prints and writes ``benchmarks/interpretability/results.json``.
 
-    flock /tmp/saev-heavy.lock nice -n 5 python benchmarks/interpretability.py
+    python benchmarks/interpretability.py
 """
 
 from __future__ import annotations
