@@ -52,6 +52,9 @@ def test_pipeline_cli_runs_end_to_end_and_reuses_its_cache(tmp_path, monkeypatch
     page = (out / "report.html").read_text()
     assert page.index("What selection bought") < page.index("AUROC")  # the first screen
     assert "stroke-dasharray" in page  # the cut on the histogram
+    # the report links the feature browser of the scoring SAE over the training rows, and the link resolves
+    assert "href='scoring/site/index.html'" in page and (out / "scoring" / "site" / "index.html").is_file()
+    assert list((out / "scoring" / "site" / "features").glob("*.json"))
     assert doc["reused"] == []
 
     assert main(argv) == 0  # a rerun: nothing recomputed

@@ -71,8 +71,8 @@ def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae
     ``split``: the testbed images the rows are drawn from (``saev-curate pipeline`` trains on ``"dev"`` rows and
     evaluates on ``"test"`` items); ``report=False`` skips the HTML page (the pipeline writes its own); ``mix`` and
     ``describe_share``: the defect kinds and the share of description rows (:func:`~saev_curate.testbed.data.defect_rows`);
-    ``site_features``: the feature browser (``out/site``, linked from the report) shows the most frequent this many live
-    features (0: no site).
+    ``site_features``: the feature browser (``out/site``, linked from the report, and from the pipeline's with
+    ``report=False``) shows the most frequent this many live features (0: no site).
     """
     import datasets
 
@@ -121,7 +121,7 @@ def run_demo(out_dir: str | Path = "saev-demo", *, model: str | None = None, sae
     seconds = time.perf_counter() - start
     result = DemoResult(out, out / "report.html", table, by, len(scored), n_scored, len(kept), kept_bad, all_bad, seconds,
                         str(sae_dir))
-    if report and site_features:
+    if site_features:
         from saev_curate.inspect.site import build_site
 
         result.site = build_site(vlm, processor, sae_model, weights, ds, out / "site", top_k=10, sample=10,

@@ -449,10 +449,14 @@ def write_pipeline_report(result: PipelineResult, scored, *, model_path, defect_
 
     by = result.by[0]
     sel = result.policies[f"selected:{by}"]
+    site = result.report.parent / "scoring" / "site" / "index.html"
+    link = ([f"<p><a href='{site.relative_to(result.report.parent)}'>Look inside: the SAE's features (what each fires "
+             "on, with image heat maps) and why the lowest- and highest-scoring training rows score what they "
+             "score</a></p>"] if site.is_file() else [])
     return write_score_report(
         scored, result.report, by=f"method_{by}", label="defect", auroc=result.auroc, highlight=by,
         title="saev-curate pipeline: selection, DPO, hallucinations of the trained policies", cut=sel.get("cut"),
-        cut_label=f"cut: top {result.fraction:.0%} kept (right)", sections=[effect_section(result)],
+        cut_label=f"cut: top {result.fraction:.0%} kept (right)", sections=[effect_section(result), *link],
         extra={"model": str(model_path), "training rows": f"{result.n_rows} preference rows over dev-split images, "
                f"{defect_rate:.0%} with a tagged defect",
                "DPO": f"LoRA, {result.steps} steps at batch {batch_size}, lr {learning_rate:g}, beta 0.1, NLL on the "
