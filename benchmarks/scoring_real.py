@@ -335,7 +335,7 @@ def plan(quick: bool = False) -> list[dict]:
         specs.append({"kind": "fit_rows", "tokens": 4, "d_in": 256, "d_sae": 65536, "arch": "standard", "rows": n,
                       "batch_size": 64, "active": 64})
     specs.append({"kind": "ratio", "tokens": 576, "layers": 2, "d_sae": 8192, "rows": 2, "batch_size": 2,
-                  "repeats": 3})
+                  "repeats": 5})
     for tokens in TOKENS:
         for d_sae in WIDTHS:
             for arch in ARCHS:

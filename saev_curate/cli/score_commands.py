@@ -28,7 +28,21 @@ from saev_curate.cli.common import (
     traceback_arg,
 )
 from saev_curate.core.errors import InputError
-from saev_curate.curation.config import add_score_args, score_config_from_args
+from saev_curate.curation.config import DEFAULT_CAPACITY, add_score_args, score_config_from_args
+
+
+def _capacity(text: str) -> int | None:
+    """``--pair-capacity``: an integer >= 2, or 'none' (exact counts)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = int(text.replace(",", "").replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a capacity: give an integer >= 2 (e.g. 33554432), "
+                                         "or 'none' for exact counts")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="top tokens kept per feature (default 30, the paper's)")
     fit.add_argument("--tokens-per-modality", type=int, default=5,
                      help="text and image tokens per feature compared for omega (default 5, the paper's)")
+    fit.add_argument("--pair-capacity", type=_capacity, default=DEFAULT_CAPACITY,
+                     help=f"distinct feature pairs each pair / read-out table keeps (default {DEFAULT_CAPACITY:,}: "
+                          "exact for d_sae <= 5,792; beyond it a lossy count whose worst undercount is saved with "
+                          "the weights); 'none': exact at any size, memory growing with the distinct pairs")
     max_length_arg(fit)
     min_usable_share_arg(fit)
     max_image_pixels_arg(fit)
@@ -124,7 +142,8 @@ def _fit(args) -> int:
                               top_features_per_token=args.top_features_per_token,
                               top_tokens_per_feature=args.top_tokens_per_feature,
                               tokens_per_modality=args.tokens_per_modality, max_length=args.max_length,
-                              progress=True, min_usable_share=args.min_usable_share)
+                              progress=True, min_usable_share=args.min_usable_share,
+                              pair_capacity=args.pair_capacity)
     w.meta["model"]["path"] = str(args.model)
     w.meta["sae"]["path"] = str(args.sae)
     if process_rank()[0] == 0:  # under a launcher every process fits the same seeded rows: one writes

@@ -183,7 +183,7 @@ def agreement_scores(sae, omega: Tensor, resid: Tensor, image_mask: Tensor, cont
             m = z_txt.amax(0)
             txt_max = m if txt_max is None else torch.maximum(txt_max, m)
             if answer_pairs is not None and z_slot is not None:
-                per_token += [answer_pairs.agreement(z, z_slot) for z in z_txt]
+                per_token += answer_pairs.agreement_each(z_txt, z_slot)
         on_txt = (txt_max > thr) & defined
         out["score_content"].append(float(((on_txt & on_img).double() * w).sum()))
         out["grounding"].append(grounded / den if den > 0 else 0.0)

@@ -16,11 +16,14 @@ from typing import Any
 
 from saev_curate.core.errors import InputError
 
-__all__ = ["DEFAULT_CONTROL_PROMPT", "ScoreConfig", "add_score_args", "score_config_from_args"]
+__all__ = ["DEFAULT_CAPACITY", "DEFAULT_CONTROL_PROMPT", "ScoreConfig", "add_score_args", "score_config_from_args"]
 
 #: the control prompt used when a method needs one and none is given: a fixed neutral question that fits every image
 DEFAULT_CONTROL_PROMPT = "What is shown in the image?"
 FEATURE_SETS = ("cooccur", "any")
+#: distinct keys a fit's pair / read-out table keeps by default (:mod:`saev_curate.curation.counting`): 2^25 (~0.5 GB,
+#: ~1.6 GB while merging); an SAE with d_sae^2 <= this (d_sae <= 5,792) can never reach it, so its counts are exact
+DEFAULT_CAPACITY = 1 << 25
 
 
 @dataclass

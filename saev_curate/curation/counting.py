@@ -27,12 +27,10 @@ import torch
 from torch import Tensor
 
 from saev_curate.core.errors import InputError
+from saev_curate.curation.config import DEFAULT_CAPACITY
 
 __all__ = ["DEFAULT_CAPACITY", "KeyCounter"]
 
-#: distinct keys a table keeps by default: 2^25 (~0.5 GB, ~1.6 GB while merging); an SAE with
-#: d_sae^2 <= this (d_sae <= 5,792) can never reach it, so its feature-pair counts are always exact
-DEFAULT_CAPACITY = 1 << 25
 
 
 class KeyCounter:

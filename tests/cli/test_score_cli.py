@@ -154,3 +154,24 @@ def test_cli_scores_any_method_without_an_sae_and_select_keeps_the_lowest_perple
     # a method that needs an SAE, without one, is named before anything loads
     assert main([*base, "--out", str(tmp_path / "x"), "--methods", "saev_score"]) == 1
     assert "need an SAE" in capsys.readouterr().err
+
+
+def test_fit_weights_pair_capacity_flag(workdir, tmp_path, capsys):
+    """--pair-capacity reaches the pair tables: the default counts this 64-feature SAE exactly (64^2 pairs can never
+    reach 2^25), a capacity of 8 distinct pairs makes them lossy (a worst undercount recorded with the weights), and
+    a capacity that is no number is refused by name."""
+    common = ["fit-weights", "--model", str(workdir / "model"), "--sae", str(workdir / "sae"), "--layer", "2",
+              "--data", str(workdir / "data"), "--n-reference", "8", "--batch-size", "4"]
+    undercount = {}
+    for cap in ("default", "8", "none"):
+        out = tmp_path / cap
+        assert main([*common, "--out", str(out), *([] if cap == "default" else ["--pair-capacity", cap])]) == 0
+        doc = json.loads((out / "crossmodal_weights.json").read_text())
+        assert doc["pairs"] is not None
+        undercount[cap] = doc["pairs"]["max_undercount"]
+    assert undercount["default"] == 0 and undercount["none"] == 0 and undercount["8"] > 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*common, "--out", str(tmp_path / "bad"), "--pair-capacity", "lots"])
+    err = capsys.readouterr().err
+    assert "--pair-capacity" in err and "'none' for exact counts" in err

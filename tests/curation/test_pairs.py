@@ -122,3 +122,40 @@ def test_counts_merge_as_they_go_with_the_same_result_and_bounded_memory():
     # the buffer never outgrows max(its size, half the table) (or one row's pairs)
     assert peak <= len(distinct) + max(50, len(distinct) // 2, row_pairs)
     assert held_at_end == sum(int((t > 1.6).sum()) * int((i > 1.6).sum()) for t, i in rows) > peak  # every row's
+
+
+@pytest.mark.parametrize("budget", [1, 7, 1 << 22])
+def test_row_agreement_equals_the_mean_over_every_pair_looked_up(budget, monkeypatch):
+    """agreement and agreement_each (many rows against one image) against the mean of a brute-force npmi look-up
+    over every (known text, known image) pair: rows with many text features (one sparse product with the table) and
+    rows with one or two (their entries gathered a few at a time: budget, or all at once)."""
+    d = 40
+    rng = torch.Generator().manual_seed(3)
+    counter = PairCounter(d, delta=1.2, min_count=2)
+    for _ in range(200):
+        counter.observe(torch.rand(d, generator=rng) * 2, torch.rand(d, generator=rng) * 2)
+    pairs = counter.result()
+    full = pairs.lifted_sums
+    monkeypatch.setattr(pairs, "lifted_sums", lambda t, i: full(t, i, budget=budget))
+
+    def brute(t, i):
+        a = [x for x in range(d) if t[x] > 1.2 and pairs.n_text[x] >= 2]
+        b = [y for y in range(d) if i[y] > 1.2 and pairs.n_image[y] >= 2]
+        if not a or not b:
+            return None
+        return sum(npmi for x in a for npmi in pairs.matrix(torch.tensor([x]), torch.tensor(b))[0].tolist()) / (
+            len(a) * len(b))
+
+    rows = torch.rand(12, d, generator=rng) * 2
+    rows[3] = 0.0  # no text feature: None
+    rows[6:, 2:] = 0.0  # at most two text features: few table entries, gathered (the others: one sparse product)
+    image = torch.rand(d, generator=rng) * 2
+    for t in rows:
+        want = brute(t, image)
+        got = pairs.agreement(t, image)
+        assert (got is None) if want is None else got == pytest.approx(want, abs=1e-9)
+    each = pairs.agreement_each(rows, image)
+    assert [w is None for w in each] == [brute(t, image) is None for t in rows]
+    assert [w for w in each if w is not None] == pytest.approx([brute(t, image) for t in rows if brute(t, image)
+                                                               is not None], abs=1e-9)
+    assert pairs.agreement_each(rows, torch.zeros(d)) == [None] * 12  # no image feature: nothing to judge by
