@@ -24,8 +24,8 @@ Sections (JSON keys), in the order they run:
           anyres's four tiles). Per dtype and shape: the bare forward (the floor), `capture_activations`,
           and per SAE (standard and topk, d_sae 65,536 and 16,384, random weights with biases set for an
           L0 of about 64) `CrossModalWeights.fit` and `SaevScorer` rows/s, each with its peak GPU memory
-          (`torch.cuda.max_memory_allocated`). The fit counts no (text, image) feature pairs unless
-          `--pairs`: the pair counter's memory at these shapes is issue 23 item 1's subject.
+          (`torch.cuda.max_memory_allocated`). The fit counts (text, image) feature pairs as the default
+          scorer does (bounded: `curation.counting`); `--no-pairs` leaves them out (the paper's ω alone).
 """
 
 from __future__ import annotations
@@ -437,7 +437,8 @@ def parse_args(argv=None):
     ap.add_argument("--budget-s", type=float, default=420.0, help="time budget for all sections (default 420)")
     ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
-    ap.add_argument("--pairs", action="store_true", help="count (text, image) feature pairs in the fit")
+    ap.add_argument("--pairs", action=argparse.BooleanOptionalAction, default=True,
+                    help="count (text, image) feature pairs in the fit, as the default scorer does (default on)")
     args = ap.parse_args(argv)
     tiny = args.tiny
     args.d_in = 64 if tiny else 4096

@@ -52,3 +52,4 @@ def test_tiny_run_on_cpu_measures_every_section(tmp_path):
         for sub in ("standard_512", "topk_512", "standard_256", "topk_256"):
             assert shape[sub]["score"]["rows_per_s"]["median"] > 0, sub
             assert shape[sub]["score"]["first_rows"]["saev_error"] == [None, None], sub
+            assert shape[sub]["fit"]["pairs"] is True, sub  # pairs counted by default, as the default scorer reads them
