@@ -19,6 +19,10 @@ happens several times within one row).
 
 Memory: ``capacity`` x 16 bytes for the table, a buffer of at most half that many keys (8 bytes each) and the
 merge's sort (about 3x table plus buffer, briefly): ~1.6 GB at the default capacity.
+
+When every key lies in a small range ``[0, n_keys)`` (the feature pairs of an SAE with d_sae^2 <= 4 x capacity),
+:class:`DenseCounter` keeps one int32 count per possible key instead: exact, no sorting (a row of 16M pairs costs a
+scatter, not a merge of the whole table), in at most the memory the capped table would take.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from torch import Tensor
 from saev_curate.core.errors import InputError
 from saev_curate.curation.config import DEFAULT_CAPACITY
 
-__all__ = ["DEFAULT_CAPACITY", "KeyCounter"]
+__all__ = ["DEFAULT_CAPACITY", "DenseCounter", "KeyCounter", "key_counter"]
 
 
 
@@ -110,3 +114,39 @@ class KeyCounter:
         """``(keys, counts)``: the distinct keys kept, sorted, and their counts (int64; lower bounds when lossy)."""
         self.merge()
         return self.keys, self.counts.long()
+
+
+class DenseCounter:
+    """:class:`KeyCounter`'s interface over a small key range ``[0, n_keys)``: one int32 count per possible key,
+    always exact (:attr:`max_undercount` 0), memory ``4 x n_keys`` bytes whatever the stream."""
+
+    def __init__(self, n_keys: int):
+        self.counts = torch.zeros(int(n_keys), dtype=torch.int32)
+        self.max_count: int | None = None  # KeyCounter's interface: an exact count needs no bound
+        self.max_undercount = 0
+        self.buffer_size = 1 << 22  # keys a caller hands over at once (bounds its own temporaries)
+
+    @property
+    def held(self) -> int:
+        """Counts held in memory: one per possible key."""
+        return len(self.counts)
+
+    def add(self, keys: Tensor) -> None:
+        """Count one occurrence of each entry of ``keys`` (int64 in ``[0, n_keys)``, on any device)."""
+        keys = keys.detach().to("cpu", torch.long).reshape(-1)
+        self.counts.put_(keys, torch.ones(len(keys), dtype=torch.int32), accumulate=True)
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        """``(keys, counts)``: every key seen, sorted, and its count (int64), as :meth:`KeyCounter.result`."""
+        keys = self.counts.nonzero().flatten()
+        return keys, self.counts[keys].long()
+
+
+def key_counter(n_keys: int, *, capacity: int | None = DEFAULT_CAPACITY, merge_every: int = 1 << 22
+                ) -> "DenseCounter | KeyCounter":
+    """The counter for keys in ``[0, n_keys)``: :class:`DenseCounter` (exact) when its ``4 x n_keys`` bytes are no
+    more than the capped table's ``16 x capacity`` (without a cap: than the default cap's), else :class:`KeyCounter`
+    with ``capacity``."""
+    if n_keys <= 4 * (DEFAULT_CAPACITY if capacity is None else capacity):
+        return DenseCounter(n_keys)
+    return KeyCounter(capacity=capacity, merge_every=merge_every)

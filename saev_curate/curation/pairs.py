@@ -14,10 +14,11 @@ A row's ``pair_agreement`` is the mean npmi over its (text feature, image featur
 only features seen on at least ``min_count`` reference rows (an unseen pair of two known features
 counts as -1): "do the things this text says usually come with things like this image?".
 
-Counting is bounded (:class:`~saev_curate.curation.counting.KeyCounter`): exact while at most ``capacity``
-distinct pairs occur (always, for an SAE with d_sae^2 <= capacity); beyond, a lossy count whose worst
-undercount ``FeaturePairs.max_undercount`` says what it cost: a kept pair's count is low by at most that many
-rows, and a pair seen on at most that many rows may be missing (it then reads as never seen, -1).
+Counting is bounded (:mod:`saev_curate.curation.counting`): an SAE with d_sae^2 <= 4 x ``capacity`` is counted
+exactly in a dense d_sae x d_sae table; a wider one in a merged table, exact while at most ``capacity`` distinct
+pairs occur, beyond that a lossy count whose worst undercount ``FeaturePairs.max_undercount`` says what it cost: a
+kept pair's count is low by at most that many rows, and a pair seen on at most that many rows may be missing (it
+then reads as never seen, -1).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saev_curate.curation.counting import DEFAULT_CAPACITY, KeyCounter
+from saev_curate.curation.counting import DEFAULT_CAPACITY, DenseCounter, KeyCounter, key_counter
 
 __all__ = ["FeaturePairs", "PairCounter"]
 
@@ -136,16 +137,23 @@ class PairCounter:
     join the running
     ``(distinct pair, count)`` table, so memory is the distinct pairs kept plus the buffer, not rows x pairs per
     row.  ``capacity`` caps the distinct pairs kept (None: no cap, exact at any size; the default is exact for
-    every SAE with d_sae^2 <= capacity, see the module doc for what a reached cap costs)."""
+    every SAE with d_sae^2 <= capacity, see the module doc for what a reached cap costs).  An SAE with d_sae^2 <=
+    4 x capacity (d_sae <= 11,585 at the default) is counted in a dense d_sae x d_sae int32 table instead
+    (:func:`~saev_curate.curation.counting.key_counter`): exact, and no larger than the capped table;
+    ``dense`` True / False forces one or the other (None: chosen by size)."""
 
     def __init__(self, d_sae: int, *, delta: float = 0.0, min_count: int = 5, merge_every: int = 1 << 22,
-                 capacity: int | None = DEFAULT_CAPACITY):
+                 capacity: int | None = DEFAULT_CAPACITY, dense: bool | None = None):
         self.d_sae, self.delta, self.min_count = d_sae, float(delta), int(min_count)
         self.merge_every = int(merge_every)
         self.n_text = torch.zeros(d_sae, dtype=torch.float64)
         self.n_image = torch.zeros(d_sae, dtype=torch.float64)
         self.n_rows = 0
-        self._table = KeyCounter(capacity=capacity, merge_every=self.merge_every)
+        if dense is None:
+            self._table = key_counter(d_sae * d_sae, capacity=capacity, merge_every=self.merge_every)
+        else:
+            self._table = (DenseCounter(d_sae * d_sae) if dense
+                           else KeyCounter(capacity=capacity, merge_every=self.merge_every))
 
     @property
     def held_keys(self) -> int:

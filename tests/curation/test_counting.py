@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from saev_curate.core.errors import InputError
-from saev_curate.curation.counting import KeyCounter
+from saev_curate.curation.counting import DenseCounter, KeyCounter, key_counter
 from saev_curate.curation.pairs import PairCounter
 from saev_curate.curation.readout import ReadoutCounter
 
@@ -62,6 +62,22 @@ def test_a_capped_count_keeps_its_stated_error_bound(seed, capacity):
     assert heavy and all(k in kept for k in heavy)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dense_counts_equal_a_brute_force_count_and_are_chosen_by_size(seed):
+    rows = [r % 2000 for r in _stream(seed)]  # keys in a small range [0, 2000)
+    truth = Counter(k for r in rows for k in r.tolist())
+    dense = DenseCounter(2000)
+    for r in rows:
+        dense.add(r)
+    keys, counts = dense.result()
+    assert dense.max_undercount == 0 and dense.held == 2000
+    assert keys.tolist() == sorted(truth) and counts.tolist() == [truth[k] for k in sorted(truth)]
+    # dense while its 4 bytes per key are no more than the capped table's 16 bytes per kept key
+    assert isinstance(key_counter(400, capacity=100), DenseCounter)
+    assert isinstance(key_counter(401, capacity=100), KeyCounter)
+    assert isinstance(key_counter(1 << 20, capacity=None), DenseCounter)
+
+
 def test_bad_capacities_are_clear():
     with pytest.raises(InputError, match="capacity"):
         KeyCounter(capacity=1)
@@ -82,13 +98,14 @@ def _pair_truth(rows, delta: float) -> Counter:
 
 def test_pair_counter_default_and_uncapped_equal_bit_for_bit_and_rows_wider_than_the_buffer_are_sliced():
     rows = _pair_rows(0, 40, 120)
-    exact = PairCounter(40, delta=1.2, min_count=1, capacity=None)
-    default = PairCounter(40, delta=1.2, min_count=1)  # 40^2 pairs < the default cap: exact by construction
-    sliced = PairCounter(40, delta=1.2, min_count=1, merge_every=7)  # rows wider than the first buffers
+    exact = PairCounter(40, delta=1.2, min_count=1, capacity=None, dense=False)
+    default = PairCounter(40, delta=1.2, min_count=1)  # 40^2 pairs: a dense table, exact by construction
+    sliced = PairCounter(40, delta=1.2, min_count=1, merge_every=7, dense=False)  # rows wider than the first buffers
     for t, i in rows:
         for c in (exact, default, sliced):
             c.observe(t, i)
         assert sliced.held_keys <= 40 * 40 + 40 * 40 // 2
+    assert default.held_keys == 40 * 40  # the dense table: one count per possible pair
     a, b, c = exact.result(), default.result(), sliced.result()
     for other in (b, c):
         assert torch.equal(a.keys, other.keys) and torch.equal(a.npmi, other.npmi) and other.max_undercount == 0

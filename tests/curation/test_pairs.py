@@ -105,7 +105,8 @@ def test_counts_merge_as_they_go_with_the_same_result_and_bounded_memory():
     distinct pairs plus the buffer (issue 23: memory by distinct pairs, not rows x pairs)."""
     rng = torch.Generator().manual_seed(0)
     rows = [(torch.rand(40, generator=rng) * 2, torch.rand(40, generator=rng) * 2) for _ in range(300)]
-    at_end, merging = PairCounter(40, delta=1.6, min_count=1), PairCounter(40, delta=1.6, min_count=1, merge_every=50)
+    at_end = PairCounter(40, delta=1.6, min_count=1, dense=False)
+    merging = PairCounter(40, delta=1.6, min_count=1, merge_every=50, dense=False)
     peak = 0
     for t, i in rows:
         at_end.observe(t, i)
