@@ -60,9 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--tokens-per-modality", type=int, default=5,
                      help="text and image tokens per feature compared for omega (default 5, the paper's)")
     fit.add_argument("--pair-capacity", type=_capacity, default=DEFAULT_CAPACITY,
-                     help=f"distinct feature pairs each pair / read-out table keeps (default {DEFAULT_CAPACITY:,}: "
-                          "exact for d_sae <= 5,792; beyond it a lossy count whose worst undercount is saved with "
-                          "the weights); 'none': exact at any size, memory growing with the distinct pairs")
+                     help=f"distinct pairs each pair / read-out table keeps (default {DEFAULT_CAPACITY:,}); beyond "
+                          "it a lossy count whose worst undercount is saved with the weights. Feature pairs of an SAE "
+                          "with d_sae^2 <= 4 x this (d_sae <= 11,585 by default) are counted exactly in a dense table. "
+                          "'none': exact at any size, memory growing with the distinct pairs")
     max_length_arg(fit)
     min_usable_share_arg(fit)
     max_image_pixels_arg(fit)

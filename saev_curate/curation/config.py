@@ -22,7 +22,8 @@ __all__ = ["DEFAULT_CAPACITY", "DEFAULT_CONTROL_PROMPT", "ScoreConfig", "add_sco
 DEFAULT_CONTROL_PROMPT = "What is shown in the image?"
 FEATURE_SETS = ("cooccur", "any")
 #: distinct keys a fit's pair / read-out table keeps by default (:mod:`saev_curate.curation.counting`): 2^25 (~0.5 GB,
-#: ~1.6 GB while merging); an SAE with d_sae^2 <= this (d_sae <= 5,792) can never reach it, so its counts are exact
+#: ~1.6 GB while merging); the feature pairs of an SAE with d_sae^2 <= 4x this (d_sae <= 11,585) are counted exactly
+#: in a dense table of no more memory instead
 DEFAULT_CAPACITY = 1 << 25
 
 

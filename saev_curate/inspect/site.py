@@ -37,6 +37,9 @@ CSS = ("body{font-family:sans-serif;max-width:1200px;margin:1.5em auto;color:#22
        ".grid{display:flex;flex-wrap:wrap;gap:14px}.card{border:1px solid #ddd;padding:6px;border-radius:4px}"
        "nav a{margin-right:1em}")
 CLASS_COLOURS = {"image": "#1f77b4", "text": "#2ca02c", "cross_modal": "#d62728", "mixed": "#9467bd"}
+#: the site's name for ω's class "dead" (never among a reference token's top features when ω was fitted): a feature
+#: with a page fires on the browsed rows, so "dead" next to "live" would read as a contradiction
+UNFITTED = "unfitted"
 
 
 @dataclass
@@ -453,7 +456,9 @@ def _index_page(infos: dict[int, dict], stats, collected, row_links: dict[str, l
             f"{_esc(collected.mode)}</li><li>{n_live} live features of {stats.d_sae}, {len(infos)} with a page; their "
             "classes: "
             + ", ".join(f"<span style='color:{CLASS_COLOURS.get(c, '#555')}'>{_esc(c)}</span> {n}"
-                        for c, n in sorted(counts.items())) + f"</li>{share}</ul>",
+                        for c, n in sorted(counts.items()))
+            + (f" ({UNFITTED}: never among a reference token's top features when ω was fitted, so no class and no ω)"
+               if UNFITTED in counts else "") + f"</li>{share}</ul>",
             "<h2>Frequency vs mean activation</h2>", _scatter(infos),
             f"<h2>Rows by {_esc(collected.by)} ({'higher' if collected.higher_is_cleaner else 'lower'} = cleaner)</h2>",
             *links,
@@ -506,7 +511,8 @@ def build_site(model, processor, sae, weights, data, out: str | Path = "site", *
     pair_index = PairIndex(weights.pairs)
     for k in feats:
         w = float(weights.omega[k])
-        infos[k] = {"class": CLASS_NAMES[int(weights.classes[k])], "omega": None if math.isnan(w) else w,
+        cls = CLASS_NAMES[int(weights.classes[k])]
+        infos[k] = {"class": UNFITTED if cls == "dead" else cls, "omega": None if math.isnan(w) else w,
                     "frequency": float(freq[k]), "mean_activation": float(mean[k]),
                     "max_activation": float(stats.act_max[k]), "rows_firing": int(stats.rows_firing[k]),
                     "image_share": float(share[k]), "concept": concepts.get(k), "logits": logits.get(k),

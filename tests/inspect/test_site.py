@@ -141,3 +141,27 @@ def test_inspect_cli_names_what_is_missing(tmp_path, capsys):
     assert "--sae" in capsys.readouterr().err
     assert main(["inspect", "--model", str(tmp_path), "--sae", str(tmp_path), "--out", str(tmp_path / "s")]) == 1
     assert "--data" in capsys.readouterr().err
+
+
+def test_a_live_feature_never_recorded_by_the_fit_reads_unfitted_not_dead(small_site, tmp_path):
+    """ω's class "dead" means the fit never recorded the feature; one that fires on the browsed rows gets a page, and
+    the site calls it "unfitted" (with the reason on the index), never "dead" beside "live"."""
+    import copy
+
+    from saev_curate.curation.crossmodal import CLASS_NAMES
+    from saev_curate.inspect.site import build_site
+
+    s = small_site
+    page = s["result"].features[0]
+    weights = copy.copy(s["weights"])
+    weights.classes = weights.classes.clone()
+    weights.classes[page] = CLASS_NAMES.index("dead")
+    r = build_site(s["model"], s["processor"], s["sae"], weights, s["rows"], tmp_path, top_k=4, sample=6, n_rows=1,
+                   max_features=6, batch_size=5, progress=False)
+    assert page in r.features
+    doc = json.loads((tmp_path / "features" / f"{page}.json").read_text())
+    assert doc["saev"]["class"] == "unfitted"
+    index = (tmp_path / "index.html").read_text()
+    assert "unfitted: never among a reference token's top features" in index
+    assert not any(json.loads((tmp_path / "features" / f"{k}.json").read_text())["saev"]["class"] == "dead"
+                   for k in r.features)
