@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["data_fingerprint", "model_identity", "module_fingerprint", "path_fingerprint", "processor_fingerprint", "sae_fingerprint",
-           "tensor_bytes"]
+           "source_fingerprint", "tensor_bytes"]
 
 
 def _file_digest(path: Path, h, *, full_limit: int = 8 << 20, sample: int = 1 << 20) -> None:
@@ -26,6 +26,17 @@ def _file_digest(path: Path, h, *, full_limit: int = 8 << 20, sample: int = 1 <<
         for off in (0, size // 2, max(0, size - sample)):  # large weight files: sampled content
             f.seek(off)
             h.update(f.read(sample))
+
+
+def source_fingerprint(package) -> str:
+    """Content hash of a package's Python source (every ``*.py`` under it, by relative path; compiled files left
+    out): the same on every clone of one commit, different once the code that made a cached result changes."""
+    root = Path(package.__file__).parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:32]
 
 
 def path_fingerprint(path: str | os.PathLike) -> str:

@@ -139,3 +139,31 @@ def test_sae_fingerprint_is_blind_to_float32_vs_bfloat16_but_sees_a_real_change(
     k5 = SAE(SAEConfig(d_in=8, d_sae=16, architecture="topk", k=5))
     k5.load_state_dict(sae.state_dict())
     assert sae_fingerprint(k5) != fp  # same weights, another k: another SAE
+
+
+def test_source_fingerprint_reads_python_source_only(tmp_path, monkeypatch):
+    """Two copies of a package hash alike, compiled files and other folders' names aside; one changed line changes it."""
+    import importlib
+    import sys
+
+    from saev_curate.io.fingerprint import source_fingerprint
+
+    for name in ("a", "b"):
+        pkg = tmp_path / name / "pkg_x"
+        (pkg / "sub").mkdir(parents=True)
+        (pkg / "__init__.py").write_text("X = 1\n")
+        (pkg / "sub" / "m.py").write_text("def f():\n    return 2\n")
+    (tmp_path / "b" / "pkg_x" / "__pycache__").mkdir()
+    (tmp_path / "b" / "pkg_x" / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"compiled, with a timestamp")
+
+    def load(root):
+        monkeypatch.syspath_prepend(str(root))
+        sys.modules.pop("pkg_x", None)
+        return importlib.import_module("pkg_x")
+
+    a = source_fingerprint(load(tmp_path / "a"))
+    b = source_fingerprint(load(tmp_path / "b"))
+    assert a == b and len(a) == 32
+    (tmp_path / "b" / "pkg_x" / "sub" / "m.py").write_text("def f():\n    return 3\n")
+    assert source_fingerprint(sys.modules["pkg_x"]) != a
+    sys.modules.pop("pkg_x", None)

@@ -237,7 +237,7 @@ def test_auroc_per_task_combined_and_localisation_by_hand():
     assert (got["detected"], got["n_detected"], got["all"], got["n"]) == (0.0, 1, 0.5, 2)
 
 
-def test_a_damaged_sae_cache_is_rebuilt(tmp_path):
+def test_a_damaged_sae_cache_is_rebuilt(tmp_path, monkeypatch, capsys):
     """A half-written data folder (an empty dataset_info.json) or a truncated SAE file beside the model is
     written again, not a bare JSONDecodeError / SafetensorError on every later run (issue 24, items 3-4)."""
     from saev_curate.jobs.detection import testbed_sae
@@ -260,8 +260,20 @@ def test_a_damaged_sae_cache_is_rebuilt(tmp_path):
     other.save_pretrained(path)
     rebuilt, _ = testbed_sae(path, other, processor, steps=5, progress=False)
     assert not torch.equal(rebuilt.W_enc, sae.W_enc)
-    assert json.loads((tmp_path / "tiny-act-cache" / "testbed_model.json").read_text()) == \
-        json.loads((out / "testbed_model.json").read_text())
+    act_stamp = json.loads((tmp_path / "tiny-act-cache" / "testbed_model.json").read_text())
+    sae_stamp = json.loads((out / "testbed_model.json").read_text())
+    assert act_stamp == {"model_fingerprint": sae_stamp["model_fingerprint"]}
+    # another SAE trainer (other source: another float order, another SAE) trains the SAE again; the activations
+    # it trains on do not depend on the trainer and stay
+    from saev_curate.io import fingerprint
+
+    real = fingerprint.source_fingerprint
+    monkeypatch.setattr(fingerprint, "source_fingerprint", lambda pkg: "another" + real(pkg)[7:])
+    capsys.readouterr()
+    testbed_sae(path, other, processor, steps=5, progress=False)
+    said = capsys.readouterr().out
+    assert f"{out} was made by another build" in said and "tiny-act-cache was made" not in said
+    assert json.loads((out / "testbed_model.json").read_text())["trainer_fingerprint"].startswith("another")
 
 
 def test_ungrounded_facts_are_stated_at_random_and_the_rest_true():
