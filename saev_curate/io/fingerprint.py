@@ -28,14 +28,16 @@ def _file_digest(path: Path, h, *, full_limit: int = 8 << 20, sample: int = 1 <<
             h.update(f.read(sample))
 
 
-def source_fingerprint(package) -> str:
-    """Content hash of a package's Python source (every ``*.py`` under it, by relative path; compiled files left
+def source_fingerprint(*packages) -> str:
+    """Content hash of packages' Python source (every ``*.py`` under each, by relative path; compiled files left
     out): the same on every clone of one commit, different once the code that made a cached result changes."""
-    root = Path(package.__file__).parent
     h = hashlib.sha256()
-    for f in sorted(root.rglob("*.py")):
-        h.update(str(f.relative_to(root)).encode())
-        h.update(f.read_bytes())
+    for package in packages:
+        root = Path(package.__file__).parent
+        h.update(f"package:{root.name}".encode())
+        for f in sorted(root.rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
     return h.hexdigest()[:32]
 
 

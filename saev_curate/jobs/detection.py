@@ -48,6 +48,7 @@ def testbed_sae(model_path: str | os.PathLike, model, processor, *, architecture
     import datasets
 
     from saev_curate import sae as sae_package
+    from saev_curate import vlm as vlm_package
     from saev_curate.core.errors import SaevError
     from saev_curate.io.fingerprint import path_fingerprint, source_fingerprint
     from saev_curate.sae import load_sae
@@ -56,12 +57,13 @@ def testbed_sae(model_path: str | os.PathLike, model, processor, *, architecture
     model_path = Path(model_path)
     out = model_path.parent / f"{model_path.name}-sae-{architecture}-x{expansion_factor}-s{steps}-seed{seed}"
     act_cache = model_path.parent / f"{model_path.name}-act-cache"
-    # a rebuilt model keeps its folder's name; a changed trainer (another float order) trains another SAE
-    stamps = {act_cache: {"model_fingerprint": path_fingerprint(model_path)}}
-    stamps[out] = {**stamps[act_cache], "trainer_fingerprint": source_fingerprint(sae_package)}
-    for folder, stamp in stamps.items():
+    # a rebuilt model keeps its folder's name; changed capture, caching or training code (another shard layout,
+    # hence another batch order; another float order) makes other activations or another SAE
+    stamp = {"model_fingerprint": path_fingerprint(model_path),
+             "code_fingerprint": source_fingerprint(vlm_package, sae_package)}
+    for folder in (out, act_cache):
         if folder.exists() and _read_stamp(folder) != stamp:
-            print(f"{folder} was made by another build of {model_path.name} or another SAE trainer; making it again")
+            print(f"{folder} was made from another build of {model_path.name} or by other code; making it again")
             shutil.rmtree(folder)
     if (out / "cfg.json").is_file() and (out / "sae_weights.safetensors").is_file():
         try:
@@ -85,13 +87,13 @@ def testbed_sae(model_path: str | os.PathLike, model, processor, *, architecture
                           checkpoint_every=None, buffer_tokens=32768, output_dir=str(out),
                           activation_cache=str(act_cache), seed=seed, **kw)
     sae = train_sae(cfg, model=model, processor=processor, dataset=datasets.load_from_disk(str(data)), progress=progress)
-    for folder, stamp in stamps.items():
+    for folder in (out, act_cache):
         (folder / STAMP).write_text(json.dumps(stamp))
     return sae, out
 
 
-#: beside a cached testbed SAE and activation cache: the content fingerprint of the model they were made from (and,
-#: beside the SAE, of the SAE package's source that trained it)
+#: beside a cached testbed SAE and activation cache: the content fingerprint of the model they were made from and of
+#: the source that captured, cached and trained (the vlm and sae packages)
 STAMP = "testbed_model.json"
 
 
