@@ -108,10 +108,12 @@ class SparseDecode(torch.autograd.Function):
         indices, values, W_dec = ctx.saved_tensors
         grad_values = grad_W = None
         if ctx.needs_input_grad[1]:
-            n, k = indices.shape
-            grad_values = values.new_empty(n, k)
-            for lo, hi in _slot_chunks(n, k, W_dec.shape[1]):
-                grad_values[:, lo:hi] = torch.einsum("nsd,nd->ns", W_dec[indices[:, lo:hi]], grad_out)
+            # grad_values[n, s] = W_dec[indices[n, s]] . grad_out[n], by embedding_bag's own per-sample-weights
+            # backward: fused, ~10x faster on a CPU than gathering the [N, k, d_in] rows for an einsum
+            with torch.enable_grad():
+                weights = values.detach().requires_grad_()
+                out = F.embedding_bag(indices, W_dec.detach(), per_sample_weights=weights, mode="sum")
+                (grad_values,) = torch.autograd.grad(out, weights, grad_out)
         if ctx.needs_input_grad[2]:
             grad_W = torch.zeros_like(W_dec)
             _scatter_rows(grad_W, indices, values, grad_out)
