@@ -81,6 +81,15 @@ def _key(doc: dict) -> str:
     return hashlib.sha256(json.dumps({"v": KEY_VERSION, **doc}, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+def _scoring_code() -> str:
+    """The source the scores come from (capture, SAE, curation, testbed data): another version scores afresh,
+    as the testbed SAE it trains is made again (:func:`~saev_curate.jobs.detection.testbed_sae`)."""
+    from saev_curate import curation, sae, testbed, vlm
+    from saev_curate.io.fingerprint import source_fingerprint
+
+    return source_fingerprint(vlm, sae, curation, testbed)
+
+
 def _cached(folder: Path, key: str) -> dict | None:
     """The record of ``folder``'s finished step when it was made with ``key``; on a miss the stale record is removed
     first, so a step killed while it rewrites the folder can never pass for the earlier, finished one."""
@@ -289,7 +298,7 @@ def run_pipeline(out_dir: str | Path = "saev-pipeline", *, model: str | None = N
     scoring = out / "scoring"
     skey = _key({"model": str(model_path.resolve()), "sae": sae, "rows": rows, "defect_rate": defect_rate,
                  "sae_steps": sae_steps, "architecture": architecture, "n_reference": n_reference,
-                 "data": "alignment_rows", "split": "dev"})
+                 "data": "alignment_rows", "split": "dev", "code": _scoring_code()})
     hit = _cached(scoring, skey)
     if hit is not None and (scoring / "scored" / "dataset_info.json").is_file():
         auroc = hit["auroc"]
