@@ -56,7 +56,8 @@ DETECTION_RESULTS = HERE.parent / "defect_detection" / "results" / "results.json
 #: the top three SAE-V variants of the detection benchmark's dev split on this study's defect mix (:func:`dev_ranking`
 #: over ``benchmarks/defect_detection/results/`` at commit 8db8723), fixed when the study was pre-registered
 DEV_TOP_SAEV = ("saev_token_readout_min_margin", "saev_token_readout_min_chosen", "saev_answer_readout_margin")
-#: the detection benchmark's ``combined`` column for the topk SAE: (SAE-V column, likelihood column), rank-averaged
+#: the detection benchmark's ``combined`` column for the topk SAE at the same commit: (SAE-V column, likelihood
+#: column), rank-averaged
 COMBINED = ("saev_token_readout_min_chosen", "response_perplexity")
 PAPER = "saev_score"
 BASELINES = ("response_perplexity", "min_token_logprob", "random")
