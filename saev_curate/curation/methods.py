@@ -130,7 +130,7 @@ RECOMMENDED: dict[str, str] = {"prompt_only": "saev_pair_agreement", "sft": "res
                                "preference": "response_perplexity"}
 #: the same among the SAE-V methods (what the jobs compare the recommendation with): ``recommend_from(..., SAEV)``
 RECOMMENDED_SAEV: dict[str, str] = {"prompt_only": "saev_pair_agreement", "sft": "saev_pair_agreement",
-                                    "preference": "saev_token_readout_min_chosen"}
+                                    "preference": "saev_token_readout_min_margin"}
 #: the SAE-V families
 SAEV = ("paper", "beyond_paper")
 

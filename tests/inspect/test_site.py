@@ -87,7 +87,10 @@ def test_explain_returns_what_the_row_page_shows(small_site):
     s = small_site
     i = s["result"].rows[0]
     exp = explain(s["rows"][i], s["model"], s["processor"], s["sae"], s["weights"], index=i)
-    assert set(exp.scores) == {"saev_token_readout_min_chosen", "response_perplexity"}
+    from saev_curate.curation.methods import RECOMMENDED, RECOMMENDED_SAEV
+
+    assert set(exp.scores) == {RECOMMENDED["preference"], RECOMMENDED_SAEV["preference"]}  # the table's two choices
+    assert all(v is not None for v in exp.scores.values())
     assert exp.blame is not None and exp.votes
     # the votes are the features firing (> delta = 1) just before the blamed token, as a direct capture says
     acts, _, _ = capture_rows(s["model"], s["processor"], [s["rows"][i]], 2, mode="chosen")
